@@ -1,0 +1,422 @@
+//! Arenas: 2 MiB-aligned, 2 MiB regions, found from any address inside them by masking.
+//!
+//! Layout of an arena (offsets from its base):
+//!
+//! ```text
+//! unit 0   [0, 4 KiB)    32 slab descriptors, one per 64 KiB unit (descriptor 0 unused)
+//!          [4 KiB, ...)  the arena header (pool bookkeeping)
+//!          [8 KiB, 40 KiB) liveness bitmap: 1 bit per 8-byte granule (movable arenas, `checked`)
+//! units 1..9             movable arenas only: the back-map, one u32 owner per 16-byte granule
+//! the rest               slabs and spans, each a run of whole units
+//! ```
+//!
+//! Nothing about an object is stored next to it: an overflow past its end reaches the next object or
+//! free memory, never metadata. Metadata pages are only touched when used, so an arena that holds a
+//! few slabs has a few resident metadata pages.
+//!
+//! Arena classes, like the kernel's migrate types: `Normal` arenas hold the global allocator's slabs
+//! and spans; `Movable` arenas hold only movable slabs (relocating caches), so evacuating them frees
+//! whole arenas. A unit never changes arena class.
+//!
+//! The pool of arenas is one [`SpinLock`]: units are taken and returned there, at most once per slab
+//! (64 KiB..256 KiB of small objects) or per large allocation, never on the small-object fast path.
+//! Policy of giving memory back, all under that lock:
+//! - a freed unit stays committed ("dirty") so the next slab reuses it without page faults;
+//! - dirty units are decommitted (`MADV_DONTNEED`) once they have been dirty for `DECOMMIT_DELAY_MS`;
+//! - an arena whose units are all free is unmapped after the same delay;
+//! - `purge` does both at once, whatever the age.
+
+use crate::lock::SpinLock;
+use crate::os;
+use crate::size_class::{UNIT_BYTES, UNIT_SHIFT};
+use crate::slab::Slab;
+use core::ptr;
+
+pub(crate) use crate::os::ARENA_BYTES;
+pub(crate) const ARENA_MASK: usize = ARENA_BYTES - 1;
+pub(crate) const UNITS_PER_ARENA: usize = ARENA_BYTES / UNIT_BYTES;
+const ARENA_MAGIC: u64 = 0x5241_4c4c_4f43_4152; // "RALLOCAR"
+/// How long freed memory stays committed before it goes back to the OS.
+pub(crate) const DECOMMIT_DELAY_MS: u64 = 250;
+const HEADER_OFFSET: usize = 4096;
+pub(crate) const LIVE_BITMAP_OFFSET: usize = 8192;
+/// One liveness bit per granule of this many bytes.
+pub(crate) const LIVE_GRANULE: usize = 8;
+/// Units reserved for metadata at the start of each arena class.
+const NORMAL_META_UNITS: usize = 1;
+const MOVABLE_META_UNITS: usize = 9;
+/// Back-map granule of movable arenas (the smallest movable block).
+pub const BACKMAP_GRANULE: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ArenaKind {
+    Normal = 0,
+    Movable = 1,
+}
+
+const KINDS: usize = 2;
+
+/// The metadata at the base of every arena (and of every huge mapping, whose descriptors all say
+/// `Huge`, so that a free finds its way by the same masking).
+#[repr(C)]
+pub(crate) struct ArenaMeta {
+    pub(crate) descs: [Slab; UNITS_PER_ARENA],
+    pub(crate) header: ArenaHeader,
+}
+
+/// Pool bookkeeping; every field is read and written under the pool lock.
+#[repr(C)]
+pub(crate) struct ArenaHeader {
+    magic: u64,
+    kind: ArenaKind,
+    /// Bit i: unit i holds no slab or span.
+    free_units: u32,
+    /// Bit i: unit i is free and still committed.
+    dirty_units: u32,
+    /// Bit i: unit i reads as zero (never written since mapped or decommitted).
+    zero_units: u32,
+    /// Oldest time a unit became dirty, or the arena became empty.
+    dirty_since_ms: u64,
+    next: *mut ArenaMeta,
+    prev: *mut ArenaMeta,
+}
+
+/// The units a caller received from the pool.
+pub(crate) struct Units {
+    pub(crate) arena: *mut ArenaMeta,
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+    /// Every unit read as zero when handed out.
+    pub(crate) zeroed: bool,
+}
+
+impl Units {
+    pub(crate) fn start(&self) -> *mut u8 {
+        (self.arena as *mut u8).wrapping_add(self.first << UNIT_SHIFT)
+    }
+}
+
+struct KindList {
+    head: *mut ArenaMeta,
+    arenas: usize,
+}
+
+pub(crate) struct ArenaPool {
+    lists: [KindList; KINDS],
+    last_maintenance_ms: u64,
+}
+
+// SAFETY: the raw pointers are to arenas owned by the pool; the pool is only reached through its lock.
+unsafe impl Send for ArenaPool {}
+
+pub(crate) static POOL: SpinLock<ArenaPool> = SpinLock::new(ArenaPool {
+    lists: [
+        KindList {
+            head: ptr::null_mut(),
+            arenas: 0,
+        },
+        KindList {
+            head: ptr::null_mut(),
+            arenas: 0,
+        },
+    ],
+    last_maintenance_ms: 0,
+});
+
+/// The arena metadata for an address inside an arena (or a huge mapping's first 2 MiB).
+#[inline]
+pub(crate) fn meta_of(addr: usize) -> *mut ArenaMeta {
+    (addr & !ARENA_MASK) as *mut ArenaMeta
+}
+
+fn meta_units(kind: ArenaKind) -> usize {
+    match kind {
+        ArenaKind::Normal => NORMAL_META_UNITS,
+        ArenaKind::Movable => MOVABLE_META_UNITS,
+    }
+}
+
+fn all_data_units(kind: ArenaKind) -> u32 {
+    let meta = meta_units(kind);
+    (u32::MAX >> meta) << meta
+}
+
+/// Lowest index of a run of `count` set bits in `mask`.
+fn find_run(mask: u32, count: usize) -> Option<usize> {
+    let mut run = mask;
+    for shift in 1..count {
+        run &= mask >> shift;
+    }
+    if run == 0 {
+        None
+    } else {
+        Some(run.trailing_zeros() as usize)
+    }
+}
+
+fn run_mask(first: usize, count: usize) -> u32 {
+    let ones = if count >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << count) - 1
+    };
+    ones << first
+}
+
+impl ArenaPool {
+    /// Takes `count` contiguous units from an arena of `kind`, mapping a new arena if none has room.
+    /// `init` runs under the pool lock, so descriptors are never seen half-written by a stats walk.
+    pub(crate) fn alloc_units(
+        &mut self,
+        kind: ArenaKind,
+        count: usize,
+        init: impl FnOnce(&Units),
+    ) -> Option<Units> {
+        debug_assert!(count >= 1 && count <= UNITS_PER_ARENA - meta_units(kind));
+        let list = &mut self.lists[kind as usize];
+        let mut arena = list.head;
+        while !arena.is_null() {
+            // SAFETY: arenas on the list are mapped and their headers initialised (`map_arena`).
+            let header = unsafe { &mut (*arena).header };
+            if let Some(first) = find_run(header.free_units, count) {
+                return Some(Self::take(arena, first, count, init));
+            }
+            arena = header.next;
+        }
+        let arena = map_arena(kind)?;
+        // SAFETY: `map_arena` returned a mapped, initialised arena that is on no list yet.
+        let header = unsafe { &mut (*arena).header };
+        header.next = list.head;
+        if !list.head.is_null() {
+            // SAFETY: the old head is a live arena on this list.
+            unsafe { (*list.head).header.prev = arena };
+        }
+        list.head = arena;
+        list.arenas += 1;
+        let first = find_run(header.free_units, count)?;
+        Some(Self::take(arena, first, count, init))
+    }
+
+    fn take(arena: *mut ArenaMeta, first: usize, count: usize, init: impl FnOnce(&Units)) -> Units {
+        // SAFETY: `arena` is a live arena of this pool (callers hold the lock).
+        let header = unsafe { &mut (*arena).header };
+        let mask = run_mask(first, count);
+        debug_assert_eq!(header.free_units & mask, mask);
+        header.free_units &= !mask;
+        header.dirty_units &= !mask;
+        let zeroed = header.zero_units & mask == mask;
+        crate::stats::add_committed(
+            ((header.zero_units & mask).count_ones() as usize) << UNIT_SHIFT,
+        );
+        header.zero_units &= !mask;
+        let units = Units {
+            arena,
+            first,
+            count,
+            zeroed,
+        };
+        init(&units);
+        units
+    }
+
+    /// Takes the `count` units from `first` on in `arena` if they are all free (a span growing in place).
+    pub(crate) fn take_following(
+        &mut self,
+        arena: *mut ArenaMeta,
+        first: usize,
+        count: usize,
+    ) -> bool {
+        if first + count > UNITS_PER_ARENA {
+            return false;
+        }
+        // SAFETY: the caller holds a span in this live arena; we hold the lock.
+        let header = unsafe { &*arena }.header.free_units;
+        let mask = run_mask(first, count);
+        if header & mask != mask {
+            return false;
+        }
+        Self::take(arena, first, count, |_| {});
+        true
+    }
+
+    /// Returns units to their arena. `reset` runs under the lock first (descriptors back to free).
+    pub(crate) fn free_units(
+        &mut self,
+        arena: *mut ArenaMeta,
+        first: usize,
+        count: usize,
+        now_ms: u64,
+    ) {
+        // SAFETY: the caller returns units it took from this live arena.
+        let header = unsafe { &mut (*arena).header };
+        let mask = run_mask(first, count);
+        debug_assert_eq!(header.free_units & mask, 0);
+        if header.dirty_units == 0 {
+            header.dirty_since_ms = now_ms;
+        }
+        header.free_units |= mask;
+        header.dirty_units |= mask;
+    }
+
+    /// Gives back what has been free for longer than the delay (everything when `force`).
+    /// Returns the number of bytes decommitted or unmapped.
+    pub(crate) fn maintain(&mut self, now_ms: u64, force: bool) -> usize {
+        self.last_maintenance_ms = now_ms;
+        let mut released = 0;
+        for kind in [ArenaKind::Normal, ArenaKind::Movable] {
+            let mut arena = self.lists[kind as usize].head;
+            while !arena.is_null() {
+                // SAFETY: arenas on the list are live; we hold the lock.
+                let header = unsafe { &mut (*arena).header };
+                let next = header.next;
+                let aged =
+                    force || now_ms.saturating_sub(header.dirty_since_ms) >= DECOMMIT_DELAY_MS;
+                if aged && header.free_units == all_data_units(kind) {
+                    self.unlink(kind, arena);
+                    let committed = meta_units(kind) + (header.dirty_units.count_ones() as usize);
+                    crate::checked::unregister_chunk(arena as usize);
+                    os::unmap(arena.cast(), ARENA_BYTES);
+                    crate::stats::sub_mapped(ARENA_BYTES);
+                    crate::stats::sub_committed(committed << UNIT_SHIFT);
+                    released += ARENA_BYTES;
+                } else if aged && header.dirty_units != 0 {
+                    released += decommit_units(arena, header.dirty_units);
+                    header.zero_units |= header.dirty_units;
+                    header.dirty_units = 0;
+                }
+                arena = next;
+            }
+        }
+        released
+    }
+
+    /// Whether a periodic `maintain` is due.
+    pub(crate) fn maintenance_due(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_maintenance_ms) >= DECOMMIT_DELAY_MS / 2
+    }
+
+    fn unlink(&mut self, kind: ArenaKind, arena: *mut ArenaMeta) {
+        let list = &mut self.lists[kind as usize];
+        // SAFETY: `arena` is on this list; its neighbours are live arenas on the same list.
+        unsafe {
+            let header = &mut (*arena).header;
+            if header.prev.is_null() {
+                list.head = header.next;
+            } else {
+                (*header.prev).header.next = header.next;
+            }
+            if !header.next.is_null() {
+                (*header.next).header.prev = header.prev;
+            }
+        }
+        list.arenas -= 1;
+    }
+
+    /// Visits every arena (for statistics), with the pool locked.
+    pub(crate) fn for_each(&self, mut visit: impl FnMut(ArenaKind, &ArenaMeta)) {
+        for kind in [ArenaKind::Normal, ArenaKind::Movable] {
+            let mut arena = self.lists[kind as usize].head;
+            while !arena.is_null() {
+                // SAFETY: arenas on the list are live and we hold the lock.
+                let meta = unsafe { &*arena };
+                visit(kind, meta);
+                arena = meta.header.next;
+            }
+        }
+    }
+
+    pub(crate) fn arena_count(&self) -> usize {
+        self.lists.iter().map(|l| l.arenas).sum()
+    }
+}
+
+impl ArenaMeta {
+    pub(crate) fn base(&self) -> *mut u8 {
+        self as *const Self as *mut u8
+    }
+
+    pub(crate) fn is_arena(&self) -> bool {
+        self.header.magic == ARENA_MAGIC
+    }
+
+    pub(crate) fn kind(&self) -> ArenaKind {
+        self.header.kind
+    }
+
+    /// Free units (under the pool lock).
+    pub(crate) fn free_units(&self) -> u32 {
+        self.header.free_units
+    }
+
+    /// Committed-but-free units (under the pool lock).
+    pub(crate) fn dirty_units(&self) -> u32 {
+        self.header.dirty_units
+    }
+
+    /// Units that read as zero (under the pool lock).
+    pub(crate) fn zero_units(&self) -> u32 {
+        self.header.zero_units
+    }
+}
+
+fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {
+    let mut rest = mask;
+    let mut bytes = 0;
+    while rest != 0 {
+        let first = rest.trailing_zeros() as usize;
+        let len = (rest >> first).trailing_ones() as usize;
+        os::decommit(
+            (arena as *mut u8).wrapping_add(first << UNIT_SHIFT),
+            len << UNIT_SHIFT,
+        );
+        crate::stats::sub_committed(len << UNIT_SHIFT);
+        bytes += len << UNIT_SHIFT;
+        rest &= !run_mask(first, len);
+    }
+    bytes
+}
+
+fn map_arena(kind: ArenaKind) -> Option<*mut ArenaMeta> {
+    let base = os::map_aligned(ARENA_BYTES, ARENA_BYTES);
+    if base.is_null() {
+        return None;
+    }
+    if crate::global::thp_enabled() {
+        os::advise_hugepage(base, ARENA_BYTES);
+    }
+    crate::stats::add_mapped(ARENA_BYTES);
+    crate::stats::add_committed(meta_units(kind) << UNIT_SHIFT);
+    let meta = base.cast::<ArenaMeta>();
+    let data = all_data_units(kind);
+    // SAFETY: `base` is a fresh, zeroed, writable 2 MiB mapping, large enough for `ArenaMeta`. Zeroed
+    // descriptors are valid free descriptors (every field of `Slab` is valid as all-zero bytes).
+    unsafe {
+        let header = &mut (*meta).header;
+        header.magic = ARENA_MAGIC;
+        header.kind = kind;
+        header.free_units = data;
+        header.zero_units = data;
+        for desc in (*meta).descs.iter() {
+            desc.init_unowned();
+        }
+    }
+    crate::checked::register_chunk(base as usize);
+    Some(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_found_lowest_first() {
+        assert_eq!(find_run(0b1111_0110, 2), Some(1));
+        assert_eq!(find_run(0b1111_0110, 3), Some(4));
+        assert_eq!(find_run(0b1111_0110, 5), None);
+        assert_eq!(find_run(u32::MAX << 1, 31), Some(1));
+        assert_eq!(run_mask(3, 2), 0b11000);
+        assert_eq!(all_data_units(ArenaKind::Normal).count_ones(), 31);
+        assert_eq!(all_data_units(ArenaKind::Movable).count_ones(), 23);
+    }
+}

@@ -1,0 +1,437 @@
+//! The front: `SlabAlloc`, the `GlobalAlloc` implementation, and the thread-heap plumbing.
+//!
+//! Allocation: a request that fits a size class at the default alignment goes straight to the thread
+//! heap's fast path; everything else (over-alignment, spans, huge mappings, zeroing) is `#[cold]`.
+//!
+//! Free: the block's arena is found by masking its address, its descriptor by indexing, and one
+//! comparison (`local_key == this thread's heap`) picks the fast path. A block at offset 0 of its 2 MiB
+//! chunk can only be a 2 MiB-aligned huge allocation (arena offset 0 is metadata).
+//!
+//! Thread heaps: the thread-local pointer is `const`-initialised to `EMPTY_HEAP`, whose slabs are all
+//! the empty sentinel, so a thread's first allocation falls into the slow path, which adopts or makes a
+//! real heap. Thread exit is heard through a `pthread_key_create` destructor (registering it does not
+//! allocate); it abandons the heap and points the thread at `DEAD_HEAP`, whose allocations are served
+//! from a shared fallback heap under a lock, so allocating during and after thread-local destruction
+//! keeps working. Frees never need the thread's own heap: a free into a slab owned by another heap (or
+//! none) is a lock-free remote free.
+
+use crate::heap::Heap;
+use crate::large::{self, LARGE_MAX_BYTES};
+use crate::lock::SpinLock;
+use crate::remote::{Block, Pushed};
+use crate::size_class::{class_for, class_of, MAX_SMALL_BYTES, MIN_ALIGN, UNIT_SHIFT};
+use crate::slab::{Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL, UNOWNED};
+use crate::sync::Ordering;
+use crate::{arena, checked, os, pool};
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicU8, AtomicUsize};
+
+/// The allocator. Install it with
+/// `#[global_allocator] static ALLOC: alloc_core::SlabAlloc = alloc_core::SlabAlloc::new();`
+/// or call it directly; all instances share the same process-wide state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlabAlloc;
+
+impl SlabAlloc {
+    pub const fn new() -> Self {
+        SlabAlloc
+    }
+}
+
+static EMPTY_HEAP: Heap = Heap::new();
+static DEAD_HEAP: Heap = Heap::new();
+/// The heap that serves threads whose own heap is gone (allocation during thread teardown).
+pub(crate) static FALLBACK: SpinLock<FallbackHeap> = SpinLock::new(FallbackHeap(ptr::null()));
+
+pub(crate) struct FallbackHeap(*const Heap);
+// SAFETY: the pointer is to an immortal heap, used only under the FALLBACK lock.
+unsafe impl Send for FallbackHeap {}
+
+thread_local! {
+    static THREAD_HEAP: Cell<*const Heap> = const { Cell::new(ptr::addr_of!(EMPTY_HEAP)) };
+}
+
+#[inline(always)]
+fn thread_heap() -> &'static Heap {
+    // SAFETY: the cell only ever holds EMPTY_HEAP, DEAD_HEAP or a heap from `pool`, all immortal.
+    // `with` cannot fail: the key is const-initialised and has no destructor.
+    unsafe { &*THREAD_HEAP.with(|h| h.get()) }
+}
+
+fn is_real_heap(heap: &Heap) -> bool {
+    !ptr::eq(heap, &EMPTY_HEAP) && !ptr::eq(heap, &DEAD_HEAP)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Process-wide initialisation and thread exit.
+
+const INIT_NONE: u8 = 0;
+const INIT_RUNNING: u8 = 1;
+const INIT_DONE: u8 = 2;
+static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
+static THREAD_KEY: AtomicUsize = AtomicUsize::new(0);
+static THP: AtomicU8 = AtomicU8::new(1);
+
+pub(crate) fn thp_enabled() -> bool {
+    THP.load(Ordering::Relaxed) != 0
+}
+
+#[cold]
+fn ensure_init() {
+    if INIT.load(Ordering::Acquire) == INIT_DONE {
+        return;
+    }
+    if INIT
+        .compare_exchange(
+            INIT_NONE,
+            INIT_RUNNING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        while INIT.load(Ordering::Acquire) != INIT_DONE {
+            crate::sync::spin_hint();
+        }
+        return;
+    }
+    os::page_size();
+    THP.store(
+        os::env_flag(b"ALLOC_CORE_THP\0", true) as u8,
+        Ordering::Relaxed,
+    );
+    checked::init();
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-pointer; the destructor is an `extern "C"` fn that never unwinds.
+    if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0 {
+        THREAD_KEY.store(key as usize + 1, Ordering::Relaxed);
+    }
+    INIT.store(INIT_DONE, Ordering::Release);
+    // Registered last: glibc may allocate here, and the allocator is usable by now.
+    // SAFETY: the handlers are `extern "C"` fns that take and release our locks and never unwind.
+    unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+}
+
+extern "C" fn fork_prepare() {
+    pool::lock_all_for_fork();
+}
+
+extern "C" fn fork_parent() {
+    // SAFETY: `fork_prepare` took every lock in this process.
+    unsafe { pool::unlock_all_after_fork() };
+}
+
+extern "C" fn fork_child() {
+    // SAFETY: the child is single-threaded and inherited the locks `fork_prepare` took.
+    unsafe { pool::unlock_all_after_fork() };
+}
+
+/// The thread-exit destructor registered with `pthread_key_create`.
+extern "C" fn thread_exit(value: *mut libc::c_void) {
+    let heap = value as *const Heap;
+    if heap.is_null() {
+        return;
+    }
+    let _ = THREAD_HEAP.try_with(|h| h.set(ptr::addr_of!(DEAD_HEAP)));
+    // SAFETY: the value was set by `init_thread_heap` to this thread's heap, which is immortal and,
+    // with the thread now pointing at DEAD_HEAP, used by nobody else.
+    pool::abandon_heap(unsafe { &*heap });
+}
+
+#[cold]
+fn init_thread_heap() -> Option<&'static Heap> {
+    ensure_init();
+    let heap = pool::acquire_heap()?;
+    THREAD_HEAP.with(|h| h.set(heap));
+    let key = THREAD_KEY.load(Ordering::Relaxed);
+    if key != 0 {
+        // Set after the thread-local, so an allocation made by pthread_setspecific itself finds a heap.
+        // SAFETY: the key was created by `ensure_init`; the value is an immortal heap.
+        unsafe {
+            libc::pthread_setspecific(
+                (key - 1) as libc::pthread_key_t,
+                heap as *const Heap as *const _,
+            )
+        };
+    }
+    Some(heap)
+}
+
+/// Called by a heap's slow path: serves the two sentinel heaps (`None` for a real heap).
+pub(crate) fn uninitialised_heap_redirect(heap: &Heap, class: usize) -> Option<*mut u8> {
+    if ptr::eq(heap, &EMPTY_HEAP) {
+        return Some(match init_thread_heap() {
+            Some(real) => real.alloc_small(class),
+            None => ptr::null_mut(),
+        });
+    }
+    if ptr::eq(heap, &DEAD_HEAP) {
+        let mut fallback = FALLBACK.lock();
+        if fallback.0.is_null() {
+            match pool::acquire_heap() {
+                Some(h) => fallback.0 = h,
+                None => return Some(ptr::null_mut()),
+            }
+        }
+        // SAFETY: the fallback heap is immortal and owned by the FALLBACK lock holder.
+        return Some(unsafe { &*fallback.0 }.alloc_small(class));
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Addresses to descriptors.
+
+/// The head descriptor of the slab or span holding `addr` (which must not be at chunk offset 0).
+///
+/// # Safety
+/// - `addr` lies in a live arena or in the first 2 MiB of a live huge mapping.
+#[inline(always)]
+pub(crate) unsafe fn slab_of(addr: usize) -> &'static Slab {
+    let meta = arena::meta_of(addr);
+    let unit = (addr & arena::ARENA_MASK) >> UNIT_SHIFT;
+    // SAFETY: the caller's contract: the chunk starts with a descriptor array of UNITS_PER_ARENA
+    // entries, and `unit` is below that.
+    let desc = unsafe { &*ptr::addr_of!((*meta).descs).cast::<Slab>().add(unit) };
+    desc.head()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Allocation.
+
+#[inline(always)]
+fn alloc_impl(size: usize, align: usize) -> *mut u8 {
+    if align <= MIN_ALIGN && size <= MAX_SMALL_BYTES {
+        let block = thread_heap().alloc_small(class_of(size));
+        checked::on_alloc(block);
+        return block;
+    }
+    alloc_slow(size, align, false)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if let Some(class) = class_for(size, align) {
+        let block = thread_heap().alloc_small(class);
+        checked::on_alloc(block);
+        if zero && !block.is_null() {
+            // SAFETY: the block is ours and at least `size` bytes long.
+            unsafe { ptr::write_bytes(block, 0, size) };
+        }
+        return block;
+    }
+    if size <= LARGE_MAX_BYTES && align <= LARGE_MAX_BYTES {
+        let units = (size + align.saturating_sub(1 << UNIT_SHIFT)).div_ceil(1 << UNIT_SHIFT);
+        if units < arena::UNITS_PER_ARENA {
+            ensure_init();
+            return large::alloc_span(size, align, zero);
+        }
+    }
+    ensure_init();
+    // Fresh mappings read as zero: no memset.
+    large::alloc_huge(size, align)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Free.
+
+#[inline(always)]
+unsafe fn dealloc_impl(object: *mut u8) {
+    checked::on_free(object);
+    if object as usize & arena::ARENA_MASK == 0 {
+        // SAFETY: offset 0 of a chunk is never an arena block, so this is a 2 MiB-aligned huge object.
+        return unsafe { large::free_huge(object) };
+    }
+    // SAFETY: `object` was returned by this allocator (the GlobalAlloc contract), so it lies in an arena
+    // or in the first chunk of a huge mapping.
+    let slab = unsafe { slab_of(object as usize) };
+    let heap = thread_heap();
+    if slab.local_key.load(Ordering::Relaxed) == heap.addr() {
+        // SAFETY: `local_key` equals our heap only for slabs we own that are not parked, and `object`
+        // is a block of that slab.
+        let used = unsafe { slab.push_local(object.cast()) };
+        if used == 0 {
+            heap.slab_emptied(slab);
+        }
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { dealloc_slow(slab, object, heap) }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_slow(slab: &Slab, object: *mut u8, heap: &Heap) {
+    match slab.kind.get() {
+        KIND_SMALL => {
+            if slab.owner.load(Ordering::Relaxed) == heap.addr() {
+                heap.free_owned(slab, object.cast());
+            } else {
+                // SAFETY: the caller gives up `object`, a block of `slab`.
+                unsafe { free_remote(slab, object.cast()) };
+            }
+        }
+        KIND_LARGE => large::free_span(slab),
+        // SAFETY: a huge descriptor means `object` is a live huge allocation being freed.
+        KIND_HUGE => unsafe { large::free_huge(object) },
+        _ => checked::report(b"free of an address in no live allocation", object, slab),
+    }
+}
+
+/// Frees a block of a slab this thread does not own (lock-free).
+///
+/// # Safety
+/// - `block` is a live block of `slab`, given up by the caller.
+pub(crate) unsafe fn free_remote(slab: &Slab, block: *mut Block) {
+    loop {
+        // SAFETY: the caller owns the block.
+        match unsafe { slab.remote.push(block) } {
+            Pushed::OnSlab => return,
+            Pushed::NotifyOwner => {
+                let owner = slab.owner.load(Ordering::Acquire);
+                if owner != UNOWNED {
+                    // SAFETY: owners are heap addresses, and heaps are immortal. Our block keeps the slab
+                    // alive until the owner drains it.
+                    unsafe { (*(owner as *const Heap)).delayed.push(block) };
+                    return;
+                }
+                // Nobody to notify any more: the flag is now clear, push normally.
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reallocation.
+
+unsafe fn realloc_impl(object: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    let align = layout.align();
+    let in_place = if object as usize & arena::ARENA_MASK == 0 {
+        // SAFETY: a 2 MiB-aligned huge object (see `dealloc_impl`).
+        unsafe { resize_huge(object, new_size) }
+    } else {
+        // SAFETY: `object` is live and ours (GlobalAlloc contract).
+        let slab = unsafe { slab_of(object as usize) };
+        match slab.kind.get() {
+            KIND_SMALL => {
+                let block = slab.block_bytes.get() as usize;
+                new_size <= block && (block <= 64 || new_size > block / 2)
+            }
+            KIND_LARGE => {
+                new_size > MAX_SMALL_BYTES
+                    && new_size <= LARGE_MAX_BYTES
+                    && large::resize_span_in_place(slab, new_size)
+            }
+            // SAFETY: a huge descriptor: `object` is a live huge allocation.
+            KIND_HUGE => unsafe { resize_huge(object, new_size) },
+            _ => false,
+        }
+    };
+    if in_place {
+        return object;
+    }
+    let new = if align <= MIN_ALIGN && new_size <= MAX_SMALL_BYTES {
+        alloc_impl(new_size, align)
+    } else {
+        alloc_slow(new_size, align, false)
+    };
+    if !new.is_null() {
+        // SAFETY: both blocks are live, distinct, and at least min(old, new) bytes long.
+        unsafe { ptr::copy_nonoverlapping(object, new, layout.size().min(new_size)) };
+        // SAFETY: `object` is live and ours; the caller gives it up on success.
+        unsafe { dealloc_impl(object) };
+    }
+    new
+}
+
+/// # Safety
+/// - `object` is a live huge allocation.
+unsafe fn resize_huge(object: *mut u8, new_size: usize) -> bool {
+    // SAFETY: the caller's contract.
+    let capacity = unsafe { large::huge_capacity(object) };
+    if new_size <= capacity && new_size > capacity / 2 && new_size > LARGE_MAX_BYTES {
+        // SAFETY: as above, and the size fits the mapping.
+        unsafe { large::set_huge_size(object, new_size) };
+        return true;
+    }
+    false
+}
+
+// SAFETY: every method upholds the GlobalAlloc contract: returned blocks are at least `size` bytes,
+// aligned to `align`, disjoint from every other live block, and null on failure (never a panic).
+unsafe impl GlobalAlloc for SlabAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        alloc_impl(layout.size(), layout.align())
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, object: *mut u8, _layout: Layout) {
+        // SAFETY: the caller's GlobalAlloc contract: `object` is a live block from this allocator.
+        unsafe { dealloc_impl(object) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        alloc_slow(layout.size(), layout.align(), true)
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, object: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded GlobalAlloc contract.
+        unsafe { realloc_impl(object, layout, new_size) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Giving memory back.
+
+/// Releases everything free now: collects frees on the calling thread's heap, on abandoned heaps and
+/// in the shared slab pool, returns empty slabs, decommits free pages inside partly used slabs and
+/// free units, and unmaps empty arenas. Returns the bytes given back to the OS.
+///
+/// Live heaps of other threads are not touched (their owners are running): they return empty slabs
+/// as they free, and everything at thread exit.
+pub fn purge() -> usize {
+    ensure_init();
+    let heap = thread_heap();
+    let mut released = 0;
+    if is_real_heap(heap) {
+        released += heap.collect(true, false);
+    }
+    released += pool::collect_abandoned(true);
+    released += pool::collect_pool(true);
+    released += arena::POOL.lock().maintain(os::now_ms(), true);
+    released
+}
+
+/// One round of the background purger: what `purge` does for abandoned heaps and the pool, and the
+/// delayed (not forced) decommit of free units and empty arenas.
+pub fn maintain() -> usize {
+    let mut released = pool::collect_abandoned(true);
+    released += pool::collect_pool(true);
+    released += arena::POOL.lock().maintain(os::now_ms(), false);
+    released
+}
+
+static PURGER_STARTED: AtomicU8 = AtomicU8::new(0);
+
+/// Starts a background thread that calls [`maintain`] every `interval`, so that memory freed by
+/// exited threads and free arenas goes back to the OS within about `interval` plus the decommit delay
+/// even if the program never allocates again. Call it from `main`; returns false if it was already
+/// running or the thread could not be spawned.
+pub fn start_background_purger(interval: std::time::Duration) -> bool {
+    if PURGER_STARTED.swap(1, Ordering::AcqRel) != 0 {
+        return false;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("alloc-core-purger".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            maintain();
+        });
+    spawned.is_ok()
+}

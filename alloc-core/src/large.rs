@@ -1,0 +1,241 @@
+//! Allocations above the largest size class.
+//!
+//! - **Spans** (up to `LARGE_MAX_BYTES`): a run of whole 64 KiB units inside a normal arena, described by
+//!   the head unit's descriptor (`KIND_LARGE`; the other units point back with `head_delta`). Alignment
+//!   up to 64 KiB is free (units are aligned); larger alignment pads inside the span. A span grows in
+//!   place into free units that follow it and shrinks by giving tail units back.
+//! - **Huge** allocations are direct mappings. The mapping starts with a metadata page that looks like
+//!   an arena's descriptor array whose every descriptor says `KIND_HUGE`, so a free finds it by the same
+//!   masking as any other block. When the alignment is 2 MiB or more the object itself starts on a
+//!   2 MiB boundary (offset 0 in its chunk, where no arena block can be), and its metadata sits in the
+//!   pages just before it.
+//!
+//! Spans take the arena pool lock; huge mappings take no lock at all.
+
+use crate::arena::{ArenaKind, ArenaMeta, ARENA_BYTES, ARENA_MASK, POOL, UNITS_PER_ARENA};
+use crate::os;
+use crate::size_class::{UNIT_BYTES, UNIT_SHIFT};
+use crate::slab::{Slab, KIND_HUGE, KIND_LARGE, UNOWNED};
+use crate::sync::Ordering;
+use core::ptr;
+
+/// Largest request served as a span inside an arena.
+pub const LARGE_MAX_BYTES: usize = 1 << 20;
+
+/// Units a span needs for `size` bytes at `align`, counting worst-case alignment padding.
+fn span_units(size: usize, align: usize) -> usize {
+    let pad = align.saturating_sub(UNIT_BYTES);
+    (size + pad).div_ceil(UNIT_BYTES)
+}
+
+/// Allocates a span; null when the arenas cannot provide one.
+pub(crate) fn alloc_span(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let units = span_units(size, align);
+    debug_assert!(units < UNITS_PER_ARENA);
+    let mut object = ptr::null_mut();
+    let taken = POOL.lock().alloc_units(ArenaKind::Normal, units, |u| {
+        let start = u.start();
+        let offset = (start as usize).next_multiple_of(align) - start as usize;
+        // SAFETY: the units were just taken from a live arena under the pool lock.
+        let descs = unsafe { &(*u.arena).descs };
+        init_span(&descs[u.first..u.first + units], offset, size);
+        object = start.wrapping_add(offset);
+    });
+    let Some(taken) = taken else {
+        return ptr::null_mut();
+    };
+    crate::stats::add_large(size);
+    if zero && !taken.zeroed {
+        // SAFETY: the span is ours and at least `size` bytes long from `object`.
+        unsafe { ptr::write_bytes(object, 0, size) };
+    }
+    object
+}
+
+fn init_span(descs: &[Slab], offset: usize, size: usize) {
+    for (i, desc) in descs.iter().enumerate() {
+        desc.init_unowned();
+        desc.kind.set(KIND_LARGE);
+        desc.head_delta.set(i as u8);
+    }
+    let head = &descs[0];
+    head.units.set(descs.len() as u32);
+    head.span_offset.set(offset as u32);
+    head.object_bytes.set(size);
+}
+
+/// The index of a descriptor in its arena.
+fn desc_index(arena: *mut ArenaMeta, desc: &Slab) -> usize {
+    // SAFETY: `desc` lies in `arena`'s descriptor array.
+    unsafe {
+        (desc as *const Slab).offset_from(ptr::addr_of!((*arena).descs).cast::<Slab>()) as usize
+    }
+}
+
+/// Frees a span given its head descriptor.
+pub(crate) fn free_span(head: &Slab) {
+    let arena = crate::arena::meta_of(head as *const Slab as usize);
+    let first = desc_index(arena, head);
+    let units = head.units.get() as usize;
+    crate::stats::sub_large(head.object_bytes.get());
+    let now = os::now_ms();
+    let mut pool = POOL.lock();
+    // SAFETY: the arena is live (it holds the span) and we hold the lock.
+    let descs = unsafe { &(*arena).descs };
+    for desc in &descs[first..first + units] {
+        desc.init_unowned();
+    }
+    pool.free_units(arena, first, units, now);
+    if pool.maintenance_due(now) {
+        pool.maintain(now, false);
+    }
+}
+
+/// Bytes usable from `object` in its span.
+pub(crate) fn span_capacity(head: &Slab) -> usize {
+    ((head.units.get() as usize) << UNIT_SHIFT) - head.span_offset.get() as usize
+}
+
+/// Resizes a span in place (shrinking gives tail units back; growing takes the free units that
+/// follow). Returns false when it cannot, and then changes nothing.
+pub(crate) fn resize_span_in_place(head: &Slab, new_size: usize) -> bool {
+    let arena = crate::arena::meta_of(head as *const Slab as usize);
+    let first = desc_index(arena, head);
+    let units = head.units.get() as usize;
+    let offset = head.span_offset.get() as usize;
+    let needed = (offset + new_size).div_ceil(UNIT_BYTES);
+    let old_size = head.object_bytes.get();
+    if needed == units {
+        head.object_bytes.set(new_size);
+    } else if needed < units {
+        let now = os::now_ms();
+        let mut pool = POOL.lock();
+        // SAFETY: live arena, lock held.
+        let descs = unsafe { &(*arena).descs };
+        for desc in &descs[first + needed..first + units] {
+            desc.init_unowned();
+        }
+        head.units.set(needed as u32);
+        head.object_bytes.set(new_size);
+        pool.free_units(arena, first + needed, units - needed, now);
+    } else {
+        if first + needed > UNITS_PER_ARENA {
+            return false;
+        }
+        let mut pool = POOL.lock();
+        let extra = needed - units;
+        if !pool.take_following(arena, first + units, extra) {
+            return false;
+        }
+        // SAFETY: live arena, lock held; the units after the span are now ours.
+        let descs = unsafe { &(*arena).descs };
+        for (i, desc) in descs[first + units..first + needed].iter().enumerate() {
+            desc.init_unowned();
+            desc.kind.set(KIND_LARGE);
+            desc.head_delta.set((units + i) as u8);
+        }
+        head.units.set(needed as u32);
+        head.object_bytes.set(new_size);
+    }
+    crate::stats::sub_large(old_size);
+    crate::stats::add_large(new_size);
+    true
+}
+
+/// The header of a huge mapping, after its descriptor array.
+#[repr(C)]
+struct HugeMeta {
+    descs: [Slab; UNITS_PER_ARENA],
+    map_base: usize,
+    map_bytes: usize,
+    object_bytes: usize,
+}
+
+fn huge_meta_bytes() -> usize {
+    core::mem::size_of::<HugeMeta>().next_multiple_of(os::page_size())
+}
+
+/// Maps a huge allocation; null on failure.
+pub(crate) fn alloc_huge(size: usize, align: usize) -> *mut u8 {
+    let page = os::page_size();
+    let meta_bytes = huge_meta_bytes();
+    let (map_align, offset, meta_offset) = if align < ARENA_BYTES {
+        (ARENA_BYTES, meta_bytes.max(align), 0)
+    } else {
+        (align, align, align - meta_bytes)
+    };
+    let Some(map_bytes) = offset
+        .checked_add(size)
+        .and_then(|b| b.checked_next_multiple_of(page))
+    else {
+        return ptr::null_mut();
+    };
+    let base = os::map_aligned(map_bytes, map_align);
+    if base.is_null() {
+        return ptr::null_mut();
+    }
+    let meta = base.wrapping_add(meta_offset).cast::<HugeMeta>();
+    // SAFETY: the metadata lies inside the fresh, zeroed mapping; all-zero bytes are a valid `HugeMeta`.
+    unsafe {
+        for desc in (*meta).descs.iter() {
+            desc.init_unowned();
+            desc.kind.set(KIND_HUGE);
+        }
+        (*meta).map_base = base as usize;
+        (*meta).map_bytes = map_bytes;
+        (*meta).object_bytes = size;
+    }
+    let object = base.wrapping_add(offset);
+    crate::checked::register_chunk(object as usize & !ARENA_MASK);
+    crate::stats::add_huge(map_bytes);
+    object
+}
+
+fn huge_meta_of(object: *mut u8) -> *mut HugeMeta {
+    if object as usize & ARENA_MASK == 0 {
+        object.wrapping_sub(huge_meta_bytes()).cast()
+    } else {
+        (object as usize & !ARENA_MASK) as *mut HugeMeta
+    }
+}
+
+/// Unmaps a huge allocation.
+///
+/// # Safety
+/// - `object` was returned by `alloc_huge` and is not used afterwards.
+pub(crate) unsafe fn free_huge(object: *mut u8) {
+    let meta = huge_meta_of(object);
+    // SAFETY: the caller's contract: `meta` is the live metadata of this mapping.
+    let (base, bytes) = unsafe { ((*meta).map_base, (*meta).map_bytes) };
+    crate::checked::unregister_chunk(object as usize & !ARENA_MASK);
+    crate::stats::sub_huge(bytes);
+    os::unmap(base as *mut u8, bytes);
+}
+
+/// Bytes usable from `object` in its mapping.
+///
+/// # Safety
+/// - `object` was returned by `alloc_huge` and is live.
+pub(crate) unsafe fn huge_capacity(object: *mut u8) -> usize {
+    let meta = huge_meta_of(object);
+    // SAFETY: the caller's contract.
+    unsafe { (*meta).map_base + (*meta).map_bytes - object as usize }
+}
+
+/// Records a new size for a huge allocation that still fits its mapping.
+///
+/// # Safety
+/// - `object` was returned by `alloc_huge`, is live, and `size <= huge_capacity(object)`.
+pub(crate) unsafe fn set_huge_size(object: *mut u8, size: usize) {
+    let meta = huge_meta_of(object);
+    // SAFETY: the caller's contract.
+    unsafe { (*meta).object_bytes = size };
+}
+
+/// Whether a descriptor belongs to a span or a huge mapping rather than a slab (for `checked`).
+pub(crate) fn is_span_start(head: &Slab, object: *mut u8) -> bool {
+    let arena = crate::arena::meta_of(head as *const Slab as usize);
+    let first = desc_index(arena, head);
+    let start = (arena as usize) + (first << UNIT_SHIFT) + head.span_offset.get() as usize;
+    head.owner.load(Ordering::Relaxed) == UNOWNED && start == object as usize
+}

@@ -1,0 +1,200 @@
+//! Platform layer: the only module that talks to the kernel.
+//!
+//! It holds OS facts and nothing else: how to reserve aligned address space, how to give pages back,
+//! what the page size is. Policy (when to decommit, what to keep) lives in the arena layer.
+//!
+//! Facts this module relies on, each with its reason:
+//! - Anonymous private mappings read as zero until written, and again after `MADV_DONTNEED`: that is
+//!   what lets `alloc_zeroed` skip the memset on fresh or decommitted memory.
+//! - `MADV_FREE` is cheaper but the pages keep counting in the resident set until the kernel is under
+//!   pressure, and may read back old contents; so decommit uses `MADV_DONTNEED` (the resident set is what
+//!   users measure) and `MADV_FREE` is offered only as `decommit_lazy`, with `MADV_DONTNEED` as fallback.
+//! - A 2 MiB-aligned reservation is made by over-mapping and trimming both ends: `mmap` has no alignment
+//!   argument, and trimming keeps the kernel's view exact.
+//! - `MAP_HUGETLB` fails unless huge pages were reserved by the administrator; it is opt-in
+//!   (`ALLOC_CORE_HUGETLB=1`) and falls back silently to an ordinary mapping.
+//! - The page size is read at run time (`sysconf`), never assumed: 16 KiB and 64 KiB kernels exist.
+//!
+//! Nothing here allocates through the global allocator or panics; a failed call is a null return.
+
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// 2 MiB: the arena size and the huge-page size this allocator is built around.
+pub(crate) const ARENA_BYTES: usize = 2 << 20;
+
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The kernel's page size in bytes (read once, then cached).
+#[inline]
+pub fn page_size() -> usize {
+    let cached = PAGE_SIZE.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    page_size_slow()
+}
+
+#[cold]
+fn page_size_slow() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let raw = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let size = if raw > 0 && (raw as usize).is_power_of_two() {
+        raw as usize
+    } else {
+        4096
+    };
+    PAGE_SIZE.store(size, Ordering::Relaxed);
+    size
+}
+
+/// Reads a boolean switch from the environment without allocating (`getenv` returns a pointer into
+/// the process environment). Unset means `default`; "0" means off; anything else means on.
+pub(crate) fn env_flag(name_nul: &[u8], default: bool) -> bool {
+    debug_assert_eq!(name_nul.last(), Some(&0));
+    // SAFETY: `name_nul` is NUL-terminated (checked above in debug builds, and every caller passes a
+    // literal ending in `\0`); getenv only reads it.
+    let value = unsafe { libc::getenv(name_nul.as_ptr().cast()) };
+    if value.is_null() {
+        return default;
+    }
+    // SAFETY: getenv returned a non-null pointer to a NUL-terminated string; we read its first byte.
+    let first = unsafe { *value.cast::<u8>() };
+    first != b'0' && first != 0
+}
+
+/// Maps `bytes` of fresh, zeroed, readable and writable memory anywhere. Null on failure.
+fn map_anywhere(bytes: usize, extra_flags: libc::c_int) -> *mut u8 {
+    // SAFETY: an anonymous private mapping with a null hint has no preconditions; the result is
+    // checked against MAP_FAILED before use.
+    let addr = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra_flags,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        addr.cast()
+    }
+}
+
+/// Reserves `bytes` (a multiple of the page size) at an address aligned to `align` (a power of two,
+/// at least the page size). The memory reads as zero. Null on failure.
+pub(crate) fn map_aligned(bytes: usize, align: usize) -> *mut u8 {
+    debug_assert!(align.is_power_of_two() && align >= page_size());
+    debug_assert_eq!(bytes % page_size(), 0);
+    if align == ARENA_BYTES && bytes == ARENA_BYTES && hugetlb_enabled() {
+        let huge = map_anywhere(bytes, libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT));
+        if !huge.is_null() {
+            if (huge as usize) % align == 0 {
+                return huge;
+            }
+            unmap(huge, bytes);
+        }
+    }
+    let Some(over) = bytes.checked_add(align - page_size()) else {
+        return ptr::null_mut();
+    };
+    let raw = map_anywhere(over, 0);
+    if raw.is_null() {
+        return raw;
+    }
+    let start = (raw as usize).next_multiple_of(align);
+    let head = start - raw as usize;
+    let tail = over - head - bytes;
+    if head > 0 {
+        unmap(raw, head);
+    }
+    if tail > 0 {
+        // `start + bytes` lies within the original mapping: head + bytes + tail == over.
+        unmap(raw.wrapping_add(head + bytes), tail);
+    }
+    raw.wrapping_add(head)
+}
+
+/// Returns a mapping (or part of one) to the kernel.
+pub(crate) fn unmap(addr: *mut u8, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    // SAFETY: callers pass a range they mapped with `map_aligned` and no longer use; munmap of such
+    // a range has no other precondition, and failure only leaves the pages mapped.
+    unsafe { libc::munmap(addr.cast(), bytes) };
+}
+
+/// Asks for transparent huge pages on a 2 MiB-aligned range (a hint; errors are ignored).
+pub(crate) fn advise_hugepage(addr: *mut u8, bytes: usize) {
+    // SAFETY: madvise with MADV_HUGEPAGE only changes paging policy of a range we mapped.
+    unsafe { libc::madvise(addr.cast(), bytes, libc::MADV_HUGEPAGE) };
+}
+
+/// Gives the physical pages of a page-aligned range back; the range stays mapped and reads as zero.
+pub(crate) fn decommit(addr: *mut u8, bytes: usize) {
+    debug_assert_eq!(addr as usize % page_size(), 0);
+    debug_assert_eq!(bytes % page_size(), 0);
+    if bytes == 0 {
+        return;
+    }
+    // SAFETY: the range is page-aligned, mapped by us and holds no live object (the caller's
+    // contract); MADV_DONTNEED on a private anonymous mapping just drops its pages.
+    unsafe { libc::madvise(addr.cast(), bytes, libc::MADV_DONTNEED) };
+}
+
+/// Like `decommit`, but lets the kernel take the pages only under memory pressure (`MADV_FREE`).
+/// The range may read back old contents afterwards, so it is never assumed zero.
+pub fn decommit_lazy(addr: *mut u8, bytes: usize) {
+    // SAFETY: as in `decommit`; MADV_FREE is the lazy variant and fails on kernels before 4.5.
+    let rc = unsafe { libc::madvise(addr.cast(), bytes, libc::MADV_FREE) };
+    if rc != 0 {
+        decommit(addr, bytes);
+    }
+}
+
+fn hugetlb_enabled() -> bool {
+    // 0 = unread, 1 = off, 2 = on.
+    static HUGETLB: AtomicUsize = AtomicUsize::new(0);
+    match HUGETLB.load(Ordering::Relaxed) {
+        0 => {
+            let on = env_flag(b"ALLOC_CORE_HUGETLB\0", false);
+            HUGETLB.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        state => state == 2,
+    }
+}
+
+/// Monotonic milliseconds (coarse clock: a vDSO read, cheap enough for slow paths).
+pub(crate) fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// Writes bytes to standard error without allocating (for abort messages).
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid readable slice; write(2) only reads it.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+
+/// Aborts the process (never unwinds: this is called from inside the allocator).
+pub(crate) fn abort() -> ! {
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}

@@ -1,0 +1,1 @@
+//! Relocating caches (see the relocate-api issue); not built yet.

@@ -46,11 +46,22 @@ pub(crate) const LIVE_GRANULE: usize = 8;
 const NORMAL_META_UNITS: usize = 1;
 const MOVABLE_META_UNITS: usize = 9;
 /// Back-map granule of movable arenas (the smallest movable block).
-pub const BACKMAP_GRANULE: usize = 16;
+pub(crate) const BACKMAP_GRANULE: usize = 16;
+/// The back-map of a movable arena starts at its second unit.
+pub(crate) const BACKMAP_OFFSET: usize = UNIT_BYTES;
+
+const _: () = {
+    assert!(core::mem::size_of::<[Slab; UNITS_PER_ARENA]>() == HEADER_OFFSET);
+    assert!(HEADER_OFFSET + core::mem::size_of::<ArenaHeader>() <= LIVE_BITMAP_OFFSET);
+    assert!(LIVE_BITMAP_OFFSET + ARENA_BYTES / LIVE_GRANULE / 8 <= UNIT_BYTES);
+    assert!(
+        BACKMAP_OFFSET + (ARENA_BYTES / BACKMAP_GRANULE) * 4 <= MOVABLE_META_UNITS * UNIT_BYTES
+    );
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum ArenaKind {
+pub(crate) enum ArenaKind {
     Normal = 0,
     Movable = 1,
 }
@@ -86,7 +97,6 @@ pub(crate) struct ArenaHeader {
 pub(crate) struct Units {
     pub(crate) arena: *mut ArenaMeta,
     pub(crate) first: usize,
-    pub(crate) count: usize,
     /// Every unit read as zero when handed out.
     pub(crate) zeroed: bool,
 }
@@ -213,7 +223,6 @@ impl ArenaPool {
         let units = Units {
             arena,
             first,
-            count,
             zeroed,
         };
         init(&units);
@@ -332,16 +341,9 @@ impl ArenaPool {
 }
 
 impl ArenaMeta {
-    pub(crate) fn base(&self) -> *mut u8 {
-        self as *const Self as *mut u8
-    }
-
-    pub(crate) fn is_arena(&self) -> bool {
-        self.header.magic == ARENA_MAGIC
-    }
-
-    pub(crate) fn kind(&self) -> ArenaKind {
-        self.header.kind
+    /// Whether this chunk is an arena of the given kind (a huge mapping has no magic).
+    pub(crate) fn is_arena_of(&self, kind: ArenaKind) -> bool {
+        self.header.magic == ARENA_MAGIC && self.header.kind == kind
     }
 
     /// Free units (under the pool lock).
@@ -352,11 +354,6 @@ impl ArenaMeta {
     /// Committed-but-free units (under the pool lock).
     pub(crate) fn dirty_units(&self) -> u32 {
         self.header.dirty_units
-    }
-
-    /// Units that read as zero (under the pool lock).
-    pub(crate) fn zero_units(&self) -> u32 {
-        self.header.zero_units
     }
 }
 

@@ -435,3 +435,60 @@ pub fn start_background_purger(interval: std::time::Duration) -> bool {
         });
     spawned.is_ok()
 }
+
+/// Recounts the counter invariants of every slab the calling thread's heap owns (tests and the
+/// `invariants` feature). Panics with the broken invariant.
+#[cfg(any(test, feature = "invariants"))]
+pub fn check_thread_heap_invariants() {
+    let heap = thread_heap();
+    if is_real_heap(heap) {
+        heap.check_invariants();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A seeded random walk of allocations and frees on this thread, with the slab counters recounted
+    /// after every step.
+    #[test]
+    fn random_walk_keeps_slab_invariants() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut live: Vec<(*mut u8, Layout)> = Vec::new();
+        for step in 0..20_000 {
+            if live.len() < 500 && next() % 3 != 0 {
+                let size = 1 + (next() % 3000) as usize;
+                let align = 1 << (next() % 7);
+                let layout = Layout::from_size_align(size, align).unwrap();
+                // SAFETY: non-zero size.
+                let p = unsafe { SlabAlloc.alloc(layout) };
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0);
+                // SAFETY: `p` has `size` bytes.
+                unsafe { p.write_bytes(step as u8, size) };
+                live.push((p, layout));
+            } else if !live.is_empty() {
+                let (p, layout) = live.swap_remove((next() as usize) % live.len());
+                // SAFETY: allocated above with this layout, freed once.
+                unsafe { SlabAlloc.dealloc(p, layout) };
+            }
+            if step % 97 == 0 {
+                check_thread_heap_invariants();
+            }
+        }
+        for (p, layout) in live {
+            // SAFETY: as above.
+            unsafe { SlabAlloc.dealloc(p, layout) };
+        }
+        check_thread_heap_invariants();
+        purge();
+        check_thread_heap_invariants();
+    }
+}

@@ -20,7 +20,9 @@ use crate::os;
 use crate::pool;
 use crate::remote::{Block, DelayedFreeList};
 use crate::size_class::{CLASSES, NUM_CLASSES};
-use crate::slab::{Slab, FLAG_FULL, KIND_SMALL, UNOWNED};
+#[cfg(any(test, feature = "invariants"))]
+use crate::slab::KIND_SMALL;
+use crate::slab::{Slab, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
 use core::cell::Cell;
 use core::ptr;
@@ -226,7 +228,7 @@ impl Heap {
             return;
         }
         self.avail[class].remove(slab);
-        if self.current[class].get() == slab as *const Slab as *mut Slab {
+        if ptr::eq(self.current[class].get(), slab) {
             self.current[class].set(empty_slab());
         }
         slab.flags.set(slab.flags.get() | FLAG_FULL);
@@ -261,7 +263,7 @@ impl Heap {
     #[inline(never)]
     pub(crate) fn slab_emptied(&self, slab: &Slab) {
         let class = slab.class.get() as usize;
-        if self.current[class].get() == slab as *const Slab as *mut Slab {
+        if ptr::eq(self.current[class].get(), slab) {
             return;
         }
         self.avail[class].remove(slab);

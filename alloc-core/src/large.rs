@@ -14,9 +14,8 @@
 
 use crate::arena::{ArenaKind, ArenaMeta, ARENA_BYTES, ARENA_MASK, POOL, UNITS_PER_ARENA};
 use crate::os;
-use crate::size_class::{UNIT_BYTES, UNIT_SHIFT};
-use crate::slab::{Slab, KIND_HUGE, KIND_LARGE, UNOWNED};
-use crate::sync::Ordering;
+use crate::size_class::UNIT_BYTES;
+use crate::slab::{Slab, KIND_HUGE, KIND_LARGE};
 use core::ptr;
 
 /// Largest request served as a span inside an arena.
@@ -89,11 +88,6 @@ pub(crate) fn free_span(head: &Slab) {
     if pool.maintenance_due(now) {
         pool.maintain(now, false);
     }
-}
-
-/// Bytes usable from `object` in its span.
-pub(crate) fn span_capacity(head: &Slab) -> usize {
-    ((head.units.get() as usize) << UNIT_SHIFT) - head.span_offset.get() as usize
 }
 
 /// Resizes a span in place (shrinking gives tail units back; growing takes the free units that
@@ -232,8 +226,12 @@ pub(crate) unsafe fn set_huge_size(object: *mut u8, size: usize) {
     unsafe { (*meta).object_bytes = size };
 }
 
-/// Whether a descriptor belongs to a span or a huge mapping rather than a slab (for `checked`).
+/// Whether `object` is where the span's object starts (for `checked`).
+#[cfg(feature = "checked")]
 pub(crate) fn is_span_start(head: &Slab, object: *mut u8) -> bool {
+    use crate::size_class::UNIT_SHIFT;
+    use crate::slab::UNOWNED;
+    use crate::sync::Ordering;
     let arena = crate::arena::meta_of(head as *const Slab as usize);
     let first = desc_index(arena, head);
     let start = (arena as usize) + (first << UNIT_SHIFT) + head.span_offset.get() as usize;

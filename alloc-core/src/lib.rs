@@ -40,6 +40,8 @@ mod heap;
 #[cfg(not(loom))]
 mod large;
 #[cfg(not(loom))]
+pub mod movable;
+#[cfg(not(loom))]
 pub mod os;
 #[cfg(not(loom))]
 mod pool;
@@ -50,6 +52,8 @@ mod slab;
 #[cfg(not(loom))]
 mod stats;
 
+#[cfg(all(not(loom), any(test, feature = "invariants")))]
+pub use global::check_thread_heap_invariants;
 #[cfg(not(loom))]
 pub use global::{maintain, purge, start_background_purger, SlabAlloc};
 #[cfg(not(loom))]

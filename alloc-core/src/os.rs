@@ -181,6 +181,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Writes bytes to standard error without allocating (for abort messages).
+#[cfg(feature = "checked")]
 pub(crate) fn write_stderr(bytes: &[u8]) {
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -194,6 +195,7 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
 }
 
 /// Aborts the process (never unwinds: this is called from inside the allocator).
+#[cfg(feature = "checked")]
 pub(crate) fn abort() -> ! {
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }

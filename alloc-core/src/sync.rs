@@ -2,17 +2,14 @@
 //!
 //! Normal builds use `core`'s atomics; under `--cfg loom` the same names are loom's, so the loom models
 //! in `loom-tests` check the real protocol code rather than a copy of it. Only the protocol modules
-//! (`remote`, `abandon`, `lock`) are compiled under loom: the global allocator's statics need `const`
+//! (`remote`, `lock`) are compiled under loom: the global allocator's statics need `const`
 //! constructors, which loom's atomics do not have.
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
-};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
-};
+#[allow(unused_imports)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 
 pub(crate) use core::sync::atomic::Ordering;
 

@@ -15,8 +15,9 @@ fn fill(p: *mut u8, size: usize, seed: usize) {
 fn check(p: *mut u8, size: usize, seed: usize) {
     for i in 0..size {
         // SAFETY: test code; `p` has `size` bytes.
+        let byte = unsafe { *p.add(i) };
         assert_eq!(
-            unsafe { *p.add(i) },
+            byte,
             (seed.wrapping_mul(31).wrapping_add(i) & 0xff) as u8,
             "byte {i} of {size}"
         );

@@ -1,0 +1,345 @@
+//! Movable slabs: the hooks a compactor (relocate-api) builds on.
+//!
+//! A [`MovableHeap`] allocates blocks of one size class from slabs that live in `Movable` arenas, never
+//! mixed with the global allocator's slabs, so that evacuating them frees whole arenas. Unlike the
+//! per-thread heaps it is an ordinary value with one owner (`&mut self` everywhere): a relocating cache
+//! keeps it behind its own synchronisation and frees through it, never through the global allocator.
+//!
+//! For every block it keeps, out of line in the arena's metadata units:
+//! - the liveness bitmap bit of the block's first 8-byte granule (set while the block is allocated),
+//! - a back-map entry: a `u32` naming the block's owner (e.g. a handle-table index), one per 16-byte
+//!   granule, so blocks of 16 bytes or more never share an entry.
+//!
+//! A compactor walks [`MovableHeap::slabs`] to find sparse slabs, [`MovableHeap::for_each_live`] to
+//! find what to move and who owns it, allocates targets with [`MovableHeap::alloc_excluding`] so a
+//! move never lands in the slab being emptied, and frees the old blocks; a slab whose last block goes
+//! is returned to its arena at once, and an arena whose units are all free is unmapped by `purge` or
+//! after the decommit delay.
+
+use crate::arena::{
+    self, ArenaKind, ArenaMeta, BACKMAP_GRANULE, BACKMAP_OFFSET, LIVE_BITMAP_OFFSET, LIVE_GRANULE,
+};
+use crate::heap::{release_slab_to_arena, SlabList};
+use crate::size_class::{class_of, CLASSES, MAX_SMALL_BYTES};
+use crate::slab::{Slab, FLAG_FULL, UNOWNED};
+use crate::sync::{AtomicU64, Ordering};
+use core::ptr::{self, NonNull};
+
+/// The smallest block a movable heap serves (one back-map entry per block).
+pub const MIN_MOVABLE_BYTES: usize = BACKMAP_GRANULE;
+
+/// A read-only view of one movable slab.
+#[derive(Clone, Copy, Debug)]
+pub struct SlabView {
+    /// Address of the first block.
+    pub start: usize,
+    pub block_bytes: usize,
+    pub capacity: usize,
+    /// Blocks allocated now.
+    pub live: usize,
+    /// Start address of the 2 MiB arena holding the slab.
+    pub arena: usize,
+}
+
+/// A single-owner allocator of same-sized blocks on movable slabs.
+pub struct MovableHeap {
+    class: usize,
+    /// Slabs with free blocks (head is allocated from first) and slabs without.
+    avail: SlabList,
+    full: SlabList,
+    slabs: usize,
+}
+
+// SAFETY: the heap owns its slabs exclusively (their `owner` is UNOWNED, so no thread heap treats them as
+// its own, and nobody else frees into them), so moving the heap moves that ownership with it.
+unsafe impl Send for MovableHeap {}
+
+fn live_bit(block: usize) -> (&'static AtomicU64, u64) {
+    let meta = block & !arena::ARENA_MASK;
+    let granule = (block & arena::ARENA_MASK) / LIVE_GRANULE;
+    let word = (meta + LIVE_BITMAP_OFFSET) as *const AtomicU64;
+    // SAFETY: the bitmap lies in the arena's first unit, mapped for the arena's life; the index is
+    // below 2 MiB / 8 / 64.
+    (unsafe { &*word.add(granule / 64) }, 1u64 << (granule % 64))
+}
+
+fn backmap_entry(block: usize) -> *mut u32 {
+    let meta = block & !arena::ARENA_MASK;
+    let granule = (block & arena::ARENA_MASK) / BACKMAP_GRANULE;
+    (meta + BACKMAP_OFFSET + granule * 4) as *mut u32
+}
+
+impl MovableHeap {
+    /// A heap for blocks of at least `bytes` (rounded up to a size class); `None` when no slab class
+    /// can hold it.
+    pub fn new(bytes: usize) -> Option<Self> {
+        if bytes > MAX_SMALL_BYTES {
+            return None;
+        }
+        let class = class_of(bytes.max(MIN_MOVABLE_BYTES));
+        Some(Self {
+            class,
+            avail: SlabList::new(),
+            full: SlabList::new(),
+            slabs: 0,
+        })
+    }
+
+    /// The block size this heap hands out.
+    pub fn block_bytes(&self) -> usize {
+        CLASSES[self.class].block_bytes as usize
+    }
+
+    /// Allocates a block and records `owner` in its back-map entry.
+    pub fn alloc(&mut self, owner: u32) -> Option<NonNull<u8>> {
+        self.alloc_excluding(owner, None)
+    }
+
+    /// Like [`Self::alloc`], but never from the slab whose first block is at `exclude` (a compactor
+    /// emptying that slab).
+    pub fn alloc_excluding(&mut self, owner: u32, exclude: Option<usize>) -> Option<NonNull<u8>> {
+        let mut slab = self.avail.head();
+        while !slab.is_null() {
+            // SAFETY: slabs on our lists are live and ours.
+            let s = unsafe { &*slab };
+            let next = s.next.get();
+            if Some(s.start.get() as usize) != exclude {
+                if s.refill() {
+                    return Some(self.take_from(s, owner));
+                }
+                self.avail.remove(s);
+                s.flags.set(s.flags.get() | FLAG_FULL);
+                self.full.push(s);
+            }
+            slab = next;
+        }
+        let s = self.new_slab()?;
+        if !s.refill() {
+            return None;
+        }
+        Some(self.take_from(s, owner))
+    }
+
+    fn take_from(&mut self, slab: &Slab, owner: u32) -> NonNull<u8> {
+        // SAFETY: `refill` returned true, so `free` is non-empty; we own the slab.
+        let block = unsafe { slab.pop_unchecked() } as usize;
+        let (word, bit) = live_bit(block);
+        word.fetch_or(bit, Ordering::Relaxed);
+        // SAFETY: the back-map entry of a block in a movable arena lies in the arena's metadata units.
+        unsafe { backmap_entry(block).write(owner) };
+        // SAFETY: blocks are non-null addresses inside an arena.
+        unsafe { NonNull::new_unchecked(block as *mut u8) }
+    }
+
+    fn new_slab(&mut self) -> Option<&'static Slab> {
+        let class = self.class;
+        let units = CLASSES[class].slab_units as usize;
+        let taken = arena::POOL
+            .lock()
+            .alloc_units(ArenaKind::Movable, units, |u| {
+                // SAFETY: the units were just taken from a live arena under the pool lock.
+                let descs = unsafe { &(*u.arena).descs };
+                descs[u.first].init_small(
+                    &descs[u.first + 1..u.first + units],
+                    u.start(),
+                    class,
+                    UNOWNED,
+                    true,
+                );
+            })?;
+        crate::stats::slab_created(class);
+        // SAFETY: `alloc_units` initialised this descriptor; arena metadata is never unmapped while the
+        // slab lives, and the heap releases the slab before dropping its reference.
+        let slab: &'static Slab = unsafe { &(*taken.arena).descs[taken.first] };
+        self.avail.push(slab);
+        self.slabs += 1;
+        Some(slab)
+    }
+
+    /// The slab descriptor of a block of this heap.
+    fn slab_of(block: usize) -> &'static Slab {
+        // SAFETY: callers pass blocks of this heap, which lie in live movable arenas.
+        unsafe { crate::global::slab_of(block) }
+    }
+
+    /// Frees a block. A slab whose last block goes is returned to its arena.
+    ///
+    /// # Safety
+    /// - `block` was allocated by this heap and is not used afterwards.
+    pub unsafe fn free(&mut self, block: NonNull<u8>) {
+        let addr = block.as_ptr() as usize;
+        let slab = Self::slab_of(addr);
+        debug_assert!(slab.is_movable() && slab.class.get() as usize == self.class);
+        let (word, bit) = live_bit(addr);
+        word.fetch_and(!bit, Ordering::Relaxed);
+        // SAFETY: the caller's contract: the block was handed out from this slab and is ours again.
+        let used = unsafe { slab.push_local(block.as_ptr().cast()) };
+        if slab.is_full_parked() {
+            slab.flags.set(slab.flags.get() & !FLAG_FULL);
+            self.full.remove(slab);
+            self.avail.push(slab);
+        }
+        if used == 0 {
+            self.avail.remove(slab);
+            self.slabs -= 1;
+            release_slab_to_arena(slab);
+        }
+    }
+
+    /// The owner recorded for a live block of this heap.
+    ///
+    /// # Safety
+    /// - `block` is a live block of this heap.
+    pub unsafe fn owner_of(&self, block: NonNull<u8>) -> u32 {
+        // SAFETY: the caller's contract; the entry lies in the arena's metadata units.
+        unsafe { backmap_entry(block.as_ptr() as usize).read() }
+    }
+
+    /// Re-records the owner of a live block.
+    ///
+    /// # Safety
+    /// - `block` is a live block of this heap.
+    pub unsafe fn set_owner(&mut self, block: NonNull<u8>, owner: u32) {
+        // SAFETY: as for `owner_of`.
+        unsafe { backmap_entry(block.as_ptr() as usize).write(owner) };
+    }
+
+    /// Whether the block at `addr` is allocated (false for any address that is not a block start).
+    ///
+    /// # Safety
+    /// - `addr` lies in a slab of this heap.
+    pub unsafe fn is_live(&self, addr: usize) -> bool {
+        let (word, bit) = live_bit(addr);
+        word.load(Ordering::Relaxed) & bit != 0
+    }
+
+    /// Every slab of the heap.
+    pub fn slabs(&self) -> impl Iterator<Item = SlabView> + '_ {
+        let mut lists = [self.avail.head(), self.full.head()].into_iter();
+        let mut slab: *mut Slab = ptr::null_mut();
+        core::iter::from_fn(move || loop {
+            if slab.is_null() {
+                slab = lists.next()?;
+                continue;
+            }
+            // SAFETY: slabs on our lists are live and ours.
+            let s = unsafe { &*slab };
+            slab = s.next.get();
+            return Some(SlabView {
+                start: s.start.get() as usize,
+                block_bytes: s.block_bytes.get() as usize,
+                capacity: s.capacity.get() as usize,
+                live: s.used() as usize,
+                arena: s.start.get() as usize & !arena::ARENA_MASK,
+            });
+        })
+    }
+
+    /// Calls `visit(block, owner)` for every live block of a slab of this heap, in address order.
+    pub fn for_each_live(&self, slab: &SlabView, mut visit: impl FnMut(NonNull<u8>, u32)) {
+        for index in 0..slab.capacity {
+            let addr = slab.start + index * slab.block_bytes;
+            let (word, bit) = live_bit(addr);
+            if word.load(Ordering::Relaxed) & bit != 0 {
+                // SAFETY: a live block of a movable arena: its back-map entry is valid.
+                let owner = unsafe { backmap_entry(addr).read() };
+                // SAFETY: block addresses are non-null.
+                visit(unsafe { NonNull::new_unchecked(addr as *mut u8) }, owner);
+            }
+        }
+    }
+
+    /// Number of slabs held.
+    pub fn slab_count(&self) -> usize {
+        self.slabs
+    }
+}
+
+impl Drop for MovableHeap {
+    /// Returns every slab. Blocks still live are lost to their owners (the heap's owner must have
+    /// dropped them), but their memory goes back.
+    fn drop(&mut self) {
+        for list in [&self.avail, &self.full] {
+            loop {
+                let slab = list.head();
+                if slab.is_null() {
+                    break;
+                }
+                // SAFETY: slabs on our lists are live and ours.
+                let s = unsafe { &*slab };
+                list.remove(s);
+                let bytes = s.block_bytes.get() as usize;
+                for index in 0..s.capacity.get() as usize {
+                    let (word, bit) = live_bit(s.start.get() as usize + index * bytes);
+                    word.fetch_and(!bit, Ordering::Relaxed);
+                }
+                s.free.set(ptr::null_mut());
+                s.local_free.set(ptr::null_mut());
+                s.set_used(0);
+                release_slab_to_arena(s);
+            }
+        }
+    }
+}
+
+/// Whether `addr` lies in a movable arena (for callers that must tell movable blocks apart).
+pub fn is_movable_address(addr: usize) -> bool {
+    let meta = arena::meta_of(addr) as *const ArenaMeta;
+    if addr & arena::ARENA_MASK == 0 {
+        return false;
+    }
+    // SAFETY: callers pass addresses of blocks this allocator handed out, whose chunk starts with
+    // metadata (an arena header, or a huge mapping's descriptors that fail the magic check).
+    unsafe { (*meta).is_arena_of(ArenaKind::Movable) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_blocks_and_owners_are_walkable() {
+        let mut heap = MovableHeap::new(64).unwrap();
+        assert_eq!(heap.block_bytes(), 64);
+        let blocks: Vec<_> = (0..5000u32).map(|i| (heap.alloc(i).unwrap(), i)).collect();
+        assert!(blocks
+            .iter()
+            .all(|(b, _)| is_movable_address(b.as_ptr() as usize)));
+        for (b, i) in blocks.iter().filter(|(_, i)| i % 3 != 0) {
+            // SAFETY: allocated above, freed once.
+            unsafe { heap.free(*b) };
+            let _ = i;
+        }
+        let mut seen = Vec::new();
+        let views: Vec<_> = heap.slabs().collect();
+        assert_eq!(views.len(), heap.slab_count());
+        for view in &views {
+            heap.for_each_live(view, |block, owner| {
+                seen.push((block.as_ptr() as usize, owner))
+            });
+            assert_eq!(view.live, {
+                let mut n = 0;
+                heap.for_each_live(view, |_, _| n += 1);
+                n
+            });
+        }
+        seen.sort_unstable();
+        let mut expected: Vec<_> = blocks
+            .iter()
+            .filter(|(_, i)| i % 3 == 0)
+            .map(|(b, i)| (b.as_ptr() as usize, *i))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(seen, expected);
+        let keep = blocks[0].0;
+        let excluded = views
+            .iter()
+            .find(|v| v.start <= keep.as_ptr() as usize)
+            .map(|v| v.start);
+        let moved = heap.alloc_excluding(7, excluded).unwrap();
+        assert_ne!(Some(moved.as_ptr() as usize & !0xffff), excluded);
+        // SAFETY: live block of this heap.
+        assert_eq!(unsafe { heap.owner_of(moved) }, 7);
+        drop(heap);
+    }
+}

@@ -323,7 +323,6 @@ impl Heap {
                         self.current[class].set(empty_slab());
                     }
                     self.avail[class].remove(s);
-                    released += s.units.get() as usize * crate::size_class::UNIT_BYTES;
                     self.release_slab(s);
                 } else if to_pool && s.used() < s.capacity.get() {
                     if self.current[class].get() == slab {

@@ -189,7 +189,6 @@ pub(crate) fn collect_pool(release_pages: bool) -> usize {
             if s.used() == 0 {
                 pool.lists[class].remove(s);
                 pool.count -= 1;
-                released += s.units.get() as usize * crate::size_class::UNIT_BYTES;
                 release_slab_to_arena(s);
             } else if release_pages {
                 released += s.release_free_pages();

@@ -31,6 +31,7 @@ use crate::os;
 use crate::size_class::{UNIT_BYTES, UNIT_SHIFT};
 use crate::slab::Slab;
 use core::ptr;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 pub(crate) use crate::os::ARENA_BYTES;
 pub(crate) const ARENA_MASK: usize = ARENA_BYTES - 1;
@@ -68,6 +69,34 @@ pub(crate) enum ArenaKind {
 
 const KINDS: usize = 2;
 
+/// Transparent huge pages, chosen by `ALLOC_CORE_THP`: `0` never; `always` (or `2`) `MADV_HUGEPAGE` on
+/// every arena when mapped; unset (the default) *dense*: on an arena once all its units are in use.
+/// Why dense by default: with THP in `madvise` mode a hinted arena gets a 2 MiB page on its first touch,
+/// so a sparsely used arena would be resident whole; an arena that filled up is resident anyway and
+/// gains the TLB reach.
+const THP_NEVER: u8 = 1;
+const THP_DENSE: u8 = 2;
+const THP_ALWAYS: u8 = 3;
+static THP_POLICY: AtomicU8 = AtomicU8::new(0);
+
+fn thp_policy() -> u8 {
+    match THP_POLICY.load(Ordering::Relaxed) {
+        0 => read_thp_policy(),
+        policy => policy,
+    }
+}
+
+/// Reads `ALLOC_CORE_THP` (once, at initialisation; later calls re-read it harmlessly).
+pub(crate) fn read_thp_policy() -> u8 {
+    let policy = match os::env_first_byte(b"ALLOC_CORE_THP\0") {
+        Some(b'0') | Some(b'n') => THP_NEVER,
+        Some(b'a') | Some(b'2') => THP_ALWAYS,
+        _ => THP_DENSE,
+    };
+    THP_POLICY.store(policy, Ordering::Relaxed);
+    policy
+}
+
 /// The metadata at the base of every arena (and of every huge mapping, whose descriptors all say
 /// `Huge`, so that a free finds its way by the same masking).
 #[repr(C)]
@@ -87,6 +116,8 @@ pub(crate) struct ArenaHeader {
     dirty_units: u32,
     /// Bit i: unit i reads as zero (never written since mapped or decommitted).
     zero_units: u32,
+    /// `MADV_HUGEPAGE` was applied (policy `THP_DENSE`: once the arena filled up).
+    huge_advised: bool,
     /// Oldest time a unit became dirty, or the arena became empty.
     dirty_since_ms: u64,
     next: *mut ArenaMeta,
@@ -379,7 +410,7 @@ fn map_arena(kind: ArenaKind) -> Option<*mut ArenaMeta> {
     if base.is_null() {
         return None;
     }
-    if crate::global::thp_enabled() {
+    if thp_policy() == THP_ALWAYS {
         os::advise_hugepage(base, ARENA_BYTES);
     }
     crate::stats::add_mapped(ARENA_BYTES);

@@ -72,11 +72,6 @@ const INIT_RUNNING: u8 = 1;
 const INIT_DONE: u8 = 2;
 static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
 static THREAD_KEY: AtomicUsize = AtomicUsize::new(0);
-static THP: AtomicU8 = AtomicU8::new(1);
-
-pub(crate) fn thp_enabled() -> bool {
-    THP.load(Ordering::Relaxed) != 0
-}
 
 #[cold]
 fn ensure_init() {
@@ -98,10 +93,7 @@ fn ensure_init() {
         return;
     }
     os::page_size();
-    THP.store(
-        os::env_flag(b"ALLOC_CORE_THP\0", true) as u8,
-        Ordering::Relaxed,
-    );
+    arena::read_thp_policy();
     checked::init();
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: `key` is a valid out-pointer; the destructor is an `extern "C"` fn that never unwinds.

@@ -173,15 +173,9 @@ impl Heap {
             slab = next;
         }
         loop {
-            let slab = match pool::take_slab(class, self.addr()) {
-                Some(slab) => slab,
-                None => match self.new_slab(class) {
-                    Some(slab) => slab,
-                    None => {
-                        self.current[class].set(empty_slab());
-                        return ptr::null_mut();
-                    }
-                },
+            let Some(slab) = self.next_slab(class) else {
+                self.current[class].set(empty_slab());
+                return ptr::null_mut();
             };
             // SAFETY: the slab was just handed to this heap.
             let s = unsafe { &*slab };
@@ -195,6 +189,20 @@ impl Heap {
             // A pooled slab that filled up through late allocations of its former owner.
             self.park_full(s);
         }
+    }
+
+    /// A slab for `class`: from the shared pool, else (after giving abandoned heaps' slabs to the pool
+    /// when that is due) from the pool again, else fresh units from the arenas.
+    fn next_slab(&self, class: usize) -> Option<*mut Slab> {
+        if let Some(slab) = pool::take_slab(class, self.addr()) {
+            return Some(slab);
+        }
+        if pool::reclaim_abandoned_if_due() {
+            if let Some(slab) = pool::take_slab(class, self.addr()) {
+                return Some(slab);
+            }
+        }
+        self.new_slab(class)
     }
 
     fn new_slab(&self, class: usize) -> Option<*mut Slab> {
@@ -295,7 +303,8 @@ impl Heap {
     }
 
     /// Collects every remote free, returns empty slabs and, when `release_pages`, decommits free pages
-    /// inside the slabs it keeps. Gives partly used slabs to the shared pool when `to_pool`.
+    /// inside the slabs it keeps. Gives partly used slabs to the shared pool when `to_pool` (an
+    /// abandoned heap: nobody allocates from it, so unchanged slabs are not rescanned).
     /// Caller: the owner (its own heap, or an abandoned heap under the abandoned-list lock).
     pub(crate) fn collect(&self, release_pages: bool, to_pool: bool) -> usize {
         self.drain_delayed();
@@ -330,11 +339,11 @@ impl Heap {
                     }
                     self.avail[class].remove(s);
                     if release_pages {
-                        released += s.release_free_pages();
+                        released += s.release_free_pages(to_pool);
                     }
                     pool::give_slab(s);
                 } else if release_pages {
-                    released += s.release_free_pages();
+                    released += s.release_free_pages(to_pool);
                 }
                 slab = next;
             }

@@ -49,6 +49,15 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock if it is free right now.
+    #[inline]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        if self.locked.load(Ordering::Relaxed) || self.locked.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        Some(SpinGuard { lock: self })
+    }
+
     /// Takes the lock without a guard (for `pthread_atfork`'s prepare handler).
     pub(crate) fn lock_raw(&self) {
         let mut spins = 0u32;

@@ -48,19 +48,19 @@ fn page_size_slow() -> usize {
     size
 }
 
-/// Reads a boolean switch from the environment without allocating (`getenv` returns a pointer into
-/// the process environment). Unset means `default`; "0" means off; anything else means on.
-pub(crate) fn env_flag(name_nul: &[u8], default: bool) -> bool {
+/// The first byte of an environment variable's value, read without allocating (`getenv` returns a
+/// pointer into the process environment). `None` when unset or empty.
+pub(crate) fn env_first_byte(name_nul: &[u8]) -> Option<u8> {
     debug_assert_eq!(name_nul.last(), Some(&0));
-    // SAFETY: `name_nul` is NUL-terminated (checked above in debug builds, and every caller passes a
-    // literal ending in `\0`); getenv only reads it.
+    // SAFETY: `name_nul` is NUL-terminated (every caller passes a literal ending in `\0`); getenv
+    // only reads it.
     let value = unsafe { libc::getenv(name_nul.as_ptr().cast()) };
     if value.is_null() {
-        return default;
+        return None;
     }
     // SAFETY: getenv returned a non-null pointer to a NUL-terminated string; we read its first byte.
     let first = unsafe { *value.cast::<u8>() };
-    first != b'0' && first != 0
+    (first != 0).then_some(first)
 }
 
 /// Maps `bytes` of fresh, zeroed, readable and writable memory anywhere. Null on failure.
@@ -161,7 +161,7 @@ fn hugetlb_enabled() -> bool {
     static HUGETLB: AtomicUsize = AtomicUsize::new(0);
     match HUGETLB.load(Ordering::Relaxed) {
         0 => {
-            let on = env_flag(b"ALLOC_CORE_HUGETLB\0", false);
+            let on = matches!(env_first_byte(b"ALLOC_CORE_HUGETLB\0"), Some(b) if b != b'0');
             HUGETLB.store(if on { 2 } else { 1 }, Ordering::Relaxed);
             on
         }

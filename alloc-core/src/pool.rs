@@ -17,8 +17,8 @@ use crate::lock::SpinLock;
 use crate::os;
 use crate::size_class::NUM_CLASSES;
 use crate::slab::{Slab, UNOWNED};
-use crate::sync::Ordering;
 use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 struct HeapStore {
     /// Next unused heap slot in the current chunk, and the chunk's end.
@@ -62,6 +62,9 @@ static SLAB_POOL: SpinLock<PooledSlabs> = SpinLock::new(PooledSlabs {
     count: 0,
 });
 
+/// `Abandoned::count`, readable without the lock (a hint for `reclaim_abandoned_if_due`).
+static ABANDONED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
 const HEAP_CHUNK_BYTES: usize = 256 << 10;
 
 /// A heap for a new thread: an abandoned one if any, else a fresh one. None when out of memory.
@@ -74,6 +77,7 @@ pub(crate) fn acquire_heap() -> Option<&'static Heap> {
             let heap = unsafe { &*heap };
             abandoned.head = heap.next_abandoned.replace(ptr::null_mut());
             abandoned.count -= 1;
+            ABANDONED_COUNT.store(abandoned.count, Ordering::Relaxed);
             return Some(heap);
         }
     }
@@ -112,6 +116,7 @@ pub(crate) fn abandon_heap(heap: &'static Heap) {
     heap.next_abandoned.set(abandoned.head);
     abandoned.head = heap as *const Heap as *mut Heap;
     abandoned.count += 1;
+    ABANDONED_COUNT.store(abandoned.count, Ordering::Relaxed);
 }
 
 /// Collects every abandoned heap (under the list lock, which makes this thread their owner).
@@ -126,6 +131,34 @@ pub(crate) fn collect_abandoned(release_pages: bool) -> usize {
         heap = h.next_abandoned.get();
     }
     released
+}
+
+/// Gives the partly used and empty slabs of abandoned heaps back (to the pool and the arenas), at most
+/// once per `RECLAIM_INTERVAL_MS` and only if nobody else is doing it. Called by a heap about to ask
+/// the arenas for fresh units, so that frees into slabs of exited threads are reused rather than pinned.
+/// Returns whether it ran.
+pub(crate) fn reclaim_abandoned_if_due() -> bool {
+    const RECLAIM_INTERVAL_MS: u64 = 10;
+    static LAST_RECLAIM_MS: AtomicU64 = AtomicU64::new(0);
+    if ABANDONED_COUNT.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    let now = os::now_ms();
+    if now.saturating_sub(LAST_RECLAIM_MS.load(Ordering::Relaxed)) < RECLAIM_INTERVAL_MS {
+        return false;
+    }
+    let Some(abandoned) = ABANDONED.try_lock() else {
+        return false;
+    };
+    LAST_RECLAIM_MS.store(now, Ordering::Relaxed);
+    let mut heap = abandoned.head;
+    while !heap.is_null() {
+        // SAFETY: heaps on the list are live and owned by the lock holder.
+        let h = unsafe { &*heap };
+        h.collect(false, true);
+        heap = h.next_abandoned.get();
+    }
+    true
 }
 
 /// Number of heaps made and of heaps currently abandoned.
@@ -191,7 +224,7 @@ pub(crate) fn collect_pool(release_pages: bool) -> usize {
                 pool.count -= 1;
                 release_slab_to_arena(s);
             } else if release_pages {
-                released += s.release_free_pages();
+                released += s.release_free_pages(true);
             }
             slab = next;
         }

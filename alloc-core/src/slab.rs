@@ -84,6 +84,9 @@ pub(crate) struct Slab {
     pub(crate) object_bytes: Cell<usize>,
     /// Pages decommitted by a purge and not yet threaded again (a subset of `unthreaded`).
     pub(crate) released: Cell<u64>,
+    /// `used` when free pages were last released (`u32::MAX`: never), so a background pass can skip
+    /// slabs that have not changed since.
+    pub(crate) scanned_used: Cell<u32>,
 }
 
 // SAFETY: the `Cell` fields follow the ownership discipline in the module doc: only the owner thread
@@ -118,6 +121,7 @@ impl Slab {
             span_offset: Cell::new(0),
             object_bytes: Cell::new(0),
             released: Cell::new(0),
+            scanned_used: Cell::new(u32::MAX),
         }
     }
 
@@ -161,6 +165,7 @@ impl Slab {
             (1u64 << pages) - 1
         });
         self.released.set(0);
+        self.scanned_used.set(u32::MAX);
         self.flags.set(if movable { FLAG_MOVABLE } else { 0 });
         self.owner.store(owner, Ordering::Relaxed);
         self.local_key.store(owner, Ordering::Relaxed);
@@ -313,14 +318,20 @@ impl Slab {
     }
 
     /// Decommits every page of the slab on which no block is in use (owner, or holder of an unowned
-    /// slab). Collects remote frees first. Returns the bytes given back.
-    pub(crate) fn release_free_pages(&self) -> usize {
+    /// slab). Collects remote frees first. With `only_if_changed`, a slab whose `used` count is what it
+    /// was at the last pass is skipped (right for slabs nobody allocates from: pooled or abandoned).
+    /// Returns the bytes given back.
+    pub(crate) fn release_free_pages(&self, only_if_changed: bool) -> usize {
         self.collect_remote();
+        if only_if_changed && self.used() == self.scanned_used.get() {
+            return 0;
+        }
+        self.scanned_used.set(self.used());
         let bytes = self.block_bytes.get() as usize;
         let cap = self.capacity.get() as usize;
         let page_bytes = os::page_size();
         let pages = (self.units.get() as usize * UNIT_BYTES) / page_bytes;
-        if page_bytes < bytes.min(page_bytes) || pages > MAX_SLAB_PAGES || cap > MAX_CAPACITY {
+        if pages > MAX_SLAB_PAGES || cap > MAX_CAPACITY {
             return 0;
         }
         // 1 bit per block: free or unthreaded.

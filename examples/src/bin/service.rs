@@ -15,7 +15,11 @@ static ALLOC: alloc_core::SlabAlloc = alloc_core::SlabAlloc::new();
 /// Resident set in bytes, from `/proc/self/statm` (second field, in pages).
 fn resident_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
     pages * alloc_core::page_size()
 }
 
@@ -35,12 +39,15 @@ impl Rng {
     }
 }
 
-const SYLLABLES: [&str; 16] =
-    ["ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zi", "pa", "qu", "do", "fe", "gi", "ho", "ju"];
+const SYLLABLES: [&str; 16] = [
+    "ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zi", "pa", "qu", "do", "fe", "gi", "ho", "ju",
+];
 
 fn word(rng: &mut Rng) -> String {
     let syllables = 1 + (rng.next() % 4) as usize;
-    (0..syllables).map(|_| SYLLABLES[(rng.next() % 16) as usize]).collect()
+    (0..syllables)
+        .map(|_| SYLLABLES[(rng.next() % 16) as usize])
+        .collect()
 }
 
 type Index = HashMap<String, Vec<u32>>;
@@ -79,13 +86,20 @@ fn main() {
 
     // Build one index shard per worker thread.
     let shards: Vec<Arc<Index>> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            (0..workers).map(|w| scope.spawn(move || Arc::new(build_index(w, documents)))).collect();
-        handles.into_iter().map(|h| h.join().expect("worker panicked")).collect()
+        let handles: Vec<_> = (0..workers)
+            .map(|w| scope.spawn(move || Arc::new(build_index(w, documents))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker panicked"))
+            .collect()
     });
     let terms: usize = shards.iter().map(|s| s.len()).sum();
     let postings: usize = shards.iter().flat_map(|s| s.values()).map(Vec::len).sum();
-    println!("built {workers} shards: {terms} terms, {postings} postings in {:?}", started.elapsed());
+    println!(
+        "built {workers} shards: {terms} terms, {postings} postings in {:?}",
+        started.elapsed()
+    );
     print_stats("after build");
 
     // Answer queries on worker threads; results travel to the main thread, which frees them.

@@ -197,6 +197,8 @@ fn huge_meta_of(object: *mut u8) -> *mut HugeMeta {
 ///
 /// # Safety
 /// - `object` was returned by `alloc_huge` and is not used afterwards.
+#[cold]
+#[inline(never)]
 pub(crate) unsafe fn free_huge(object: *mut u8) {
     let meta = huge_meta_of(object);
     // SAFETY: the caller's contract: `meta` is the live metadata of this mapping.

@@ -325,6 +325,13 @@ unsafe fn realloc_impl(object: *mut u8, layout: Layout, new_size: usize) -> *mut
     if in_place {
         return object;
     }
+    if new_size > LARGE_MAX_BYTES && align < arena::ARENA_BYTES && is_huge(object) {
+        // SAFETY: `object` is a live huge allocation.
+        let moved = unsafe { large::grow_huge(object, new_size) };
+        if !moved.is_null() {
+            return moved;
+        }
+    }
     let new = if align <= MIN_ALIGN && new_size <= MAX_SMALL_BYTES {
         alloc_impl(new_size, align)
     } else {
@@ -337,6 +344,13 @@ unsafe fn realloc_impl(object: *mut u8, layout: Layout, new_size: usize) -> *mut
         unsafe { dealloc_impl(object) };
     }
     new
+}
+
+/// Whether a live block of ours is a huge allocation.
+fn is_huge(object: *mut u8) -> bool {
+    // SAFETY: `object` is live and ours; offset 0 in a chunk is only ever a huge allocation.
+    object as usize & arena::ARENA_MASK == 0
+        || unsafe { slab_of(object as usize) }.kind.get() == KIND_HUGE
 }
 
 /// # Safety
@@ -482,5 +496,30 @@ mod tests {
         check_thread_heap_invariants();
         purge();
         check_thread_heap_invariants();
+    }
+
+    /// Huge allocations grow by moving page tables (`mremap`), keeping contents and alignment.
+    #[test]
+    fn huge_realloc_keeps_contents() {
+        let mut layout = Layout::from_size_align(3 << 20, 64).unwrap();
+        // SAFETY: non-zero size.
+        let mut p = unsafe { SlabAlloc.alloc(layout) };
+        assert!(!p.is_null());
+        // SAFETY: `p` has `layout.size()` bytes; each step below keeps that true.
+        unsafe {
+            for i in 0..layout.size() / 8 {
+                p.cast::<u64>().add(i).write(i as u64);
+            }
+            for new_size in [50 << 20, 51 << 20, 200 << 20, 4 << 20] {
+                p = SlabAlloc.realloc(p, layout, new_size);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % 64, 0);
+                layout = Layout::from_size_align(new_size, 64).unwrap();
+                for i in (0..(3 << 20) / 8).step_by(4099) {
+                    assert_eq!(p.cast::<u64>().add(i).read(), i as u64);
+                }
+            }
+            SlabAlloc.dealloc(p, layout);
+        }
     }
 }

@@ -218,6 +218,54 @@ pub(crate) unsafe fn huge_capacity(object: *mut u8) -> usize {
     unsafe { (*meta).map_base + (*meta).map_bytes - object as usize }
 }
 
+/// Grows a huge allocation without copying its contents: extends the mapping in place if the address
+/// space after it is free, else moves its pages (`mremap`) to a new 2 MiB-aligned reservation. Returns
+/// the object's new address, or null (and nothing changed) when neither works or the object is
+/// 2 MiB-aligned (those are copied by the caller).
+///
+/// # Safety
+/// - `object` was returned by `alloc_huge` and is live.
+pub(crate) unsafe fn grow_huge(object: *mut u8, new_size: usize) -> *mut u8 {
+    if object as usize & ARENA_MASK == 0 {
+        return ptr::null_mut();
+    }
+    let meta = huge_meta_of(object);
+    // SAFETY: the caller's contract.
+    let (base, old_bytes) = unsafe { ((*meta).map_base, (*meta).map_bytes) };
+    let offset = object as usize - base;
+    let Some(new_bytes) = offset
+        .checked_add(new_size)
+        .and_then(|b| b.checked_next_multiple_of(os::page_size()))
+    else {
+        return ptr::null_mut();
+    };
+    let (new_base, new_object) = if os::remap_in_place(base as *mut u8, old_bytes, new_bytes) {
+        (base as *mut u8, object)
+    } else {
+        let target = os::map_aligned(new_bytes, ARENA_BYTES);
+        if target.is_null() {
+            return ptr::null_mut();
+        }
+        if !os::remap_to(base as *mut u8, old_bytes, target, new_bytes) {
+            os::unmap(target, new_bytes);
+            return ptr::null_mut();
+        }
+        crate::checked::unregister_chunk(base);
+        crate::checked::register_chunk(target as usize);
+        (target, target.wrapping_add(offset))
+    };
+    let meta = new_base.cast::<HugeMeta>();
+    // SAFETY: the metadata moved with the mapping's first page and is ours.
+    unsafe {
+        (*meta).map_base = new_base as usize;
+        (*meta).map_bytes = new_bytes;
+        (*meta).object_bytes = new_size;
+    }
+    crate::stats::sub_huge(old_bytes);
+    crate::stats::add_huge(new_bytes);
+    new_object
+}
+
 /// Records a new size for a huge allocation that still fits its mapping.
 ///
 /// # Safety

@@ -128,6 +128,31 @@ pub(crate) fn unmap(addr: *mut u8, bytes: usize) {
     unsafe { libc::munmap(addr.cast(), bytes) };
 }
 
+/// Grows a mapping where it is, if the address space after it is free. No copying.
+pub(crate) fn remap_in_place(addr: *mut u8, old_bytes: usize, new_bytes: usize) -> bool {
+    // SAFETY: `addr..addr+old_bytes` is a whole mapping of ours; without MREMAP_MAYMOVE the kernel either
+    // extends it in place or fails and leaves it untouched.
+    let moved = unsafe { libc::mremap(addr.cast(), old_bytes, new_bytes, 0) };
+    moved != libc::MAP_FAILED
+}
+
+/// Moves a mapping's pages to `target` (a reservation of `new_bytes` that it replaces) and grows it to
+/// `new_bytes`. The page tables move; the contents are not copied. On failure both stay as they were.
+pub(crate) fn remap_to(addr: *mut u8, old_bytes: usize, target: *mut u8, new_bytes: usize) -> bool {
+    // SAFETY: both ranges are whole mappings of ours that nothing else uses; MREMAP_FIXED replaces the
+    // reservation at `target` and unmaps the old range only on success.
+    let moved = unsafe {
+        libc::mremap(
+            addr.cast(),
+            old_bytes,
+            new_bytes,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            target,
+        )
+    };
+    moved != libc::MAP_FAILED
+}
+
 /// Asks for transparent huge pages on a 2 MiB-aligned range (a hint; errors are ignored).
 pub(crate) fn advise_hugepage(addr: *mut u8, bytes: usize) {
     // SAFETY: madvise with MADV_HUGEPAGE only changes paging policy of a range we mapped.

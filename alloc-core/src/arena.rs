@@ -206,12 +206,14 @@ fn run_mask(first: usize, count: usize) -> u32 {
 }
 
 impl ArenaPool {
-    /// Takes `count` contiguous units from an arena of `kind`, mapping a new arena if none has room.
-    /// `init` runs under the pool lock, so descriptors are never seen half-written by a stats walk.
+    /// Takes `count` contiguous units from an arena of `kind` other than `avoid` (an arena being
+    /// evacuated; 0 for none), mapping a new arena if none has room. `init` runs under the pool lock,
+    /// so descriptors are never seen half-written by a stats walk.
     pub(crate) fn alloc_units(
         &mut self,
         kind: ArenaKind,
         count: usize,
+        avoid: usize,
         init: impl FnOnce(&Units),
     ) -> Option<Units> {
         debug_assert!(count >= 1 && count <= UNITS_PER_ARENA - meta_units(kind));
@@ -220,8 +222,10 @@ impl ArenaPool {
         while !arena.is_null() {
             // SAFETY: arenas on the list are mapped and their headers initialised (`map_arena`).
             let header = unsafe { &mut (*arena).header };
-            if let Some(first) = find_run(header.free_units, count) {
-                return Some(Self::take(arena, first, count, init));
+            if arena as usize != avoid {
+                if let Some(first) = find_run(header.free_units, count) {
+                    return Some(Self::take(arena, first, count, init));
+                }
             }
             arena = header.next;
         }
@@ -303,8 +307,18 @@ impl ArenaPool {
     /// Returns the number of bytes decommitted or unmapped.
     pub(crate) fn maintain(&mut self, now_ms: u64, force: bool) -> usize {
         self.last_maintenance_ms = now_ms;
+        self.maintain_kinds(&[ArenaKind::Normal, ArenaKind::Movable], now_ms, force)
+    }
+
+    /// `maintain` restricted to some arena kinds.
+    pub(crate) fn maintain_kinds(
+        &mut self,
+        kinds: &[ArenaKind],
+        now_ms: u64,
+        force: bool,
+    ) -> usize {
         let mut released = 0;
-        for kind in [ArenaKind::Normal, ArenaKind::Movable] {
+        for &kind in kinds {
             let mut arena = self.lists[kind as usize].head;
             while !arena.is_null() {
                 // SAFETY: arenas on the list are live; we hold the lock.

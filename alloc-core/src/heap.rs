@@ -208,7 +208,7 @@ impl Heap {
     fn new_slab(&self, class: usize) -> Option<*mut Slab> {
         let units = CLASSES[class].slab_units as usize;
         let owner = self.addr();
-        let taken = POOL.lock().alloc_units(ArenaKind::Normal, units, |u| {
+        let taken = POOL.lock().alloc_units(ArenaKind::Normal, units, 0, |u| {
             // SAFETY: the units were just taken from a live arena under the pool lock.
             let descs = unsafe { &(*u.arena).descs };
             descs[u.first].init_small(

@@ -32,7 +32,7 @@ pub(crate) fn alloc_span(size: usize, align: usize, zero: bool) -> *mut u8 {
     let units = span_units(size, align);
     debug_assert!(units < UNITS_PER_ARENA);
     let mut object = ptr::null_mut();
-    let taken = POOL.lock().alloc_units(ArenaKind::Normal, units, |u| {
+    let taken = POOL.lock().alloc_units(ArenaKind::Normal, units, 0, |u| {
         let start = u.start();
         let offset = (start as usize).next_multiple_of(align) - start as usize;
         // SAFETY: the units were just taken from a live arena under the pool lock.

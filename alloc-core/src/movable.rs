@@ -20,7 +20,7 @@ use crate::arena::{
     self, ArenaKind, ArenaMeta, BACKMAP_GRANULE, BACKMAP_OFFSET, LIVE_BITMAP_OFFSET, LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
-use crate::size_class::{class_of, CLASSES, MAX_SMALL_BYTES};
+use crate::size_class::{class_for, CLASSES, MAX_SMALL_BYTES};
 use crate::slab::{Slab, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::{self, NonNull};
@@ -48,6 +48,8 @@ pub struct MovableHeap {
     avail: SlabList,
     full: SlabList,
     slabs: usize,
+    /// An arena being evacuated: new slabs never come from it (0: none).
+    avoid_arena: usize,
 }
 
 // SAFETY: the heap owns its slabs exclusively (their `owner` is UNOWNED, so no thread heap treats them as
@@ -73,16 +75,28 @@ impl MovableHeap {
     /// A heap for blocks of at least `bytes` (rounded up to a size class); `None` when no slab class
     /// can hold it.
     pub fn new(bytes: usize) -> Option<Self> {
-        if bytes > MAX_SMALL_BYTES {
+        Self::with_layout(bytes, 1)
+    }
+
+    /// A heap for blocks of `bytes` aligned to `align` (a power of two); `None` when no slab class can
+    /// hold them.
+    pub fn with_layout(bytes: usize, align: usize) -> Option<Self> {
+        if bytes > MAX_SMALL_BYTES || !align.is_power_of_two() {
             return None;
         }
-        let class = class_of(bytes.max(MIN_MOVABLE_BYTES));
+        let class = class_for(bytes.max(MIN_MOVABLE_BYTES), align)?;
         Some(Self {
             class,
             avail: SlabList::new(),
             full: SlabList::new(),
             slabs: 0,
+            avoid_arena: 0,
         })
+    }
+
+    /// While set, new slabs are never taken from the arena at `arena` (the one being evacuated).
+    pub fn set_avoid_arena(&mut self, arena: Option<usize>) {
+        self.avoid_arena = arena.unwrap_or(0);
     }
 
     /// The block size this heap hands out.
@@ -92,18 +106,22 @@ impl MovableHeap {
 
     /// Allocates a block and records `owner` in its back-map entry.
     pub fn alloc(&mut self, owner: u32) -> Option<NonNull<u8>> {
-        self.alloc_excluding(owner, None)
+        self.alloc_excluding(owner, |_| false)
     }
 
-    /// Like [`Self::alloc`], but never from the slab whose first block is at `exclude` (a compactor
-    /// emptying that slab).
-    pub fn alloc_excluding(&mut self, owner: u32, exclude: Option<usize>) -> Option<NonNull<u8>> {
+    /// Like [`Self::alloc`], but never from a slab for which `exclude(slab_start)` is true (slabs a
+    /// compactor is emptying). A new slab is made if no other slab has room.
+    pub fn alloc_excluding(
+        &mut self,
+        owner: u32,
+        exclude: impl Fn(usize) -> bool,
+    ) -> Option<NonNull<u8>> {
         let mut slab = self.avail.head();
         while !slab.is_null() {
             // SAFETY: slabs on our lists are live and ours.
             let s = unsafe { &*slab };
             let next = s.next.get();
-            if Some(s.start.get() as usize) != exclude {
+            if !exclude(s.start.get() as usize) {
                 if s.refill() {
                     return Some(self.take_from(s, owner));
                 }
@@ -134,19 +152,20 @@ impl MovableHeap {
     fn new_slab(&mut self) -> Option<&'static Slab> {
         let class = self.class;
         let units = CLASSES[class].slab_units as usize;
-        let taken = arena::POOL
-            .lock()
-            .alloc_units(ArenaKind::Movable, units, |u| {
-                // SAFETY: the units were just taken from a live arena under the pool lock.
-                let descs = unsafe { &(*u.arena).descs };
-                descs[u.first].init_small(
-                    &descs[u.first + 1..u.first + units],
-                    u.start(),
-                    class,
-                    UNOWNED,
-                    true,
-                );
-            })?;
+        let taken =
+            arena::POOL
+                .lock()
+                .alloc_units(ArenaKind::Movable, units, self.avoid_arena, |u| {
+                    // SAFETY: the units were just taken from a live arena under the pool lock.
+                    let descs = unsafe { &(*u.arena).descs };
+                    descs[u.first].init_small(
+                        &descs[u.first + 1..u.first + units],
+                        u.start(),
+                        class,
+                        UNOWNED,
+                        true,
+                    );
+                })?;
         crate::stats::slab_created(class);
         // SAFETY: `alloc_units` initialised this descriptor; arena metadata is never unmapped while the
         // slab lives, and the heap releases the slab before dropping its reference.
@@ -282,6 +301,14 @@ impl Drop for MovableHeap {
     }
 }
 
+/// Unmaps every movable arena that holds no slab now (rather than after the decommit delay).
+/// Returns the bytes given back.
+pub fn release_free_arenas() -> usize {
+    arena::POOL
+        .lock()
+        .maintain_kinds(&[ArenaKind::Movable], crate::os::now_ms(), true)
+}
+
 /// Whether `addr` lies in a movable arena (for callers that must tell movable blocks apart).
 pub fn is_movable_address(addr: usize) -> bool {
     let meta = arena::meta_of(addr) as *const ArenaMeta;
@@ -336,7 +363,9 @@ mod tests {
             .iter()
             .find(|v| v.start <= keep.as_ptr() as usize)
             .map(|v| v.start);
-        let moved = heap.alloc_excluding(7, excluded).unwrap();
+        let moved = heap
+            .alloc_excluding(7, |start| Some(start) == excluded)
+            .unwrap();
         assert_ne!(Some(moved.as_ptr() as usize & !0xffff), excluded);
         // SAFETY: live block of this heap.
         assert_eq!(unsafe { heap.owner_of(moved) }, 7);

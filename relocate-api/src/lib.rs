@@ -1,1 +1,39 @@
-//! Relocating caches (see the relocate-api issue); not built yet.
+//! relocate-api: handle-based caches whose objects the allocator can move.
+//!
+//! A [`RelocCache<T>`] keeps same-sized objects on alloc-core's *movable* slabs, which live in arenas
+//! of their own. Users hold [`Handle`]s (8 bytes, copyable, stale-safe) and read through an epoch guard
+//! from the cache's own collector. Compaction moves live objects out of sparse slabs (footprint) or out
+//! of a chosen 2 MiB arena (fragmentation) while readers keep running: each move marks the object's
+//! slot *moving*, copies it (or calls the cache's [`Relocator`]), publishes the new address and
+//! retires the old block through the epoch, so a reader that loaded the old address keeps reading valid,
+//! unchanged memory until it unpins.
+//!
+//! Module map: `slot` (the per-object state machine, loom-checked), `table` (slots that never move),
+//! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `cache` (access), `compact` (moves,
+//! evacuation, eviction, statistics).
+
+mod sync;
+
+pub mod slot;
+
+#[cfg(not(loom))]
+mod cache;
+#[cfg(not(loom))]
+mod compact;
+#[cfg(not(loom))]
+mod handle;
+#[cfg(not(loom))]
+mod policy;
+#[cfg(not(loom))]
+mod table;
+
+#[cfg(not(loom))]
+pub use cache::{CacheError, Counters, Reader, RelocCache};
+#[cfg(not(loom))]
+pub use compact::{Budget, CacheStats, CompactReport};
+#[cfg(not(loom))]
+pub use crossbeam_epoch::Guard;
+#[cfg(not(loom))]
+pub use handle::Handle;
+#[cfg(not(loom))]
+pub use policy::{BitwiseMove, FnRelocator, Isolation, Relocatable, Relocator};

@@ -1,0 +1,450 @@
+//! `RelocCache<T>`: same-sized objects on movable slabs, reached through handles.
+//!
+//! Concurrency, in one paragraph: reads are wait-free (`get` checks the slot's generation and loads its
+//! address, under an epoch guard of this cache's own collector). Everything that allocates or frees
+//! blocks (insert, compaction, the freeing of retired blocks) holds the cache's `inner` lock; updates,
+//! removes and moves of one object are serialised by that object's slot (see `slot`). Memory that a
+//! pinned reader might still hold (an old copy after a move or an update, a removed object) is retired
+//! through the epoch: a deferred function (drops the old value if it must and) queues the block on
+//! `retired`, and the next operation that holds `inner` returns it to the movable heap. Deferred
+//! functions never take `inner`, so they may run on any thread at any time without deadlock.
+
+use crate::handle::Handle;
+use crate::policy::{BitwiseMove, Relocatable, Relocator};
+use crate::slot::{Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
+use crate::table::SlotTable;
+use alloc_core::movable::MovableHeap;
+use crossbeam_epoch::{Collector, Guard, LocalHandle};
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why a cache could not be made or an operation could not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheError {
+    /// `T` is larger than the largest slab class (32 KiB) or over-aligned beyond it.
+    TooLarge,
+    /// Out of memory (slabs or handle-table segments).
+    OutOfMemory,
+    /// The call came from inside one of this cache's relocation callbacks, which would deadlock.
+    Reentrant,
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CacheError::TooLarge => "type too large for a slab (over 32 KiB)",
+            CacheError::OutOfMemory => "out of memory",
+            CacheError::Reentrant => "called from inside this cache's relocation callback",
+        })
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+/// A thread's registration with a cache's epoch collector. Keep one per thread and pin it around
+/// reads: `let guard = reader.pin();`.
+pub struct Reader<'c> {
+    local: LocalHandle,
+    _cache: PhantomData<&'c ()>,
+}
+
+impl Reader<'_> {
+    /// Pins the current epoch: objects read under the guard stay valid until it is dropped.
+    pub fn pin(&self) -> Guard {
+        self.local.pin()
+    }
+}
+
+/// Blocks whose epoch has passed, waiting to be returned to the heap.
+#[derive(Default)]
+pub(crate) struct Retired {
+    blocks: Mutex<Vec<usize>>,
+}
+
+impl Retired {
+    fn push(&self, block: usize) {
+        self.blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(block);
+    }
+
+    fn take(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.blocks.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) heap: MovableHeap,
+    free_slots: Vec<u32>,
+    pub(crate) next_index: u32,
+    pub(crate) live: usize,
+    pub(crate) counters: Counters,
+}
+
+/// Running totals kept under the cache lock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub moved_objects: u64,
+    pub moved_bytes: u64,
+    pub refused_moves: u64,
+    pub callback_panics: u64,
+    pub evicted_objects: u64,
+    pub released_bytes: u64,
+    pub compaction_nanos: u64,
+}
+
+static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
+
+thread_local! {
+    /// The cache whose relocation callback this thread is running (0: none).
+    static IN_CALLBACK: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A cache of `T` on movable slabs, relocated by `R` (bytewise by default).
+pub struct RelocCache<T, R = BitwiseMove> {
+    pub(crate) table: SlotTable,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) retired: Arc<Retired>,
+    collector: ManuallyDrop<Collector>,
+    pub(crate) relocator: R,
+    /// The cache's tag in the high bits of every generation it hands out.
+    tag_bits: u32,
+    _type: PhantomData<T>,
+}
+
+// SAFETY: objects are shared between threads through `&T` (needs `T: Sync`) and moved, dropped or
+// handed out by value on any thread (needs `T: Send`); the slot protocol and the lock do the rest.
+unsafe impl<T: Send + Sync, R: Send + Sync> Sync for RelocCache<T, R> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync, R: Send + Sync> Send for RelocCache<T, R> {}
+
+impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
+    /// A cache that moves objects bytewise.
+    pub fn new() -> Result<Self, CacheError> {
+        Self::with_relocator(BitwiseMove)
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
+    /// A cache whose moves go through `relocator`.
+    pub fn with_relocator(relocator: R) -> Result<Self, CacheError> {
+        let heap = MovableHeap::with_layout(std::mem::size_of::<T>(), std::mem::align_of::<T>())
+            .ok_or(CacheError::TooLarge)?;
+        let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed) & ((1 << (32 - GEN_COUNTER_BITS)) - 1);
+        Ok(Self {
+            table: SlotTable::new(),
+            inner: Mutex::new(Inner {
+                heap,
+                free_slots: Vec::new(),
+                next_index: 0,
+                live: 0,
+                counters: Counters::default(),
+            }),
+            retired: Arc::default(),
+            collector: ManuallyDrop::new(Collector::new()),
+            relocator,
+            tag_bits: tag.max(1) << GEN_COUNTER_BITS,
+            _type: PhantomData,
+        })
+    }
+
+    /// Registers the calling thread with this cache's epoch collector.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            local: self.collector.register(),
+            _cache: PhantomData,
+        }
+    }
+
+    /// The block size each object occupies.
+    pub fn block_bytes(&self) -> usize {
+        self.lock()
+            .map(|inner| inner.heap.block_bytes())
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn check_guard(&self, guard: &Guard) {
+        assert!(
+            guard.collector() == Some(&*self.collector),
+            "relocate-api: a guard from another cache's reader was passed to this cache"
+        );
+    }
+
+    /// The slot and generation counter a handle names, if it was made by this cache.
+    #[inline]
+    pub(crate) fn resolve(&self, handle: Handle<T>) -> Option<(&Slot, u32)> {
+        if handle.gen & !GEN_COUNTER_MASK != self.tag_bits {
+            return None;
+        }
+        Some((self.table.get(handle.index)?, handle.gen & GEN_COUNTER_MASK))
+    }
+
+    pub(crate) fn handle_for(&self, index: u32, counter: u32) -> Handle<T> {
+        Handle::new(index, self.tag_bits | counter)
+    }
+
+    /// Takes the cache lock, refusing calls from inside this cache's own relocation callback.
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Inner>, CacheError> {
+        if IN_CALLBACK.with(|c| c.get()) == self as *const Self as usize {
+            return Err(CacheError::Reentrant);
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for block in self.retired.take() {
+            // SAFETY: retired blocks were allocated by this heap and their epoch has passed.
+            unsafe { inner.heap.free(NonNull::new_unchecked(block as *mut u8)) };
+        }
+        Ok(inner)
+    }
+
+    /// Runs `f` with this thread marked as inside a callback of this cache.
+    pub(crate) fn in_callback<U>(&self, f: impl FnOnce() -> U) -> U {
+        let previous = IN_CALLBACK.with(|c| c.replace(self as *const Self as usize));
+        let result = f();
+        IN_CALLBACK.with(|c| c.set(previous));
+        result
+    }
+
+    /// Stores `value` and returns its handle; gives the value back when memory is exhausted.
+    pub fn insert(&self, value: T) -> Result<Handle<T>, (T, CacheError)> {
+        let mut inner = match self.lock() {
+            Ok(inner) => inner,
+            Err(e) => return Err((value, e)),
+        };
+        let index = match inner.free_slots.pop() {
+            Some(index) => index,
+            None => {
+                let index = inner.next_index;
+                if index == u32::MAX || self.table.get_or_grow(index).is_none() {
+                    return Err((value, CacheError::OutOfMemory));
+                }
+                inner.next_index += 1;
+                index
+            }
+        };
+        let Some(block) = inner.heap.alloc(index) else {
+            inner.free_slots.push(index);
+            return Err((value, CacheError::OutOfMemory));
+        };
+        // SAFETY: a fresh block, aligned and large enough for `T` (the heap's layout).
+        unsafe { block.as_ptr().cast::<T>().write(value) };
+        inner.live += 1;
+        let slot = self.table.get(index).expect("slot exists below next_index");
+        let counter = slot.generation();
+        slot.publish_new(block.as_ptr() as usize);
+        Ok(self.handle_for(index, counter))
+    }
+
+    /// The object a handle names, or `None` if it was removed, evicted, or is not from this cache.
+    /// Wait-free; the reference lives as long as the guard.
+    #[inline]
+    pub fn get<'g>(&'g self, handle: Handle<T>, guard: &'g Guard) -> Option<&'g T>
+    where
+        T: Relocatable,
+    {
+        self.check_guard(guard);
+        let (slot, counter) = self.resolve(handle)?;
+        let addr = slot.read(counter)?;
+        // SAFETY: a published address holds a live `T`; if it is moved, updated or removed meanwhile,
+        // the old block is retired through the epoch, so it stays valid and unchanged (`Relocatable`)
+        // while `guard` is pinned.
+        Some(unsafe { &*(addr as *const T) })
+    }
+
+    /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
+    /// atomics inside: writes through `&T` then always reach the one live copy).
+    pub fn with_pinned<U>(
+        &self,
+        handle: Handle<T>,
+        guard: &Guard,
+        f: impl FnOnce(&T) -> U,
+    ) -> Option<U> {
+        self.check_guard(guard);
+        let (slot, counter) = self.resolve(handle)?;
+        let addr = slot.pin(counter)?;
+        struct Unpin<'a>(&'a Slot);
+        impl Drop for Unpin<'_> {
+            fn drop(&mut self) {
+                self.0.unpin();
+            }
+        }
+        let _unpin = Unpin(slot);
+        // SAFETY: pinned, the object cannot move; removal retires it through the epoch `guard` holds.
+        Some(f(unsafe { &*(addr as *const T) }))
+    }
+
+    /// Replaces the object with `f(&old)` (read-copy-update): readers see the old or the new value,
+    /// never a torn one; concurrent updates of one object are serialised, and a move of it waits for
+    /// this update (or this update for the move). The old value is dropped after the epoch. Returns
+    /// false for a stale handle.
+    pub fn update(
+        &self,
+        handle: Handle<T>,
+        guard: &Guard,
+        f: impl FnOnce(&T) -> T,
+    ) -> Result<bool, CacheError> {
+        self.check_guard(guard);
+        let Some((slot, counter)) = self.resolve(handle) else {
+            return Ok(false);
+        };
+        let Some(old) = slot.begin_write(counter) else {
+            return Ok(false);
+        };
+        // Restores the slot if `f` panics, so the object does not stay locked.
+        struct Restore<'a>(&'a Slot, usize);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.finish_write(self.1);
+            }
+        }
+        let restore = Restore(slot, old);
+        // SAFETY: we hold the object for writing; nobody else can retire it meanwhile.
+        let new_value = f(unsafe { &*(old as *const T) });
+        std::mem::forget(restore);
+        let block = match self.lock() {
+            Ok(mut inner) => inner.heap.alloc(handle.index),
+            Err(e) => {
+                slot.finish_write(old);
+                return Err(e);
+            }
+        };
+        let Some(block) = block else {
+            slot.finish_write(old);
+            return Err(CacheError::OutOfMemory);
+        };
+        // SAFETY: a fresh block for one `T`.
+        unsafe { block.as_ptr().cast::<T>().write(new_value) };
+        slot.finish_write(block.as_ptr() as usize);
+        self.retire(guard, old, true);
+        Ok(true)
+    }
+
+    /// Removes the object; it is dropped once no reader can hold it. False for a stale handle.
+    pub fn remove(&self, handle: Handle<T>, guard: &Guard) -> bool {
+        self.remove_with(handle, guard, |_| ()).is_some()
+    }
+
+    /// Removes the object and returns what `f` makes of it (e.g. a clone) before it is dropped.
+    pub fn remove_with<U>(
+        &self,
+        handle: Handle<T>,
+        guard: &Guard,
+        f: impl FnOnce(&T) -> U,
+    ) -> Option<U> {
+        self.check_guard(guard);
+        let (slot, counter) = self.resolve(handle)?;
+        let addr = slot.begin_remove(counter)?;
+        // SAFETY: the object was live until this removal, and is retired (not freed) below.
+        let result = f(unsafe { &*(addr as *const T) });
+        self.retire(guard, addr, true);
+        self.release_slot(handle.index, slot, 1);
+        Some(result)
+    }
+
+    /// Removes the object and gives it back by value. Needs `&mut self`: no reader can hold it.
+    pub fn take(&mut self, handle: Handle<T>) -> Option<T> {
+        let (slot, counter) = self.resolve(handle)?;
+        let addr = slot.begin_remove(counter)?;
+        // SAFETY: `&mut self` excludes every reader; the block is freed right after the read.
+        let value = unsafe { ptr::read(addr as *const T) };
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the block belongs to this heap and nothing can reference it any more.
+        unsafe { inner.heap.free(NonNull::new_unchecked(addr as *mut u8)) };
+        drop(inner);
+        self.release_slot(handle.index, slot, 1);
+        Some(value)
+    }
+
+    /// Returns a slot to the free list, unless its generation counter wrapped (then it is retired for
+    /// good, so no old handle can ever name a new object).
+    /// `removed` objects leave the live count with it.
+    pub(crate) fn release_slot(&self, index: u32, slot: &Slot, removed: usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.live -= removed;
+        if slot.generation() != 0 {
+            inner.free_slots.push(index);
+        }
+    }
+
+    /// Retires a block a reader may still hold: after the epoch, optionally drops the `T` in it, then
+    /// queues it to be freed.
+    pub(crate) fn retire(&self, guard: &Guard, addr: usize, drop_value: bool) {
+        let retired = Arc::clone(&self.retired);
+        guard.defer(move || {
+            if drop_value {
+                // SAFETY: the block holds a `T` that is no longer reachable (its epoch has passed) and
+                // is dropped exactly once, here.
+                unsafe { ptr::drop_in_place(addr as *mut T) };
+            }
+            retired.push(addr);
+        });
+    }
+
+    /// Visits every live object (under `guard`).
+    pub fn for_each<'g>(&'g self, guard: &'g Guard, mut visit: impl FnMut(Handle<T>, &'g T))
+    where
+        T: Relocatable,
+    {
+        self.check_guard(guard);
+        let end = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_index;
+        for index in 0..end {
+            let Some(slot) = self.table.get(index) else {
+                continue;
+            };
+            let counter = slot.generation();
+            if let Some(addr) = slot.read(counter) {
+                // SAFETY: as in `get`.
+                visit(self.handle_for(index, counter), unsafe {
+                    &*(addr as *const T)
+                });
+            }
+        }
+    }
+
+    /// Number of live objects.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Lets the epoch advance (the calling thread must not be pinned elsewhere) and frees every block
+    /// whose readers are gone, so emptied slabs go back to their arenas.
+    pub fn flush(&self, reader: &Reader<'_>) {
+        for _ in 0..4 {
+            reader.pin().flush();
+        }
+        drop(self.lock());
+    }
+}
+
+impl<T, R> Drop for RelocCache<T, R> {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        for index in 0..inner.next_index {
+            let Some(slot) = self.table.get(index) else {
+                continue;
+            };
+            let addr = slot.address();
+            if addr != 0 {
+                // SAFETY: `&mut self`: no reader; the live object is dropped once, its block freed by
+                // the heap's drop.
+                unsafe { ptr::drop_in_place(addr as *mut T) };
+            }
+        }
+        // Dropping the collector runs every pending deferred function (old values are dropped, blocks
+        // queued); then the heap's drop returns all slabs.
+        // SAFETY: dropped once, here; no reader (they borrow the cache) or guard is left.
+        unsafe { ManuallyDrop::drop(&mut self.collector) };
+    }
+}

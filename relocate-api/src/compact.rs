@@ -1,0 +1,366 @@
+//! Compaction, evacuation and eviction: the operations that make memory go back.
+//!
+//! - **Footprint compaction** ([`RelocCache::compact`]): with `n` live objects and `c` per slab, only
+//!   `ceil(n / c)` slabs are needed. The densest of them are targets; every live object in the others
+//!   (sparsest first) is moved into a target, so the sources empty and go back to their arenas.
+//! - **Fragmentation compaction** ([`RelocCache::evacuate_arena`]): every object in one 2 MiB arena is
+//!   moved elsewhere (new slabs never come from that arena meanwhile), so the whole arena is freed.
+//! - **Eviction** ([`RelocCache::reclaim`]): for re-creatable data, the arena with the fewest live
+//!   objects is emptied by removing (not moving) its objects; an eviction callback hears of each one.
+//!
+//! Each move: mark the slot moving (refused if a writer, remover or pin holds it) → `isolate` (may
+//! refuse) → allocate the target outside the slabs being emptied → `migrate` (copy, fix pointers) →
+//! publish the new address → retire the old block through the epoch. A panicking callback abandons
+//! that move and leaves the object where it was. The whole pass holds the cache lock, so inserts wait
+//! for it; reads never do. Old blocks are freed only after the epoch: call [`RelocCache::flush`] (or
+//! let the next operation do it) to see the memory come back.
+
+use crate::cache::{CacheError, Counters, RelocCache};
+use crate::handle::Handle;
+use crate::policy::{Isolation, Relocator};
+use alloc_core::movable::{self, SlabView};
+use crossbeam_epoch::Guard;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::time::Instant;
+
+/// How much one call may move.
+#[derive(Clone, Copy, Debug)]
+pub enum Budget {
+    Unlimited,
+    Objects(usize),
+    Bytes(usize),
+}
+
+/// What one compaction, evacuation or reclaim did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    pub moved_objects: usize,
+    pub moved_bytes: usize,
+    /// Objects left in place because a writer, a pin or the callback refused.
+    pub refused: usize,
+    /// Callbacks that panicked (their moves were abandoned).
+    pub panics: usize,
+    /// Objects removed by a reclaim.
+    pub evicted: usize,
+    /// Slabs the pass tried to empty.
+    pub source_slabs: usize,
+    /// The budget ran out before every source was empty.
+    pub budget_exhausted: bool,
+}
+
+/// A snapshot of one cache.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheStats {
+    pub live_objects: usize,
+    pub live_bytes: usize,
+    pub slabs: usize,
+    /// Bytes of slab memory the cache holds (slabs × slab size): what compaction can shrink.
+    pub resident_bytes: usize,
+    /// `resident_bytes / live_bytes` (1.0 when empty).
+    pub fragmentation: f64,
+    pub counters: Counters,
+}
+
+struct Pass {
+    report: CompactReport,
+    remaining_objects: usize,
+    remaining_bytes: usize,
+}
+
+impl Pass {
+    fn new(budget: Budget) -> Self {
+        let (objects, bytes) = match budget {
+            Budget::Unlimited => (usize::MAX, usize::MAX),
+            Budget::Objects(n) => (n, usize::MAX),
+            Budget::Bytes(n) => (usize::MAX, n),
+        };
+        Self {
+            report: CompactReport::default(),
+            remaining_objects: objects,
+            remaining_bytes: bytes,
+        }
+    }
+
+    fn spend(&mut self, bytes: usize) -> bool {
+        if self.remaining_objects == 0 || self.remaining_bytes < bytes {
+            self.report.budget_exhausted = true;
+            return false;
+        }
+        self.remaining_objects -= 1;
+        self.remaining_bytes -= bytes;
+        true
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
+    /// Footprint compaction within `budget`.
+    pub fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
+        self.check_guard(guard);
+        let started = Instant::now();
+        let mut inner = self.lock()?;
+        let mut slabs: Vec<SlabView> = inner.heap.slabs().collect();
+        let mut pass = Pass::new(budget);
+        if let Some(per_slab) = slabs.first().map(|s| s.capacity) {
+            let live: usize = slabs.iter().map(|s| s.live).sum();
+            let needed = live.div_ceil(per_slab).max(1);
+            if slabs.len() > needed {
+                slabs.sort_by_key(|s| s.live);
+                let mut sources: Vec<usize> = slabs[..slabs.len() - needed]
+                    .iter()
+                    .map(|s| s.start)
+                    .collect();
+                sources.sort_unstable();
+                pass.report.source_slabs = sources.len();
+                let is_source = |start: usize| sources.binary_search(&start).is_ok();
+                'slabs: for slab in &slabs[..slabs.len() - needed] {
+                    for (block, owner) in live_blocks(&inner.heap, slab) {
+                        if !self.move_one(
+                            &mut inner.heap,
+                            guard,
+                            &mut pass,
+                            block,
+                            owner,
+                            &is_source,
+                        ) {
+                            break 'slabs;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(self.finish(&mut inner.counters, pass, started))
+    }
+
+    /// Moves every object out of the 2 MiB arena at `arena` (an address inside it will do), within
+    /// `budget`, so that the arena can be unmapped once the epoch passes.
+    pub fn evacuate_arena(
+        &self,
+        guard: &Guard,
+        arena: usize,
+        budget: Budget,
+    ) -> Result<CompactReport, CacheError> {
+        self.check_guard(guard);
+        let started = Instant::now();
+        let arena = arena & !(alloc_core_arena_bytes() - 1);
+        let mut inner = self.lock()?;
+        let sources: Vec<SlabView> = inner.heap.slabs().filter(|s| s.arena == arena).collect();
+        let mut pass = Pass::new(budget);
+        pass.report.source_slabs = sources.len();
+        inner.heap.set_avoid_arena(Some(arena));
+        let in_arena = |start: usize| start & !(alloc_core_arena_bytes() - 1) == arena;
+        'slabs: for slab in &sources {
+            for (block, owner) in live_blocks(&inner.heap, slab) {
+                if !self.move_one(&mut inner.heap, guard, &mut pass, block, owner, &in_arena) {
+                    break 'slabs;
+                }
+            }
+        }
+        inner.heap.set_avoid_arena(None);
+        Ok(self.finish(&mut inner.counters, pass, started))
+    }
+
+    /// Evacuates the `k` arenas with the fewest live objects (the most fragmented ones to keep).
+    pub fn evacuate_sparsest(
+        &self,
+        guard: &Guard,
+        k: usize,
+        budget: Budget,
+    ) -> Result<CompactReport, CacheError> {
+        let arenas = self.arenas_by_live()?;
+        let mut total = CompactReport::default();
+        for (arena, _) in arenas.into_iter().take(k) {
+            let report = self.evacuate_arena(guard, arena, budget)?;
+            total.moved_objects += report.moved_objects;
+            total.moved_bytes += report.moved_bytes;
+            total.refused += report.refused;
+            total.panics += report.panics;
+            total.source_slabs += report.source_slabs;
+            total.budget_exhausted |= report.budget_exhausted;
+        }
+        Ok(total)
+    }
+
+    /// (arena, live objects) for every arena holding this cache's slabs, fewest live first.
+    fn arenas_by_live(&self) -> Result<Vec<(usize, usize)>, CacheError> {
+        let inner = self.lock()?;
+        let mut arenas: Vec<(usize, usize)> = Vec::new();
+        for slab in inner.heap.slabs() {
+            match arenas.iter_mut().find(|(a, _)| *a == slab.arena) {
+                Some((_, live)) => *live += slab.live,
+                None => arenas.push((slab.arena, slab.live)),
+            }
+        }
+        arenas.sort_by_key(|&(arena, live)| (live, arena));
+        Ok(arenas)
+    }
+
+    /// Eviction for re-creatable data: removes every object in the arena with the fewest live objects,
+    /// telling `on_evict` of each (handle and value, before it is dropped). Their handles resolve to
+    /// `None` at once; the memory goes back after the epoch ([`RelocCache::flush`]).
+    pub fn reclaim(
+        &self,
+        guard: &Guard,
+        mut on_evict: impl FnMut(Handle<T>, &T),
+    ) -> Result<CompactReport, CacheError> {
+        self.check_guard(guard);
+        let started = Instant::now();
+        let Some(&(arena, _)) = self.arenas_by_live()?.first() else {
+            return Ok(CompactReport::default());
+        };
+        let blocks: Vec<(NonNull<u8>, u32)> = {
+            let inner = self.lock()?;
+            let slabs: Vec<SlabView> = inner.heap.slabs().filter(|s| s.arena == arena).collect();
+            slabs
+                .iter()
+                .flat_map(|slab| live_blocks(&inner.heap, slab))
+                .collect()
+        };
+        let mut report = CompactReport {
+            source_slabs: 0,
+            ..Default::default()
+        };
+        for (block, index) in blocks {
+            let Some(slot) = self.table.get(index) else {
+                continue;
+            };
+            let counter = slot.generation();
+            if slot.address() != block.as_ptr() as usize {
+                continue;
+            }
+            let handle = self.handle_for(index, counter);
+            let evicted = self.remove_with(handle, guard, |value| on_evict(handle, value));
+            if evicted.is_some() {
+                report.evicted += 1;
+            }
+        }
+        let mut inner = self.lock()?;
+        inner.counters.evicted_objects += report.evicted as u64;
+        inner.counters.compaction_nanos += started.elapsed().as_nanos() as u64;
+        Ok(report)
+    }
+
+    /// Moves one object (`owner` is its slot index). Returns false when the pass must stop (budget or
+    /// memory exhausted).
+    fn move_one(
+        &self,
+        heap: &mut movable::MovableHeap,
+        guard: &Guard,
+        pass: &mut Pass,
+        block: NonNull<u8>,
+        owner: u32,
+        exclude: &dyn Fn(usize) -> bool,
+    ) -> bool {
+        let bytes = std::mem::size_of::<T>();
+        if !pass.spend(bytes) {
+            return false;
+        }
+        let old = block.as_ptr() as usize;
+        let Some(slot) = self.table.get(owner) else {
+            return true;
+        };
+        if !slot.try_isolate(old) {
+            pass.report.refused += 1;
+            return true;
+        }
+        let handle = self.handle_for(owner, slot.generation());
+        // SAFETY: the slot is isolated: the object is live at `old` and nobody can retire it.
+        let object = unsafe { &*(old as *const T) };
+        let verdict = self.in_callback(|| {
+            catch_unwind(AssertUnwindSafe(|| self.relocator.isolate(object, handle)))
+        });
+        match verdict {
+            Ok(Isolation::Ready) => {}
+            Ok(Isolation::Busy) => {
+                slot.abort_move(old);
+                pass.report.refused += 1;
+                return true;
+            }
+            Err(_) => {
+                slot.abort_move(old);
+                pass.report.panics += 1;
+                return true;
+            }
+        }
+        let Some(target) = heap.alloc_excluding(owner, exclude) else {
+            slot.abort_move(old);
+            return false;
+        };
+        let new = target.as_ptr().cast::<T>();
+        let migrated = self.in_callback(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: `old` is a live `T` that stays readable until the epoch passes; `new` is a
+                // fresh, aligned block for one `T`.
+                unsafe { self.relocator.migrate(old as *const T, new, handle) }
+            }))
+        });
+        if migrated.is_err() {
+            // SAFETY: `target` came from this heap just now and holds no value that needs dropping.
+            unsafe { heap.free(target) };
+            slot.abort_move(old);
+            pass.report.panics += 1;
+            return true;
+        }
+        slot.publish_move(new as usize);
+        self.retire(guard, old, false);
+        pass.report.moved_objects += 1;
+        pass.report.moved_bytes += bytes;
+        true
+    }
+
+    fn finish(&self, counters: &mut Counters, pass: Pass, started: Instant) -> CompactReport {
+        let report = pass.report;
+        counters.moved_objects += report.moved_objects as u64;
+        counters.moved_bytes += report.moved_bytes as u64;
+        counters.refused_moves += report.refused as u64;
+        counters.callback_panics += report.panics as u64;
+        counters.compaction_nanos += started.elapsed().as_nanos() as u64;
+        report
+    }
+
+    /// Returns the arenas that compaction or eviction emptied to the OS now, rather than after the
+    /// decommit delay. Returns the bytes given back (shared by every movable cache in the process).
+    pub fn release_empty_arenas(&self) -> usize {
+        let released = movable::release_free_arenas();
+        if let Ok(mut inner) = self.lock() {
+            inner.counters.released_bytes += released as u64;
+        }
+        released
+    }
+
+    /// Statistics of this cache.
+    pub fn stats(&self) -> CacheStats {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (slabs, resident) = inner
+            .heap
+            .slabs()
+            .fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)));
+        let live_bytes = inner.live * std::mem::size_of::<T>().max(1);
+        CacheStats {
+            live_objects: inner.live,
+            live_bytes,
+            slabs,
+            resident_bytes: resident,
+            fragmentation: if live_bytes == 0 {
+                1.0
+            } else {
+                resident as f64 / live_bytes as f64
+            },
+            counters: inner.counters,
+        }
+    }
+}
+
+fn slab_bytes(slab: &SlabView) -> usize {
+    (slab.capacity * slab.block_bytes).next_multiple_of(64 << 10)
+}
+
+fn alloc_core_arena_bytes() -> usize {
+    2 << 20
+}
+
+fn live_blocks(heap: &movable::MovableHeap, slab: &SlabView) -> Vec<(NonNull<u8>, u32)> {
+    let mut blocks = Vec::with_capacity(slab.live);
+    heap.for_each_live(slab, |block, owner| blocks.push((block, owner)));
+    blocks
+}

@@ -1,0 +1,130 @@
+//! What may be moved, and how: the type-level contract and the per-cache relocation callbacks.
+
+use crate::handle::Handle;
+
+/// Types whose bytes may be copied to a new address while shared references to the old copy exist.
+///
+/// A compaction copies an object and publishes the copy while readers may still be reading the old
+/// one through `&T`. That is only sound if nothing can change the old copy through `&T`: otherwise a
+/// reader could write to the old copy after it was copied, and the write would be lost.
+///
+/// # Safety
+/// - No interior mutability is reachable from `&T` (no `Cell`, `RefCell`, atomics, `Mutex`, …, directly
+///   or behind pointers the type owns), so the bytes of a `T` do not change while it is shared.
+/// - A bitwise copy of a `T` is a valid `T` at the new address, the old copy being abandoned without
+///   drop (no self-references; heap data the type owns is shared by the two copies until the old one is
+///   forgotten).
+///
+/// Types that do not qualify can still live in a cache: they are reached with
+/// [`crate::RelocCache::with_pinned`], which excludes moves while the closure runs.
+pub unsafe trait Relocatable {}
+
+macro_rules! relocatable {
+    ($($t:ty),*) => { $(
+        // SAFETY: plain values without interior mutability or self-references.
+        unsafe impl Relocatable for $t {}
+    )* };
+}
+relocatable!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    ()
+);
+// SAFETY: owned heap data without interior mutability; a bitwise copy shares the buffer and the old copy
+// is forgotten.
+unsafe impl Relocatable for String {}
+// SAFETY: as for `String`, provided the elements qualify.
+unsafe impl<T: Relocatable> Relocatable for Vec<T> {}
+// SAFETY: as for `String`, provided the pointee qualifies.
+unsafe impl<T: Relocatable + ?Sized> Relocatable for Box<T> {}
+// SAFETY: an array of qualifying elements qualifies.
+unsafe impl<T: Relocatable, const N: usize> Relocatable for [T; N] {}
+// SAFETY: `Option` adds no interior mutability.
+unsafe impl<T: Relocatable> Relocatable for Option<T> {}
+// SAFETY: tuples of qualifying elements qualify.
+unsafe impl<A: Relocatable, B: Relocatable> Relocatable for (A, B) {}
+// SAFETY: as above.
+unsafe impl<A: Relocatable, B: Relocatable, C: Relocatable> Relocatable for (A, B, C) {}
+
+/// The result of asking a callback to move an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// The object may move; `migrate` will be called and must then succeed.
+    Ready,
+    /// The object is busy; the compactor leaves it where it is and counts a refused move.
+    Busy,
+}
+
+/// How a cache moves its objects. The default, [`BitwiseMove`], copies bytes.
+///
+/// A move is two-phase, as in the kernel's isolate/migrate and zsmalloc's pin bit:
+/// 1. [`isolate`](Self::isolate) is called with the object marked *moving*: no writer, remover or pin
+///    can reach it until the move ends. It may refuse (`Busy`) and then nothing happens.
+/// 2. [`migrate`](Self::migrate) receives the old address and uninitialised memory for the new copy.
+///    It must leave a valid `T` at `new` (typically a bitwise copy) and fix every pointer that other
+///    structures hold to the object, or that the object holds to itself. It cannot refuse.
+///
+/// What a callback may do: read the object and other structures, update pointers, take its own locks.
+/// What it may not do: call back into the same cache (insert, remove, update, compact: they would wait
+/// for the compaction in progress; the cache detects this and returns an error or `None` instead of
+/// deadlocking), or keep the `new` pointer beyond the publication rules of its own structures.
+/// If a callback panics, the move is abandoned: the object stays at its old address, the new memory is
+/// freed (without dropping it), and the panic is counted, not propagated. A `migrate` that panics after
+/// changing outside pointers leaves them as it left them; keep `migrate` free of panics.
+pub trait Relocator<T>: Send + Sync {
+    /// Phase 1: may the object move now?
+    fn isolate(&self, _object: &T, _handle: Handle<T>) -> Isolation {
+        Isolation::Ready
+    }
+
+    /// Phase 2: move the object from `old` to `new`.
+    ///
+    /// # Safety
+    /// - `old` points to a live `T` that stays readable (and unchanged, for `Relocatable` types) until
+    ///   every reader that may hold it has unpinned; it is never dropped.
+    /// - `new` is valid for writes of one `T`, aligned, and uninitialised.
+    unsafe fn migrate(&self, old: *const T, new: *mut T, _handle: Handle<T>) {
+        // SAFETY: the caller's contract: distinct, valid, aligned regions of one `T` each.
+        unsafe { core::ptr::copy_nonoverlapping(old, new, 1) };
+    }
+}
+
+/// The default policy: a move is a bitwise copy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BitwiseMove;
+
+impl<T> Relocator<T> for BitwiseMove {}
+
+/// A policy built from closures (for callbacks that fix outside pointers).
+pub struct FnRelocator<I, M> {
+    pub isolate: I,
+    pub migrate: M,
+}
+
+impl<T, I, M> Relocator<T> for FnRelocator<I, M>
+where
+    I: Fn(&T, Handle<T>) -> Isolation + Send + Sync,
+    M: Fn(*const T, *mut T, Handle<T>) + Send + Sync,
+{
+    fn isolate(&self, object: &T, handle: Handle<T>) -> Isolation {
+        (self.isolate)(object, handle)
+    }
+
+    unsafe fn migrate(&self, old: *const T, new: *mut T, handle: Handle<T>) {
+        (self.migrate)(old, new, handle)
+    }
+}

@@ -1,0 +1,225 @@
+//! Model-based test: random sequences of insert / get / update / remove / compact / evacuate / reclaim
+//! against a plain `HashMap`, with the whole contents compared after every step. Also: stale and
+//! foreign handles resolve to `None`, and a type too large for a slab is refused.
+
+use relocate_api::{Budget, CacheError, Handle, RelocCache};
+use std::collections::HashMap;
+
+/// splitmix64: deterministic, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+type Value = (u64, [u64; 5]);
+
+fn value_for(key: u64, version: u64) -> Value {
+    (
+        key,
+        [
+            version,
+            key ^ version,
+            key.wrapping_mul(31),
+            !version,
+            key + version,
+        ],
+    )
+}
+
+fn check_all(
+    cache: &RelocCache<Value>,
+    model: &HashMap<Handle<Value>, Value>,
+    guard: &relocate_api::Guard,
+) {
+    for (handle, expected) in model {
+        assert_eq!(
+            cache.get(*handle, guard),
+            Some(expected),
+            "handle {handle:?}"
+        );
+    }
+    let mut seen = 0;
+    cache.for_each(guard, |handle, value| {
+        assert_eq!(model.get(&handle), Some(value));
+        seen += 1;
+    });
+    assert_eq!(seen, model.len());
+    assert_eq!(cache.len(), model.len());
+}
+
+#[test]
+fn random_operations_match_a_hashmap() {
+    let cache: RelocCache<Value> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let mut model: HashMap<Handle<Value>, Value> = HashMap::new();
+    let mut dead: Vec<Handle<Value>> = Vec::new();
+    let mut rng = Rng(42);
+    let steps = if cfg!(debug_assertions) {
+        3_000
+    } else {
+        20_000
+    };
+    for step in 0..steps {
+        let guard = reader.pin();
+        let keys: Vec<Handle<Value>> = model.keys().copied().collect();
+        match rng.below(100) {
+            0..=44 => {
+                let key = rng.next();
+                let handle = cache.insert(value_for(key, 0)).map_err(|(_, e)| e).unwrap();
+                assert!(
+                    model.insert(handle, value_for(key, 0)).is_none(),
+                    "handle reused while live"
+                );
+            }
+            45..=64 if !keys.is_empty() => {
+                let handle = keys[rng.below(keys.len())];
+                let version = step as u64;
+                assert!(cache
+                    .update(handle, &guard, |old| value_for(old.0, version))
+                    .unwrap());
+                let old = model[&handle].0;
+                model.insert(handle, value_for(old, version));
+            }
+            65..=84 if !keys.is_empty() => {
+                let handle = keys[rng.below(keys.len())];
+                let removed = cache.remove_with(handle, &guard, |v| *v);
+                assert_eq!(removed, model.remove(&handle));
+                dead.push(handle);
+            }
+            85..=90 => {
+                let budget = if rng.below(2) == 0 {
+                    Budget::Unlimited
+                } else {
+                    Budget::Objects(50)
+                };
+                cache.compact(&guard, budget).unwrap();
+            }
+            91..=94 if !keys.is_empty() => {
+                let handle = keys[rng.below(keys.len())];
+                let addr = cache.get(handle, &guard).unwrap() as *const Value as usize;
+                cache
+                    .evacuate_arena(&guard, addr, Budget::Unlimited)
+                    .unwrap();
+            }
+            95 => {
+                let mut evicted = Vec::new();
+                cache
+                    .reclaim(&guard, |handle, value| evicted.push((handle, *value)))
+                    .unwrap();
+                for (handle, value) in evicted {
+                    assert_eq!(model.remove(&handle), Some(value));
+                    dead.push(handle);
+                }
+            }
+            _ => {
+                drop(guard);
+                cache.flush(&reader);
+                continue;
+            }
+        }
+        for handle in dead.iter().rev().take(20) {
+            assert_eq!(cache.get(*handle, &guard), None, "stale handle resolved");
+            assert!(!cache.remove(*handle, &guard));
+        }
+        if step % 50 == 0 {
+            check_all(&cache, &model, &guard);
+        }
+    }
+    let guard = reader.pin();
+    check_all(&cache, &model, &guard);
+}
+
+#[test]
+fn foreign_and_forged_handles_resolve_to_none() {
+    let a: RelocCache<u64> = RelocCache::new().unwrap();
+    let b: RelocCache<u64> = RelocCache::new().unwrap();
+    let (ra, rb) = (a.reader(), b.reader());
+    let (ga, gb) = (ra.pin(), rb.pin());
+    let ha = a.insert(7).unwrap();
+    let hb = b.insert(9).unwrap();
+    assert_eq!(a.get(ha, &ga), Some(&7));
+    assert_eq!(b.get(ha, &gb), None, "a handle from another cache resolved");
+    assert_eq!(a.get(hb, &ga), None, "a handle from another cache resolved");
+    for bits in [
+        0u64,
+        u64::MAX,
+        1 << 40,
+        ha.to_bits() + 1,
+        ha.to_bits() ^ (1 << 63),
+    ] {
+        assert_eq!(
+            a.get(Handle::from_bits(bits), &ga),
+            None,
+            "forged handle {bits:#x} resolved"
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "guard from another cache")]
+fn a_guard_from_another_cache_is_refused() {
+    let a: RelocCache<u64> = RelocCache::new().unwrap();
+    let b: RelocCache<u64> = RelocCache::new().unwrap();
+    let handle = a.insert(1).unwrap();
+    let rb = b.reader();
+    let _ = a.get(handle, &rb.pin());
+}
+
+#[test]
+fn a_type_too_large_for_a_slab_is_refused() {
+    assert_eq!(
+        RelocCache::<[u8; 40_000]>::new().err(),
+        Some(CacheError::TooLarge)
+    );
+    assert!(RelocCache::<[u8; 32_000]>::new().is_ok());
+}
+
+#[test]
+fn take_returns_the_value_and_drops_happen_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    struct Counted(#[allow(dead_code)] u64);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    // SAFETY: no interior mutability, no self-reference.
+    unsafe impl relocate_api::Relocatable for Counted {}
+    let mut cache: RelocCache<Counted> = RelocCache::new().unwrap();
+    let handles: Vec<_> = (0..100)
+        .map(|i| cache.insert(Counted(i)).ok().unwrap())
+        .collect();
+    let taken = cache.take(handles[0]).unwrap();
+    assert_eq!(taken.0, 0);
+    assert!(cache.take(handles[0]).is_none());
+    drop(taken);
+    assert_eq!(DROPS.load(Ordering::SeqCst), 1);
+    {
+        let reader = cache.reader();
+        let guard = reader.pin();
+        for h in &handles[1..50] {
+            assert!(cache
+                .update(*h, &guard, |old| Counted(old.0 + 1000))
+                .unwrap());
+        }
+        for h in &handles[50..60] {
+            assert!(cache.remove(*h, &guard));
+        }
+        cache.compact(&guard, Budget::Unlimited).unwrap();
+    }
+    drop(cache);
+    // 100 values inserted + 49 made by updates, each dropped exactly once.
+    assert_eq!(DROPS.load(Ordering::SeqCst), 149);
+}

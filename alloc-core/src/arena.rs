@@ -336,6 +336,9 @@ impl ArenaPool {
                     released += ARENA_BYTES;
                 } else if aged && header.dirty_units != 0 {
                     released += decommit_units(arena, header.dirty_units);
+                    if kind == ArenaKind::Movable {
+                        released += decommit_backmap(arena, header.dirty_units);
+                    }
                     header.zero_units |= header.dirty_units;
                     header.dirty_units = 0;
                 }
@@ -400,6 +403,24 @@ impl ArenaMeta {
     pub(crate) fn dirty_units(&self) -> u32 {
         self.header.dirty_units
     }
+}
+
+/// Decommits the back-map entries of free units of a movable arena (16 KiB per unit), when they are
+/// whole pages. Returns the bytes given back.
+fn decommit_backmap(arena: *mut ArenaMeta, mask: u32) -> usize {
+    const PER_UNIT: usize = UNIT_BYTES / BACKMAP_GRANULE * 4;
+    if PER_UNIT % os::page_size() != 0 {
+        return 0;
+    }
+    let mut bytes = 0;
+    for unit in 0..UNITS_PER_ARENA {
+        if mask & (1 << unit) != 0 {
+            let start = (arena as usize) + BACKMAP_OFFSET + unit * PER_UNIT;
+            os::decommit(start as *mut u8, PER_UNIT);
+            bytes += PER_UNIT;
+        }
+    }
+    bytes
 }
 
 fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {

@@ -73,6 +73,10 @@ impl Retired {
             .push(block);
     }
 
+    fn len(&self) -> usize {
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn take(&self) -> Vec<usize> {
         std::mem::take(&mut *self.blocks.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -420,9 +424,25 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Lets the epoch advance (the calling thread must not be pinned elsewhere) and frees every block
     /// whose readers are gone, so emptied slabs go back to their arenas.
+    ///
+    /// The collector runs a bounded number of retired batches (64 blocks each) per flush, and only once
+    /// the epoch has advanced twice past them (which can take a while to start), so this flushes until
+    /// `QUIET_ROUNDS` rounds in a row retire nothing more. Other threads that stay pinned hold the epoch back; then it returns after a bounded
+    /// number of rounds with those blocks still waiting.
     pub fn flush(&self, reader: &Reader<'_>) {
-        for _ in 0..4 {
+        const QUIET_ROUNDS: usize = 256;
+        let mut quiet_rounds = 0;
+        for _ in 0..1_000_000 {
+            let before = self.retired.len();
             reader.pin().flush();
+            if self.retired.len() == before {
+                quiet_rounds += 1;
+                if quiet_rounds == QUIET_ROUNDS {
+                    break;
+                }
+            } else {
+                quiet_rounds = 0;
+            }
         }
         drop(self.lock());
     }

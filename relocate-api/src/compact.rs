@@ -105,15 +105,29 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let live: usize = slabs.iter().map(|s| s.live).sum();
             let needed = live.div_ceil(per_slab).max(1);
             if slabs.len() > needed {
-                slabs.sort_by_key(|s| s.live);
-                let mut sources: Vec<usize> = slabs[..slabs.len() - needed]
-                    .iter()
-                    .map(|s| s.start)
-                    .collect();
-                sources.sort_unstable();
+                // Targets: the densest slabs of the densest arenas, so that whole arenas empty and
+                // their metadata goes back too. Sources: the rest, sparsest first.
+                let mut arena_live: Vec<(usize, usize)> = Vec::new();
+                for slab in &slabs {
+                    match arena_live.iter_mut().find(|(a, _)| *a == slab.arena) {
+                        Some((_, live)) => *live += slab.live,
+                        None => arena_live.push((slab.arena, slab.live)),
+                    }
+                }
+                let live_of = |arena: usize| {
+                    arena_live
+                        .iter()
+                        .find(|(a, _)| *a == arena)
+                        .map_or(0, |(_, l)| *l)
+                };
+                slabs.sort_by_key(|s| std::cmp::Reverse((live_of(s.arena), s.arena, s.live)));
+                let mut sources: Vec<SlabView> = slabs.split_off(needed);
+                sources.sort_by_key(|s| s.live);
+                let mut source_starts: Vec<usize> = sources.iter().map(|s| s.start).collect();
+                source_starts.sort_unstable();
                 pass.report.source_slabs = sources.len();
-                let is_source = |start: usize| sources.binary_search(&start).is_ok();
-                'slabs: for slab in &slabs[..slabs.len() - needed] {
+                let is_source = |start: usize| source_starts.binary_search(&start).is_ok();
+                'slabs: for slab in &sources {
                     for (block, owner) in live_blocks(&inner.heap, slab) {
                         if !self.move_one(
                             &mut inner.heap,

@@ -1,0 +1,184 @@
+//! Concurrency stress: reader threads verify every object they read (its id and a checksum stored in
+//! it, and that its version never goes backwards) while a compactor thread moves objects continuously
+//! (footprint compaction and arena evacuation) and writer threads update objects (read-copy-update).
+//! Passes only with zero torn or foreign reads, zero lost updates, and every handle resolving to its
+//! own object throughout.
+
+use relocate_api::{Budget, Handle, RelocCache};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+type Object = [u64; 8];
+
+fn checksum(o: &Object) -> u64 {
+    o[..7].iter().fold(0xcbf2_9ce4_8422_2325u64, |h, w| {
+        (h ^ w).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn make(id: u64, version: u64) -> Object {
+    let mut o = [
+        id,
+        version,
+        id ^ version,
+        id.rotate_left(7),
+        !id,
+        version.wrapping_mul(3),
+        id + version,
+        0,
+    ];
+    o[7] = checksum(&o);
+    o
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn readers_see_whole_objects_while_compaction_and_writers_run() {
+    let objects: u64 = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        100_000
+    };
+    let reads_per_reader: u64 = if cfg!(debug_assertions) {
+        200_000
+    } else {
+        3_000_000
+    };
+    let updates_per_writer: u64 = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        200_000
+    };
+    let cache: Arc<RelocCache<Object>> = Arc::new(RelocCache::new().unwrap());
+
+    // Insert twice as many as we keep, and remove every other one, so slabs start half empty.
+    let mut handles: Vec<Handle<Object>> = Vec::new();
+    {
+        let reader = cache.reader();
+        let guard = reader.pin();
+        for id in 0..objects * 2 {
+            let h = cache.insert(make(id, 0)).unwrap();
+            if id % 2 == 0 {
+                handles.push(h);
+            } else {
+                assert!(cache.remove(h, &guard));
+            }
+        }
+    }
+    let handles = Arc::new(handles);
+    // The version each object must end at: writers own disjoint halves of the handles.
+    let final_versions: Arc<Vec<AtomicU64>> =
+        Arc::new((0..objects).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let compactor = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let reader = cache.reader();
+            let mut moved = 0;
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let guard = reader.pin();
+                let report = if rounds % 4 == 3 {
+                    cache
+                        .evacuate_sparsest(&guard, 1, Budget::Objects(5_000))
+                        .unwrap()
+                } else {
+                    cache.compact(&guard, Budget::Objects(5_000)).unwrap()
+                };
+                moved += report.moved_objects;
+                drop(guard);
+                rounds += 1;
+                if rounds % 8 == 0 {
+                    cache.flush(&reader);
+                }
+            }
+            moved
+        })
+    };
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (cache, handles, finals) = (cache.clone(), handles.clone(), final_versions.clone());
+            std::thread::spawn(move || {
+                let reader = cache.reader();
+                let mut rng = Rng(0x1234_5678 + w);
+                for _ in 0..updates_per_writer {
+                    let index = (rng.next() % objects) as usize;
+                    if index as u64 % 2 != w {
+                        continue;
+                    }
+                    let guard = reader.pin();
+                    let updated = cache
+                        .update(handles[index], &guard, |old| {
+                            assert_eq!(checksum(old), old[7], "writer saw a torn object");
+                            make(old[0], old[1] + 1)
+                        })
+                        .unwrap();
+                    assert!(updated, "update of a live handle failed");
+                    finals[index].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2u64)
+        .map(|r| {
+            let (cache, handles) = (cache.clone(), handles.clone());
+            std::thread::spawn(move || {
+                let reader = cache.reader();
+                let mut rng = Rng(0xdead_beef + r);
+                let mut last_seen = vec![0u64; objects as usize];
+                let mut guard = reader.pin();
+                for i in 0..reads_per_reader {
+                    if i % 64 == 0 {
+                        drop(guard);
+                        guard = reader.pin();
+                    }
+                    let index = (rng.next() % objects) as usize;
+                    let o = cache
+                        .get(handles[index], &guard)
+                        .expect("a live handle resolved to None");
+                    assert_eq!(
+                        o[0],
+                        index as u64 * 2,
+                        "a handle resolved to another object"
+                    );
+                    assert_eq!(checksum(o), o[7], "torn read");
+                    assert!(o[1] >= last_seen[index], "version went backwards");
+                    last_seen[index] = o[1];
+                }
+            })
+        })
+        .collect();
+    for t in readers.into_iter().chain(writers) {
+        t.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let moved = compactor.join().unwrap();
+    assert!(moved > 0, "the compactor moved nothing");
+    let reader = cache.reader();
+    let guard = reader.pin();
+    for (index, handle) in handles.iter().enumerate() {
+        let o = cache.get(*handle, &guard).unwrap();
+        assert_eq!(o[0], index as u64 * 2);
+        assert_eq!(
+            o[1],
+            final_versions[index].load(Ordering::Relaxed),
+            "lost update"
+        );
+        assert_eq!(checksum(o), o[7]);
+    }
+    println!(
+        "moved {moved} objects during the run; stats {:?}",
+        cache.stats()
+    );
+}

@@ -17,6 +17,8 @@ mod sync;
 pub mod slot;
 
 #[cfg(not(loom))]
+mod background;
+#[cfg(not(loom))]
 mod cache;
 #[cfg(not(loom))]
 mod compact;
@@ -27,6 +29,8 @@ mod policy;
 #[cfg(not(loom))]
 mod table;
 
+#[cfg(not(loom))]
+pub use background::{start_compactor, Compactor, CompactorConfig};
 #[cfg(not(loom))]
 pub use cache::{CacheError, Counters, Reader, RelocCache};
 #[cfg(not(loom))]

@@ -223,3 +223,100 @@ fn take_returns_the_value_and_drops_happen_once() {
     // 100 values inserted + 49 made by updates, each dropped exactly once.
     assert_eq!(DROPS.load(Ordering::SeqCst), 149);
 }
+
+#[test]
+fn the_background_compactor_brings_fragmentation_down() {
+    use relocate_api::{start_compactor, CompactorConfig};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let cache: Arc<RelocCache<[u64; 4]>> = Arc::new(RelocCache::new().unwrap());
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..50_000u64)
+        .map(|i| cache.insert([i; 4]).unwrap())
+        .collect();
+    {
+        let guard = reader.pin();
+        for (i, h) in handles.iter().enumerate() {
+            if i % 8 != 0 {
+                assert!(cache.remove(*h, &guard));
+            }
+        }
+    }
+    cache.flush(&reader);
+    let before = cache.stats();
+    assert!(before.fragmentation > 4.0, "{before:?}");
+    let compactor = start_compactor(
+        cache.clone(),
+        CompactorConfig {
+            interval: Duration::from_millis(5),
+            budget: Budget::Objects(500),
+            target_fragmentation: 1.5,
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // 6,250 objects of 32 B need 4 slabs of 64 KiB: 1.31 is the floor here.
+    while cache.stats().fragmentation > 1.5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let moved = compactor.moved_objects();
+    compactor.stop();
+    let after = cache.stats();
+    assert!(
+        after.fragmentation <= 1.5,
+        "before {before:?} after {after:?}"
+    );
+    assert!(moved > 0);
+    let guard = reader.pin();
+    for (i, h) in handles.iter().enumerate().step_by(8) {
+        assert_eq!(cache.get(*h, &guard), Some(&[i as u64; 4]));
+    }
+}
+
+#[test]
+fn calls_from_inside_a_callback_are_refused() {
+    use relocate_api::{FnRelocator, Isolation};
+    use std::sync::{Arc, OnceLock};
+    type IsolateFn = Box<dyn Fn(&u64, Handle<u64>) -> Isolation + Send + Sync>;
+    type MigrateFn = fn(*const u64, *mut u64, Handle<u64>);
+    type Cache = RelocCache<u64, FnRelocator<IsolateFn, MigrateFn>>;
+    let slot: Arc<OnceLock<Arc<Cache>>> = Arc::new(OnceLock::new());
+    let seen: Arc<std::sync::Mutex<Vec<CacheError>>> = Arc::default();
+    let (slot2, seen2) = (slot.clone(), seen.clone());
+    fn copy(old: *const u64, new: *mut u64, _: Handle<u64>) {
+        // SAFETY: the cache passes a live value and room for one.
+        unsafe { new.write(*old) };
+    }
+    let isolate: IsolateFn = Box::new(move |_, _| {
+        let cache = slot2.get().unwrap();
+        if let Err((_, e)) = cache.insert(1) {
+            seen2.lock().unwrap().push(e);
+        }
+        Isolation::Ready
+    });
+    let cache: Arc<Cache> = Arc::new(
+        RelocCache::with_relocator(FnRelocator {
+            isolate,
+            migrate: copy as MigrateFn,
+        })
+        .unwrap(),
+    );
+    slot.set(cache.clone()).ok().unwrap();
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..10_000u64).map(|i| cache.insert(i).unwrap()).collect();
+    {
+        let guard = reader.pin();
+        for h in handles.iter().skip(1).step_by(2) {
+            cache.remove(*h, &guard);
+        }
+    }
+    cache.flush(&reader);
+    let guard = reader.pin();
+    let report = cache.compact(&guard, Budget::Objects(10)).unwrap();
+    assert!(report.moved_objects > 0);
+    let seen = seen.lock().unwrap();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|e| *e == CacheError::Reentrant),
+        "{seen:?}"
+    );
+}

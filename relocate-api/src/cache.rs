@@ -53,6 +53,13 @@ pub struct Reader<'c> {
 }
 
 impl Reader<'_> {
+    pub(crate) fn new(local: LocalHandle) -> Self {
+        Self {
+            local,
+            _cache: PhantomData,
+        }
+    }
+
     /// Pins the current epoch: objects read under the guard stay valid until it is dropped.
     pub fn pin(&self) -> Guard {
         self.local.pin()
@@ -137,6 +144,13 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// A cache whose moves go through `relocator`.
     pub fn with_relocator(relocator: R) -> Result<Self, CacheError> {
+        Self::with_parts(relocator, Collector::new())
+    }
+
+    /// A cache that shares `collector` with others (the byte-blob cache's classes share one, so one
+    /// guard covers them all). Only for types without drop glue: a sibling may keep the collector, and
+    /// so this cache's pending deferred functions, alive after this cache is dropped.
+    pub(crate) fn with_parts(relocator: R, collector: Collector) -> Result<Self, CacheError> {
         let heap = MovableHeap::with_layout(std::mem::size_of::<T>(), std::mem::align_of::<T>())
             .ok_or(CacheError::TooLarge)?;
         let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed) & ((1 << (32 - GEN_COUNTER_BITS)) - 1);
@@ -150,7 +164,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 counters: Counters::default(),
             }),
             retired: Arc::default(),
-            collector: ManuallyDrop::new(Collector::new()),
+            collector: ManuallyDrop::new(collector),
             relocator,
             tag_bits: tag.max(1) << GEN_COUNTER_BITS,
             _type: PhantomData,

@@ -215,13 +215,33 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     pub fn reclaim(
         &self,
         guard: &Guard,
-        mut on_evict: impl FnMut(Handle<T>, &T),
+        on_evict: impl FnMut(Handle<T>, &T),
     ) -> Result<CompactReport, CacheError> {
         self.check_guard(guard);
-        let started = Instant::now();
         let Some(&(arena, _)) = self.arenas_by_live()?.first() else {
             return Ok(CompactReport::default());
         };
+        self.evict_in_arena(guard, arena, on_evict)
+    }
+
+    /// Live bytes of this cache per arena.
+    pub(crate) fn live_bytes_by_arena(&self) -> Result<Vec<(usize, usize)>, CacheError> {
+        let size = std::mem::size_of::<T>();
+        Ok(self
+            .arenas_by_live()?
+            .into_iter()
+            .map(|(a, live)| (a, live * size))
+            .collect())
+    }
+
+    /// Removes every object of this cache in `arena`, telling `on_evict` of each.
+    pub(crate) fn evict_in_arena(
+        &self,
+        guard: &Guard,
+        arena: usize,
+        mut on_evict: impl FnMut(Handle<T>, &T),
+    ) -> Result<CompactReport, CacheError> {
+        let started = Instant::now();
         let blocks: Vec<(NonNull<u8>, u32)> = {
             let inner = self.lock()?;
             let slabs: Vec<SlabView> = inner.heap.slabs().filter(|s| s.arena == arena).collect();

@@ -19,6 +19,8 @@ pub mod slot;
 #[cfg(not(loom))]
 mod background;
 #[cfg(not(loom))]
+mod blob;
+#[cfg(not(loom))]
 mod cache;
 #[cfg(not(loom))]
 mod compact;
@@ -31,6 +33,8 @@ mod table;
 
 #[cfg(not(loom))]
 pub use background::{start_compactor, Compactor, CompactorConfig};
+#[cfg(not(loom))]
+pub use blob::{BlobCache, BlobHandle, MAX_BLOB_BYTES};
 #[cfg(not(loom))]
 pub use cache::{CacheError, Counters, Reader, RelocCache};
 #[cfg(not(loom))]

@@ -1,0 +1,101 @@
+//! The byte-blob flavour: values of any size from 1 B to `MAX_BLOB_BYTES`, checked against a `HashMap`
+//! model through inserts, in-class and cross-class replaces, removes, compaction, evacuation and
+//! eviction; oversize values are refused.
+
+use relocate_api::{BlobCache, BlobHandle, Budget, CacheError, MAX_BLOB_BYTES};
+use std::collections::HashMap;
+
+fn value(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seed.wrapping_mul(2_654_435_761).wrapping_add(i as u64 * 31) >> 3) as u8)
+        .collect()
+}
+
+#[test]
+fn blobs_of_every_size_round_trip_through_compaction_and_eviction() {
+    let cache = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let mut model: HashMap<BlobHandle, Vec<u8>> = HashMap::new();
+    let mut seed = 1u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let guard = reader.pin();
+    for len in (1..=MAX_BLOB_BYTES)
+        .step_by(97)
+        .chain([1, 2, 3, 12, 13, MAX_BLOB_BYTES])
+    {
+        let v = value(len as u64, len);
+        let h = cache.insert(&v).unwrap();
+        model.insert(h, v);
+    }
+    for i in 0..20_000u64 {
+        let len = 1 + (next() % 600) as usize;
+        let v = value(i, len);
+        model.insert(cache.insert(&v).unwrap(), v);
+    }
+    assert_eq!(
+        cache.insert(&vec![0; MAX_BLOB_BYTES + 1]).err(),
+        Some(CacheError::TooLarge)
+    );
+    // Replace some in place (same length) and some across classes; remove a random 80 %.
+    let handles: Vec<BlobHandle> = model.keys().copied().collect();
+    for (i, h) in handles.iter().enumerate() {
+        let old = model.remove(h).unwrap();
+        match i % 10 {
+            0 => {
+                let v = value(i as u64 + 7, old.len());
+                assert_eq!(
+                    cache.replace(*h, &guard, &v).unwrap(),
+                    Some(*h),
+                    "same-class replace moved"
+                );
+                model.insert(*h, v);
+            }
+            1 => {
+                let v = value(i as u64 + 9, (old.len() * 3 + 100).min(MAX_BLOB_BYTES));
+                let new = cache.replace(*h, &guard, &v).unwrap().unwrap();
+                if new != *h {
+                    assert_eq!(cache.get(*h, &guard), None, "old handle still resolves");
+                }
+                model.insert(new, v);
+            }
+            2..=7 => assert!(cache.remove(*h, &guard)),
+            _ => {
+                model.insert(*h, old);
+            }
+        }
+    }
+    drop(guard);
+    cache.flush(&reader);
+    let before = cache.stats();
+    let guard = reader.pin();
+    let report = cache.compact(&guard, Budget::Unlimited).unwrap();
+    assert!(report.moved_objects > 0);
+    drop(guard);
+    cache.flush(&reader);
+    let after = cache.stats();
+    assert!(after.slabs < before.slabs, "{before:?} {after:?}");
+    let guard = reader.pin();
+    for (h, v) in &model {
+        assert_eq!(cache.get(*h, &guard), Some(v.as_slice()));
+    }
+    // Eviction removes whole arenas' worth of blobs, and reports each one exactly.
+    let mut evicted = Vec::new();
+    let n = cache.reclaim(&guard, |h, bytes| evicted.push((h, bytes.to_vec())));
+    assert_eq!(n, evicted.len());
+    assert!(n > 0);
+    for (h, bytes) in evicted {
+        assert_eq!(model.remove(&h), Some(bytes));
+        assert_eq!(cache.get(h, &guard), None);
+    }
+    for (h, v) in &model {
+        assert_eq!(cache.get(*h, &guard), Some(v.as_slice()));
+    }
+    for bits in [0, u64::MAX, 1 << 63] {
+        assert_eq!(cache.get(BlobHandle::from_bits(bits), &guard), None);
+    }
+}

@@ -37,8 +37,9 @@ pub(crate) use crate::os::ARENA_BYTES;
 pub(crate) const ARENA_MASK: usize = ARENA_BYTES - 1;
 pub(crate) const UNITS_PER_ARENA: usize = ARENA_BYTES / UNIT_BYTES;
 const ARENA_MAGIC: u64 = 0x5241_4c4c_4f43_4152; // "RALLOCAR"
-/// How long freed memory stays committed before it goes back to the OS.
-pub(crate) const DECOMMIT_DELAY_MS: u64 = 250;
+/// How long freed memory stays committed before it goes back to the OS (mimalloc uses 10 ms; 50 ms
+/// measured no slowdown on the churn and larson workloads and keeps churny resident sets low).
+pub(crate) const DECOMMIT_DELAY_MS: u64 = 50;
 const HEADER_OFFSET: usize = 4096;
 pub(crate) const LIVE_BITMAP_OFFSET: usize = 8192;
 /// One liveness bit per granule of this many bytes.

@@ -27,6 +27,9 @@ use crate::sync::{AtomicU64, Ordering};
 use core::cell::Cell;
 use core::ptr;
 
+/// A slab at most this fraction used is *sparse*: an abandoned heap hands it to the shared pool.
+const SPARSE_FRACTION: u32 = 4;
+
 /// The slab every empty heap slot points at; its `free` is null forever.
 pub(crate) static EMPTY_SLAB: Slab = Slab::empty();
 
@@ -303,8 +306,9 @@ impl Heap {
     }
 
     /// Collects every remote free, returns empty slabs and, when `release_pages`, decommits free pages
-    /// inside the slabs it keeps. Gives partly used slabs to the shared pool when `to_pool` (an
-    /// abandoned heap: nobody allocates from it, so unchanged slabs are not rescanned).
+    /// inside the slabs it keeps. When `to_pool` (an abandoned heap: nobody allocates from it, so
+    /// unchanged slabs are not rescanned), gives its sparse slabs (at most 1/`SPARSE_FRACTION` used) to
+    /// the shared pool, where any heap can fill them; the fuller ones stay for whoever adopts the heap.
     /// Caller: the owner (its own heap, or an abandoned heap under the abandoned-list lock).
     pub(crate) fn collect(&self, release_pages: bool, to_pool: bool) -> usize {
         self.drain_delayed();
@@ -333,7 +337,7 @@ impl Heap {
                     }
                     self.avail[class].remove(s);
                     self.release_slab(s);
-                } else if to_pool && s.used() < s.capacity.get() {
+                } else if to_pool && s.used() <= s.capacity.get() / SPARSE_FRACTION {
                     if self.current[class].get() == slab {
                         self.current[class].set(empty_slab());
                     }

@@ -157,7 +157,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub(crate) fn alloc_small_slow(&self, class: usize) -> *mut u8 {
-        if let Some(redirect) = crate::global::uninitialised_heap_redirect(self, class) {
+        if let Some(redirect) = crate::thread::uninitialised_heap_redirect(self, class) {
             return redirect;
         }
         HeapCounters::bump(&self.counters.slow_allocs, 1);

@@ -16,7 +16,7 @@
 //! | slabs | `slab`, `remote` | out-of-line descriptors, free lists, lock-free remote frees |
 //! | heaps | `heap`, `pool` | per-thread heaps, abandonment and adoption, the shared slab pool |
 //! | large | `large` | page spans inside arenas, direct mappings for huge allocations |
-//! | front | `global`, `stats` | `SlabAlloc: GlobalAlloc`, purge, statistics |
+//! | front | `global`, `thread`, `stats` | `SlabAlloc: GlobalAlloc`, thread heaps and fork, purge, statistics |
 //!
 //! Under `--cfg loom` only the lock-free protocol modules are built, with loom's atomics, so that
 //! `loom-tests` can check them.
@@ -51,6 +51,8 @@ pub mod size_class;
 mod slab;
 #[cfg(not(loom))]
 mod stats;
+#[cfg(not(loom))]
+mod thread;
 
 #[cfg(all(not(loom), any(test, feature = "invariants")))]
 pub use global::check_thread_heap_invariants;

@@ -238,7 +238,7 @@ pub(crate) fn pooled_slabs() -> usize {
 
 /// `pthread_atfork` support: take every lock before `fork`, release in both processes after.
 pub(crate) fn lock_all_for_fork() {
-    crate::global::FALLBACK.lock_raw();
+    crate::thread::FALLBACK.lock_raw();
     ABANDONED.lock_raw();
     SLAB_POOL.lock_raw();
     crate::arena::POOL.lock_raw();
@@ -254,6 +254,6 @@ pub(crate) unsafe fn unlock_all_after_fork() {
         crate::arena::POOL.unlock_raw();
         SLAB_POOL.unlock_raw();
         ABANDONED.unlock_raw();
-        crate::global::FALLBACK.unlock_raw();
+        crate::thread::FALLBACK.unlock_raw();
     }
 }

@@ -52,17 +52,30 @@ impl<T> SpinLock<T> {
     /// Takes the lock if it is free right now.
     #[inline]
     pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
-        if self.locked.load(Ordering::Relaxed) || self.locked.swap(true, Ordering::Acquire) {
+        if self.locked.load(Ordering::Relaxed)
+            || self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
             return None;
         }
         Some(SpinGuard { lock: self })
     }
 
     /// Takes the lock without a guard (for `pthread_atfork`'s prepare handler).
+    ///
+    /// Acquisition is a `compare_exchange` rather than a `swap(true)`: a failed attempt then writes
+    /// nothing, so a waiter never re-stores `true` over the holder's release (harmless on hardware,
+    /// but under loom an unordered pair of writes that a spinning model never gets past).
     pub(crate) fn lock_raw(&self) {
         let mut spins = 0u32;
         loop {
-            if !self.locked.swap(true, Ordering::Acquire) {
+            if self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
                 return;
             }
             while self.locked.load(Ordering::Relaxed) {

@@ -1,0 +1,149 @@
+//! What the models share: heap-allocated test blocks, and the remote-free path of the front end.
+//!
+//! A test block is a `Box<TestBlock>` from the system allocator (loom and the models never allocate
+//! through alloc-core). Its first word is the link that `alloc_core::remote::Block` overlays, so the
+//! real lists thread it exactly as they thread a freed object in a slab. An [`Owned`] is the one handle
+//! to a block; the lists' `push` consumes it and collecting a taken list gives it back.
+//! [`assert_each_once`] frees the blocks only after it has checked that each was collected exactly
+//! once; dropping an `Owned` leaks its block, so that a model failing with a block collected twice
+//! panics instead of double-freeing while it unwinds.
+
+use alloc_core::remote::{Block, DelayedFreeList, Pushed, RemoteFreeList};
+use core::ptr;
+use loom::cell::UnsafeCell;
+
+/// A freed object as the lists see it.
+#[repr(C)]
+struct TestBlock {
+    /// The first word: `Block::next`, written by the lists through a `*mut Block`.
+    link: *mut Block,
+    /// The block's name in its model (0..n).
+    id: usize,
+    /// Stands for the object's bytes. The freeing thread writes them before its free and the owner
+    /// reads them when it collects the block; loom checks that the write happens-before the read, i.e.
+    /// that the lists' release/acquire pairs publish what the freer wrote.
+    contents: UnsafeCell<usize>,
+}
+
+/// The only handle to one test block; sending it to another thread hands the block over.
+pub struct Owned(*mut Block);
+
+// SAFETY: an `Owned` is the sole handle to its block (made by `alloc`, or by `collect_list` from a list
+// its caller took, which no other thread can reach any more), so moving it moves the block's ownership
+// and no two threads ever access the block through it at once.
+unsafe impl Send for Owned {}
+
+impl Owned {
+    /// A fresh block named `id`.
+    pub fn alloc(id: usize) -> Self {
+        let block = Box::new(TestBlock {
+            link: ptr::null_mut(),
+            id,
+            contents: UnsafeCell::new(usize::MAX),
+        });
+        Self(Box::into_raw(block).cast())
+    }
+
+    fn test_block(&self) -> &TestBlock {
+        // SAFETY: `self.0` came from `Box::into_raw` of a `TestBlock` and stays valid until `drop`;
+        // we own it, so no thread writes its link while this borrow lives.
+        unsafe { &*self.0.cast::<TestBlock>() }
+    }
+
+    /// The block's name.
+    pub fn id(&self) -> usize {
+        self.test_block().id
+    }
+
+    /// The freeing thread's last write to the object before it frees it.
+    pub fn write_contents(&self, value: usize) {
+        self.test_block().contents.with_mut(|p| {
+            // SAFETY: loom checks this access; `p` points into our live block.
+            unsafe { *p = value }
+        });
+    }
+
+    /// The owner's first read of a collected block (the reuse that must see the freer's write).
+    pub fn read_contents(&self) -> usize {
+        self.test_block().contents.with(|p| {
+            // SAFETY: loom checks this access; `p` points into our live block.
+            unsafe { *p }
+        })
+    }
+
+    /// Gives the block up, for a list's `push` (which then owns it).
+    pub fn into_raw(self) -> *mut Block {
+        self.0
+    }
+
+    /// Frees the block.
+    ///
+    /// # Safety
+    /// - No other `Owned` for this block exists or will be used (the block was collected once).
+    unsafe fn free(self) {
+        // SAFETY: `self.0` came from `Box::into_raw` in `alloc`, and by the contract we are its only
+        // handle.
+        drop(unsafe { Box::from_raw(self.0.cast::<TestBlock>()) });
+    }
+}
+
+/// Takes ownership of every block on `list`, in list order, reading each block's contents as the
+/// owner's reuse would.
+///
+/// # Safety
+/// - `list` is null or the head of a null-terminated list returned by a `take` of a
+///   `RemoteFreeList` / `DelayedFreeList` (or by `take_and_arm`) whose blocks were all made by
+///   [`Owned::alloc`] and given up by [`Owned::into_raw`]; the take transferred them to the caller.
+pub unsafe fn collect_list(list: *mut Block) -> Vec<Owned> {
+    let mut blocks = Vec::new();
+    let mut block = list;
+    while !block.is_null() {
+        // SAFETY: by the contract `block` is a live `TestBlock` we now own, and the take's acquire
+        // ordered the pusher's link write before this read.
+        let next = unsafe { (*block.cast::<TestBlock>()).link };
+        let owned = Owned(block);
+        // The owner's reuse: loom panics here unless the freer's write happens-before it.
+        let _ = owned.read_contents();
+        blocks.push(owned);
+        block = next;
+    }
+    blocks
+}
+
+/// The remote free of `alloc_core::global::free_remote`, for a slab whose owner heap never changes:
+/// push onto the slab's list; if that consumed the owner's notify flag, hand the block to the owner's
+/// delayed list instead. Returns what the slab push did.
+pub fn free_remote(slab: &RemoteFreeList, owner_delayed: &DelayedFreeList, block: Owned) -> Pushed {
+    let block = block.into_raw();
+    // SAFETY: the block is ours (just given up by its `Owned`), a live `TestBlock` whose first word is
+    // a pointer-aligned link, and on no list.
+    let pushed = unsafe { slab.push(block) };
+    if pushed == Pushed::NotifyOwner {
+        // SAFETY: `NotifyOwner` means the slab push did not take the block; it is still ours.
+        unsafe { owner_delayed.push(block) };
+    }
+    pushed
+}
+
+/// Panics unless `blocks` holds each of the ids `0..count` exactly once, each with contents
+/// `expected(id)`; then frees them.
+pub fn assert_each_once(blocks: Vec<Owned>, count: usize, expected: impl Fn(usize) -> usize) {
+    let mut ids: Vec<usize> = blocks.iter().map(Owned::id).collect();
+    ids.sort_unstable();
+    // On failure the blocks leak (see the module doc).
+    assert_eq!(
+        ids,
+        (0..count).collect::<Vec<_>>(),
+        "a block was lost or collected twice"
+    );
+    for block in blocks {
+        assert_eq!(
+            block.read_contents(),
+            expected(block.id()),
+            "block {} contents",
+            block.id()
+        );
+        // SAFETY: the ids are distinct, so this is the only `Owned` for this block.
+        unsafe { block.free() };
+    }
+}

@@ -8,6 +8,25 @@
 //! retires the old block through the epoch, so a reader that loaded the old address keeps reading valid,
 //! unchanged memory until it unpins.
 //!
+//! ```
+//! use relocate_api::{Budget, RelocCache};
+//! # fn main() -> Result<(), relocate_api::CacheError> {
+//! let cache: RelocCache<[u64; 8]> = RelocCache::new()?;
+//! let reader = cache.reader();
+//! let handle = cache.insert([1; 8]).map_err(|(_, e)| e)?;
+//! {
+//!     let guard = reader.pin();
+//!     assert_eq!(cache.get(handle, &guard), Some(&[1; 8]));
+//!     cache.update(handle, &guard, |old| old.map(|x| x + 1))?;
+//!     assert_eq!(cache.get(handle, &guard), Some(&[2; 8]));
+//!     cache.compact(&guard, Budget::Objects(10_000))?;
+//! }
+//! cache.flush(&reader);
+//! cache.release_empty_arenas();
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Module map: `slot` (the per-object state machine, loom-checked), `table` (slots that never move),
 //! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `cache` (access), `compact` (moves,
 //! evacuation, eviction, statistics).

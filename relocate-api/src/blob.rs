@@ -246,7 +246,7 @@ impl BlobCache {
     pub fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
         let mut total = CompactReport::default();
         for class in &self.classes {
-            add(&mut total, class.compact(guard, budget)?);
+            total.merge(class.compact(guard, budget)?);
         }
         Ok(total)
     }
@@ -260,7 +260,7 @@ impl BlobCache {
     ) -> Result<CompactReport, CacheError> {
         let mut total = CompactReport::default();
         for class in &self.classes {
-            add(&mut total, class.evacuate(guard, arena, budget)?);
+            total.merge(class.evacuate(guard, arena, budget)?);
         }
         Ok(total)
     }
@@ -319,14 +319,4 @@ impl BlobCache {
         }
         total
     }
-}
-
-fn add(total: &mut CompactReport, r: CompactReport) {
-    total.moved_objects += r.moved_objects;
-    total.moved_bytes += r.moved_bytes;
-    total.refused += r.refused;
-    total.panics += r.panics;
-    total.evicted += r.evicted;
-    total.source_slabs += r.source_slabs;
-    total.budget_exhausted |= r.budget_exhausted;
 }

@@ -49,6 +49,19 @@ pub struct CompactReport {
     pub budget_exhausted: bool,
 }
 
+impl CompactReport {
+    /// Adds another pass's figures to these.
+    pub fn merge(&mut self, other: CompactReport) {
+        self.moved_objects += other.moved_objects;
+        self.moved_bytes += other.moved_bytes;
+        self.refused += other.refused;
+        self.panics += other.panics;
+        self.evicted += other.evicted;
+        self.source_slabs += other.source_slabs;
+        self.budget_exhausted |= other.budget_exhausted;
+    }
+}
+
 /// A snapshot of one cache.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheStats {
@@ -184,13 +197,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let arenas = self.arenas_by_live()?;
         let mut total = CompactReport::default();
         for (arena, _) in arenas.into_iter().take(k) {
-            let report = self.evacuate_arena(guard, arena, budget)?;
-            total.moved_objects += report.moved_objects;
-            total.moved_bytes += report.moved_bytes;
-            total.refused += report.refused;
-            total.panics += report.panics;
-            total.source_slabs += report.source_slabs;
-            total.budget_exhausted |= report.budget_exhausted;
+            total.merge(self.evacuate_arena(guard, arena, budget)?);
         }
         Ok(total)
     }

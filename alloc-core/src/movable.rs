@@ -7,8 +7,9 @@
 //!
 //! For every block it keeps, out of line in the arena's metadata units:
 //! - the liveness bitmap bit of the block's first 8-byte granule (set while the block is allocated),
-//! - a back-map entry: a `u32` naming the block's owner (e.g. a handle-table index), one per 16-byte
-//!   granule, so blocks of 16 bytes or more never share an entry.
+//! - a back-map entry: a `u32` naming the block's owner (e.g. a handle-table index), packed by block
+//!   index per slab, so the back-map costs 4 bytes per block (at most a quarter of 16-byte blocks, a
+//!   page per 64 KiB slab of larger ones).
 //!
 //! A compactor walks [`MovableHeap::slabs`] to find sparse slabs, [`MovableHeap::for_each_live`] to
 //! find what to move and who owns it, allocates targets with [`MovableHeap::alloc_excluding`] so a
@@ -20,7 +21,7 @@ use crate::arena::{
     self, ArenaKind, ArenaMeta, BACKMAP_GRANULE, BACKMAP_OFFSET, LIVE_BITMAP_OFFSET, LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
-use crate::size_class::{class_for, CLASSES, MAX_SMALL_BYTES};
+use crate::size_class::{class_for, CLASSES, MAX_SMALL_BYTES, UNIT_BYTES};
 use crate::slab::{Slab, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::{self, NonNull};
@@ -65,10 +66,18 @@ fn live_bit(block: usize) -> (&'static AtomicU64, u64) {
     (unsafe { &*word.add(granule / 64) }, 1u64 << (granule % 64))
 }
 
+/// The back-map entry of a block: the slab's entries are packed by block index from the start of its
+/// first unit's back-map region, so a slab of `n` blocks touches `4n` bytes of back-map, whatever the
+/// block size (a 64 KiB slab of 16-byte blocks fills its unit's 16 KiB region exactly).
 fn backmap_entry(block: usize) -> *mut u32 {
+    const PER_UNIT: usize = UNIT_BYTES / BACKMAP_GRANULE * 4;
     let meta = block & !arena::ARENA_MASK;
-    let granule = (block & arena::ARENA_MASK) / BACKMAP_GRANULE;
-    (meta + BACKMAP_OFFSET + granule * 4) as *mut u32
+    // SAFETY: callers pass blocks of movable slabs, whose chunk starts with a descriptor array.
+    let slab = unsafe { crate::global::slab_of(block) };
+    let start = slab.start.get() as usize;
+    let index = (block - start) / slab.block_bytes.get() as usize;
+    let first_unit = (start - meta) >> crate::size_class::UNIT_SHIFT;
+    (meta + BACKMAP_OFFSET + first_unit * PER_UNIT + index * 4) as *mut u32
 }
 
 impl MovableHeap {

@@ -242,7 +242,7 @@ impl BlobCache {
             .is_some_and(|c| c.remove(bits, guard))
     }
 
-    /// Footprint compaction of every class.
+    /// Footprint compaction of every class (`budget` applies to each class in turn).
     pub fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
         let mut total = CompactReport::default();
         for class in &self.classes {
@@ -251,7 +251,7 @@ impl BlobCache {
         Ok(total)
     }
 
-    /// Moves every blob out of one 2 MiB arena.
+    /// Moves every blob out of one 2 MiB arena (`budget` applies to each class in turn).
     pub fn evacuate_arena(
         &self,
         guard: &Guard,

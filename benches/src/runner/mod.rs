@@ -17,9 +17,45 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::peer::Peer;
-use crate::workloads;
+use crate::workloads::{self, Workload};
 use args::Args;
 use table::Results;
+
+/// One row of a table: a run of a workload in one binary, as one allocator or one variant.
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    /// The allocator's or the variant's name.
+    label: &'static str,
+    /// The binary it runs in.
+    peer: Peer,
+    /// `--variant NAME`, for workloads that compare structures.
+    variant: Option<&'static str>,
+}
+
+/// The rows of `workload` among the chosen allocators: one per allocator, or one per variant whose
+/// binary is among them.
+fn rows(workload: &Workload, peers: &[Peer]) -> Vec<Row> {
+    if workload.variants.is_empty() {
+        return peers
+            .iter()
+            .map(|&peer| Row {
+                label: peer.name(),
+                peer,
+                variant: None,
+            })
+            .collect();
+    }
+    workload
+        .variants
+        .iter()
+        .filter(|variant| peers.contains(&variant.peer))
+        .map(|variant| Row {
+            label: variant.name,
+            peer: variant.peer,
+            variant: Some(variant.name),
+        })
+        .collect()
+}
 
 /// Runs the benchmark as the command line asks (`--help` lists the options).
 pub fn runner_main() -> ExitCode {
@@ -39,24 +75,32 @@ pub fn runner_main() -> ExitCode {
         }
     };
 
-    let workload_names: Vec<&'static str> = args.workloads.iter().map(|w| w.name).collect();
+    let plan: Vec<(&'static Workload, Vec<Row>)> = args
+        .workloads
+        .iter()
+        .map(|workload| (*workload, rows(workload, &args.peers)))
+        .collect();
     let mut results = Results::new(args.reps);
     let mut failures = Vec::new();
     for rep in 0..args.reps {
-        for (workload_idx, workload) in args.workloads.iter().enumerate() {
-            let mut order: Vec<(Peer, &PathBuf)> =
-                args.peers.iter().copied().zip(&binaries).collect();
+        for (workload_idx, (workload, rows)) in plan.iter().enumerate() {
+            let mut order: Vec<&Row> = rows.iter().collect();
+            if order.is_empty() {
+                continue;
+            }
             let shift = (rep + workload_idx) % order.len();
             order.rotate_left(shift);
-            for (peer, binary) in order {
-                let outcome = spawn::run_child(binary, workload.name, args.quick, args.timeout);
+            for row in order {
+                let binary = &binaries[args.peers.iter().position(|p| *p == row.peer).unwrap_or(0)];
+                let outcome =
+                    spawn::run_child(binary, workload.name, row.variant, args.quick, args.timeout);
                 match &outcome {
                     Ok(record) => eprintln!(
-                        "[rep {}/{}] {:15} {:9} {} s",
+                        "[rep {}/{}] {:15} {:20} {} s",
                         rep + 1,
                         args.reps,
                         workload.name,
-                        peer.name(),
+                        row.label,
                         record.get("secs").map_or("?", String::as_str)
                     ),
                     Err(problem) => {
@@ -65,23 +109,27 @@ pub fn runner_main() -> ExitCode {
                             rep + 1,
                             args.reps,
                             workload.name,
-                            peer.name()
+                            row.label
                         );
                         failures.push(format!(
                             "- rep {}, `{}` on {}: {problem}",
                             rep + 1,
                             workload.name,
-                            peer.name()
+                            row.label
                         ));
                     }
                 }
-                results.insert(workload.name, peer, rep, outcome.ok());
+                results.insert(workload.name, row.label, rep, outcome.ok());
             }
         }
     }
 
     println!("{}", machine::describe(&args));
-    println!("{}", results.render(&workload_names, &args.peers));
+    let tables: Vec<(&'static Workload, Vec<&'static str>)> = plan
+        .iter()
+        .map(|(workload, rows)| (*workload, rows.iter().map(|row| row.label).collect()))
+        .collect();
+    println!("{}", results.render(&tables));
     println!("{}", legend(&args.workloads));
     if failures.is_empty() {
         ExitCode::SUCCESS
@@ -118,11 +166,20 @@ fn sibling_binaries(peers: &[Peer]) -> Result<Vec<PathBuf>, String> {
 
 fn legend(workloads: &[&workloads::Workload]) -> String {
     let mut text = String::from(
-        "Medians over repetitions; ×mimalloc columns are medians of per-repetition ratios \
-         (lower is better). RSS from /proc/self/statm, peak from getrusage.\n\n",
+        "Medians over repetitions; ×NAME columns are medians of per-repetition ratios to that \
+         row in the same repetition (for times and memory lower is better, for rates higher). \
+         RSS from /proc/self/statm, peak from getrusage.\n\n",
     );
     for workload in workloads {
         text.push_str(&format!("- `{}`: {}\n", workload.name, workload.about));
+        for variant in workload.variants {
+            text.push_str(&format!(
+                "  - `{}` (in wl-{}): {}\n",
+                variant.name,
+                variant.peer.name(),
+                variant.about
+            ));
+        }
     }
     text
 }

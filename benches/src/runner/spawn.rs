@@ -15,15 +15,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Lines of a failed child's stderr quoted in its failure.
 const STDERR_TAIL_LINES: usize = 6;
 
-/// Runs `binary --workload NAME [--quick]` and returns its result line, or why there is none.
+/// Runs `binary --workload NAME [--variant NAME] [--quick]` and returns its result line, or why
+/// there is none.
 pub(crate) fn run_child(
     binary: &Path,
     workload: &str,
+    variant: Option<&str>,
     quick: bool,
     timeout: Duration,
 ) -> Result<Record, String> {
     let mut command = Command::new(binary);
     command.arg("--workload").arg(workload);
+    if let Some(variant) = variant {
+        command.arg("--variant").arg(variant);
+    }
     if quick {
         command.arg("--quick");
     }

@@ -1,21 +1,22 @@
-//! Collecting the children's records by workload, allocator and repetition, and printing them as
-//! markdown tables of medians with ratios to the baseline peer (mimalloc) taken per repetition.
+//! Collecting the children's records by workload, row (allocator or variant) and repetition, and
+//! printing them as markdown tables of medians with ratios to the workload's baseline row
+//! ([`Table::baseline`]: mimalloc for the allocator workloads) taken per repetition.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::peer::Peer;
 use crate::report::{number, Record};
 use crate::runner::stats::{median, median_ratio};
+use crate::workloads::{Table, Workload};
 
 /// Bytes in a MiB.
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Every record, by (workload name, peer), one slot per repetition (`None`: that run failed).
+/// Every record, by (workload name, row label), one slot per repetition (`None`: that run failed).
 #[derive(Debug, Default)]
 pub(crate) struct Results {
     reps: usize,
-    runs: BTreeMap<(&'static str, Peer), Vec<Option<Record>>>,
+    runs: BTreeMap<(&'static str, &'static str), Vec<Option<Record>>>,
 }
 
 /// One column of figures: how to get its value from a record and how to print it.
@@ -23,9 +24,189 @@ struct Column {
     header: &'static str,
     value: fn(&Record) -> Option<f64>,
     decimals: usize,
-    /// Whether a "× mimalloc" column follows.
+    /// Whether a "× baseline" column follows.
     with_ratio: bool,
 }
+
+/// A ratio of two keys of one record.
+fn ratio(r: &Record, numerator: &str, denominator: &str) -> Option<f64> {
+    positive(number(r, numerator)? / number(r, denominator)?)
+}
+
+const LRU: &[Column] = &[
+    Column {
+        header: "insert s",
+        value: |r| number(r, "secs"),
+        decimals: 2,
+        with_ratio: true,
+    },
+    Column {
+        header: "longest pause ms",
+        value: |r| Some(number(r, "max_pause_ns")? / 1e6),
+        decimals: 2,
+        with_ratio: true,
+    },
+    Column {
+        header: "longest pause in values ms",
+        value: |r| Some(number(r, "max_value_pause_ns")? / 1e6),
+        decimals: 2,
+        with_ratio: true,
+    },
+    Column {
+        header: "live MiB",
+        value: |r| Some(number(r, "live")? / MIB),
+        decimals: 1,
+        with_ratio: false,
+    },
+    Column {
+        header: "index MiB",
+        value: |r| Some(number(r, "index_bytes")? / MIB),
+        decimals: 1,
+        with_ratio: false,
+    },
+    Column {
+        header: "peak RSS MiB",
+        value: |r| Some(number(r, "peak_rss")? / MIB),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "RSS end MiB",
+        value: |r| Some(number(r, "rss_end")? / MIB),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "RSS after release MiB",
+        value: |r| Some(number(r, "rss_release")? / MIB),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "end: RSS/live",
+        value: |r| ratio(r, "rss_end", "live"),
+        decimals: 2,
+        with_ratio: false,
+    },
+    Column {
+        header: "released: RSS/live",
+        value: |r| ratio(r, "rss_release", "live"),
+        decimals: 2,
+        with_ratio: true,
+    },
+    Column {
+        header: "index/live",
+        value: |r| ratio(r, "index_bytes", "live"),
+        decimals: 2,
+        with_ratio: false,
+    },
+    Column {
+        header: "released: (RSS−index)/live",
+        value: |r| {
+            positive((number(r, "rss_release")? - number(r, "index_bytes")?) / number(r, "live")?)
+        },
+        decimals: 2,
+        with_ratio: true,
+    },
+];
+
+const HANDLES_SPEED: &[Column] = &[
+    Column {
+        header: "insert Mops/s",
+        value: |r| positive(number(r, "insert_mops")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "remove Mops/s",
+        value: |r| positive(number(r, "remove_mops")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "get ns",
+        value: |r| positive(number(r, "get_ns")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "chased get ns",
+        value: |r| positive(number(r, "chase_ns")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "2 readers Mgets/s",
+        value: |r| positive(number(r, "readers2_mgets")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+];
+
+const HANDLES_MEMORY: &[Column] = &[
+    Column {
+        header: "live MiB",
+        value: |r| Some(number(r, "live")? / MIB),
+        decimals: 1,
+        with_ratio: false,
+    },
+    Column {
+        header: "full: RSS/live",
+        value: |r| ratio(r, "rss_full", "live_full"),
+        decimals: 2,
+        with_ratio: false,
+    },
+    Column {
+        header: "90 % removed: RSS/live",
+        value: |r| ratio(r, "rss_removed", "live"),
+        decimals: 2,
+        with_ratio: true,
+    },
+    Column {
+        header: "compacted: RSS/live",
+        value: |r| ratio(r, "rss_compacted", "live"),
+        decimals: 2,
+        with_ratio: false,
+    },
+    Column {
+        header: "compacted, without slot table: RSS/live",
+        value: |r| {
+            positive((number(r, "rss_compacted")? - number(r, "table_bytes")?) / number(r, "live")?)
+        },
+        decimals: 2,
+        with_ratio: false,
+    },
+    Column {
+        header: "compaction GB/s",
+        value: |r| positive(number(r, "compact_gbs")?),
+        decimals: 3,
+        with_ratio: false,
+    },
+    Column {
+        header: "p99 idle ns/get",
+        value: |r| positive(number(r, "p99_idle_ns")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
+        header: "p99 compacting ns/get",
+        value: |r| positive(number(r, "p99_compact_ns")?),
+        decimals: 1,
+        with_ratio: false,
+    },
+    Column {
+        header: "compacting/idle p99",
+        value: |r| ratio(r, "p99_compact_ns", "p99_idle_ns"),
+        decimals: 2,
+        with_ratio: false,
+    },
+    Column {
+        header: "moved while reading MiB",
+        value: |r| Some(number(r, "moved_reading")? / MIB),
+        decimals: 1,
+        with_ratio: false,
+    },
+];
 
 const SPEED_AND_MEMORY: &[Column] = &[
     Column {
@@ -107,22 +288,23 @@ impl Results {
     pub(crate) fn insert(
         &mut self,
         workload: &'static str,
-        peer: Peer,
+        label: &'static str,
         rep: usize,
         record: Option<Record>,
     ) {
         let slots = self
             .runs
-            .entry((workload, peer))
+            .entry((workload, label))
             .or_insert_with(|| vec![None; self.reps]);
         slots[rep] = record;
     }
 
-    /// The per-repetition values of `column` for one workload and peer.
-    fn series(&self, workload: &'static str, peer: Peer, column: &Column) -> Vec<Option<f64>> {
+    /// The per-repetition values of `column` for one workload and row.
+    fn series(&self, workload: &'static str, label: &str, column: &Column) -> Vec<Option<f64>> {
         self.runs
-            .get(&(workload, peer))
-            .map(|slots| {
+            .iter()
+            .find(|((w, l), _)| *w == workload && *l == label)
+            .map(|(_, slots)| {
                 slots
                     .iter()
                     .map(|slot| slot.as_ref().and_then(column.value))
@@ -131,32 +313,68 @@ impl Results {
             .unwrap_or_default()
     }
 
-    /// The table of speed and memory for every workload, then the resident/live table for the
-    /// workloads that report live bytes.
-    pub(crate) fn render(&self, workloads: &[&'static str], peers: &[Peer]) -> String {
+    /// For each kind of table, the tables of the workloads of that kind, each workload with the
+    /// labels of its rows in order: speed and memory for the allocator workloads (then resident /
+    /// live for those that report live bytes), and the relocate-api tables.
+    pub(crate) fn render(&self, workloads: &[(&'static Workload, Vec<&'static str>)]) -> String {
         let mut out = String::new();
-        out.push_str(&self.table(workloads, peers, SPEED_AND_MEMORY));
-        let with_live: Vec<&'static str> = workloads
-            .iter()
-            .copied()
-            .filter(|w| {
-                peers.iter().any(|p| {
-                    self.series(w, *p, &RESIDENT_PER_LIVE[0])
-                        .iter()
-                        .any(Option::is_some)
+        let of_kind = |table: Table| -> Vec<(&'static str, &[&'static str])> {
+            workloads
+                .iter()
+                .filter(|(w, _)| w.table == table)
+                .map(|(w, labels)| (w.name, labels.as_slice()))
+                .collect()
+        };
+        let allocators = of_kind(Table::Allocators);
+        if !allocators.is_empty() {
+            out.push_str(&self.table(&allocators, Table::Allocators, SPEED_AND_MEMORY));
+            let with_live: Vec<(&'static str, &[&'static str])> = allocators
+                .iter()
+                .copied()
+                .filter(|(w, labels)| {
+                    labels.iter().any(|l| {
+                        self.series(w, l, &RESIDENT_PER_LIVE[0])
+                            .iter()
+                            .any(Option::is_some)
+                    })
                 })
-            })
-            .collect();
-        if !with_live.is_empty() {
-            out.push('\n');
-            out.push_str(&self.table(&with_live, peers, RESIDENT_PER_LIVE));
+                .collect();
+            if !with_live.is_empty() {
+                out.push('\n');
+                out.push_str(&self.table(&with_live, Table::Allocators, RESIDENT_PER_LIVE));
+            }
+        }
+        for (table, parts) in [
+            (Table::Lru, &[LRU][..]),
+            (Table::Handles, &[HANDLES_SPEED, HANDLES_MEMORY][..]),
+        ] {
+            let rows = of_kind(table);
+            if rows.is_empty() {
+                continue;
+            }
+            for columns in parts {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&self.table(&rows, table, columns));
+            }
         }
         out
     }
 
-    fn table(&self, workloads: &[&'static str], peers: &[Peer], columns: &[Column]) -> String {
-        let baseline = Peer::BASELINE.name();
-        let mut header = vec!["workload".to_owned(), "allocator".to_owned()];
+    fn table(
+        &self,
+        workloads: &[(&'static str, &[&'static str])],
+        kind: Table,
+        columns: &[Column],
+    ) -> String {
+        let baseline = kind.baseline();
+        let first = if kind == Table::Allocators {
+            "allocator"
+        } else {
+            "variant"
+        };
+        let mut header = vec!["workload".to_owned(), first.to_owned()];
         for column in columns {
             header.push(column.header.to_owned());
             if column.with_ratio {
@@ -173,14 +391,16 @@ impl Results {
                 .map(|(i, _)| if i < 2 { "---" } else { "---:" }.to_owned())
                 .collect::<Vec<_>>(),
         );
-        for workload in workloads {
-            for peer in peers {
-                let runs = self.series(workload, *peer, &columns[0]);
-                let ok = runs.iter().filter(|v| v.is_some()).count();
-                let mut cells = vec![workload.to_string(), peer_label(*peer, ok, self.reps)];
+        for (workload, labels) in workloads {
+            for label in *labels {
+                let ok = self
+                    .runs
+                    .get(&(*workload, *label))
+                    .map_or(0, |slots| slots.iter().filter(|s| s.is_some()).count());
+                let mut cells = vec![workload.to_string(), row_label(label, ok, self.reps)];
                 for column in columns {
-                    let values = self.series(workload, *peer, column);
-                    let base = self.series(workload, Peer::BASELINE, column);
+                    let values = self.series(workload, label, column);
+                    let base = self.series(workload, baseline, column);
                     cells.push(cell(
                         median(values.iter().flatten().copied().collect()),
                         column.decimals,
@@ -196,11 +416,11 @@ impl Results {
     }
 }
 
-fn peer_label(peer: Peer, ok: usize, reps: usize) -> String {
+fn row_label(label: &str, ok: usize, reps: usize) -> String {
     if ok == reps {
-        peer.name().to_owned()
+        label.to_owned()
     } else {
-        format!("{} ({ok}/{reps} ok)", peer.name())
+        format!("{label} ({ok}/{reps} ok)")
     }
 }
 

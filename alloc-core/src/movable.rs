@@ -12,7 +12,7 @@
 //!   page per 64 KiB slab of larger ones).
 //!
 //! A compactor walks [`MovableHeap::slabs`] to find sparse slabs, [`MovableHeap::for_each_live`] to
-//! find what to move and who owns it, allocates targets with [`MovableHeap::alloc_excluding`] so a
+//! find what to move and who owns it, marks the slabs it empties with [`MovableHeap::begin_drain`] so a
 //! move never lands in the slab being emptied, and frees the old blocks; a slab whose last block goes
 //! is returned to its arena at once, and an arena whose units are all free is unmapped by `purge` or
 //! after the decommit delay.
@@ -22,7 +22,7 @@ use crate::arena::{
 };
 use crate::heap::{release_slab_to_arena, SlabList};
 use crate::size_class::{class_for, CLASSES, MAX_SMALL_BYTES, UNIT_BYTES};
-use crate::slab::{Slab, FLAG_FULL, UNOWNED};
+use crate::slab::{Slab, FLAG_DRAINING, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::{self, NonNull};
 
@@ -48,6 +48,8 @@ pub struct MovableHeap {
     /// Slabs with free blocks (head is allocated from first) and slabs without.
     avail: SlabList,
     full: SlabList,
+    /// Slabs being emptied by a compactor (between `begin_drain` and `end_drain`).
+    draining: SlabList,
     slabs: usize,
     /// An arena being evacuated: new slabs never come from it (0: none).
     avoid_arena: usize,
@@ -98,6 +100,7 @@ impl MovableHeap {
             class,
             avail: SlabList::new(),
             full: SlabList::new(),
+            draining: SlabList::new(),
             slabs: 0,
             avoid_arena: 0,
         })
@@ -113,38 +116,63 @@ impl MovableHeap {
         CLASSES[self.class].block_bytes as usize
     }
 
-    /// Allocates a block and records `owner` in its back-map entry.
+    /// Allocates a block and records `owner` in its back-map entry. Never from a draining slab; a new
+    /// slab is made if no other slab has room.
     pub fn alloc(&mut self, owner: u32) -> Option<NonNull<u8>> {
-        self.alloc_excluding(owner, |_| false)
-    }
-
-    /// Like [`Self::alloc`], but never from a slab for which `exclude(slab_start)` is true (slabs a
-    /// compactor is emptying). A new slab is made if no other slab has room.
-    pub fn alloc_excluding(
-        &mut self,
-        owner: u32,
-        exclude: impl Fn(usize) -> bool,
-    ) -> Option<NonNull<u8>> {
-        let mut slab = self.avail.head();
-        while !slab.is_null() {
+        loop {
+            let slab = self.avail.head();
+            if slab.is_null() {
+                break;
+            }
             // SAFETY: slabs on our lists are live and ours.
             let s = unsafe { &*slab };
-            let next = s.next.get();
-            if !exclude(s.start.get() as usize) {
-                if s.refill() {
-                    return Some(self.take_from(s, owner));
-                }
-                self.avail.remove(s);
-                s.flags.set(s.flags.get() | FLAG_FULL);
-                self.full.push(s);
+            if s.refill() {
+                return Some(self.take_from(s, owner));
             }
-            slab = next;
+            self.avail.remove(s);
+            s.flags.set(s.flags.get() | FLAG_FULL);
+            self.full.push(s);
         }
         let s = self.new_slab()?;
         if !s.refill() {
             return None;
         }
         Some(self.take_from(s, owner))
+    }
+
+    /// Marks the slabs for which `is_source` holds as draining: until [`Self::end_drain`], allocation
+    /// never takes blocks from them (so a compactor's moves land elsewhere, at constant cost per move),
+    /// and each is returned to its arena as soon as its last block is freed.
+    pub fn begin_drain(&mut self, is_source: impl Fn(&SlabView) -> bool) {
+        for list in [&self.avail, &self.full] {
+            let mut slab = list.head();
+            while !slab.is_null() {
+                // SAFETY: slabs on our lists are live and ours.
+                let s = unsafe { &*slab };
+                let next = s.next.get();
+                if is_source(&view_of(s)) {
+                    list.remove(s);
+                    s.flags.set((s.flags.get() & !FLAG_FULL) | FLAG_DRAINING);
+                    self.draining.push(s);
+                }
+                slab = next;
+            }
+        }
+    }
+
+    /// Ends a drain: slabs that still hold blocks become ordinary slabs again.
+    pub fn end_drain(&mut self) {
+        loop {
+            let slab = self.draining.head();
+            if slab.is_null() {
+                break;
+            }
+            // SAFETY: slabs on our lists are live and ours.
+            let s = unsafe { &*slab };
+            self.draining.remove(s);
+            s.flags.set(s.flags.get() & !FLAG_DRAINING);
+            self.avail.push(s);
+        }
     }
 
     fn take_from(&mut self, slab: &Slab, owner: u32) -> NonNull<u8> {
@@ -202,6 +230,14 @@ impl MovableHeap {
         word.fetch_and(!bit, Ordering::Relaxed);
         // SAFETY: the caller's contract: the block was handed out from this slab and is ours again.
         let used = unsafe { slab.push_local(block.as_ptr().cast()) };
+        if slab.flags.get() & FLAG_DRAINING != 0 {
+            if used == 0 {
+                self.draining.remove(slab);
+                self.slabs -= 1;
+                release_slab_to_arena(slab);
+            }
+            return;
+        }
         if slab.is_full_parked() {
             slab.flags.set(slab.flags.get() & !FLAG_FULL);
             self.full.remove(slab);
@@ -243,7 +279,7 @@ impl MovableHeap {
 
     /// Every slab of the heap.
     pub fn slabs(&self) -> impl Iterator<Item = SlabView> + '_ {
-        let mut lists = [self.avail.head(), self.full.head()].into_iter();
+        let mut lists = [self.avail.head(), self.full.head(), self.draining.head()].into_iter();
         let mut slab: *mut Slab = ptr::null_mut();
         core::iter::from_fn(move || loop {
             if slab.is_null() {
@@ -253,13 +289,7 @@ impl MovableHeap {
             // SAFETY: slabs on our lists are live and ours.
             let s = unsafe { &*slab };
             slab = s.next.get();
-            return Some(SlabView {
-                start: s.start.get() as usize,
-                block_bytes: s.block_bytes.get() as usize,
-                capacity: s.capacity.get() as usize,
-                live: s.used() as usize,
-                arena: s.start.get() as usize & !arena::ARENA_MASK,
-            });
+            return Some(view_of(s));
         })
     }
 
@@ -287,7 +317,7 @@ impl Drop for MovableHeap {
     /// Returns every slab. Blocks still live are lost to their owners (the heap's owner must have
     /// dropped them), but their memory goes back.
     fn drop(&mut self) {
-        for list in [&self.avail, &self.full] {
+        for list in [&self.avail, &self.full, &self.draining] {
             loop {
                 let slab = list.head();
                 if slab.is_null() {
@@ -307,6 +337,16 @@ impl Drop for MovableHeap {
                 release_slab_to_arena(s);
             }
         }
+    }
+}
+
+fn view_of(s: &Slab) -> SlabView {
+    SlabView {
+        start: s.start.get() as usize,
+        block_bytes: s.block_bytes.get() as usize,
+        capacity: s.capacity.get() as usize,
+        live: s.used() as usize,
+        arena: s.start.get() as usize & !arena::ARENA_MASK,
     }
 }
 
@@ -372,9 +412,9 @@ mod tests {
             .iter()
             .find(|v| v.start <= keep.as_ptr() as usize)
             .map(|v| v.start);
-        let moved = heap
-            .alloc_excluding(7, |start| Some(start) == excluded)
-            .unwrap();
+        heap.begin_drain(|v| Some(v.start) == excluded);
+        let moved = heap.alloc(7).unwrap();
+        heap.end_drain();
         assert_ne!(Some(moved.as_ptr() as usize & !0xffff), excluded);
         // SAFETY: live block of this heap.
         assert_eq!(unsafe { heap.owner_of(moved) }, 7);

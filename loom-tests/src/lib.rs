@@ -1,14 +1,19 @@
-//! Loom models of alloc-core's lock-free protocols.
+//! Loom models of alloc-core's and relocate-api's lock-free protocols.
 //!
 //! The models live in `tests/`, one file per protocol, and are compiled only under `--cfg loom`, when
 //! `alloc_core::remote` and `alloc_core::lock` are built on loom's atomics (through alloc-core's
-//! `sync` shim): the models drive the real list and lock code, not a copy of it. A plain
-//! `cargo test --workspace` compiles them to nothing. Run them with
+//! `sync` shim), and so is `relocate_api::slot` (through relocate-api's `sync` shim): the models drive
+//! the real list, lock and slot code, not a copy of it. A plain `cargo test --workspace` compiles them
+//! to nothing. The epoch model (`tests/slot_retire.rs`) also needs crossbeam-epoch on loom's atomics,
+//! which it is under `--cfg crossbeam_loom` (with its `loom` feature, which this crate turns on under
+//! `cfg(loom)`). Run them all with
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target-loom \
+//! RUSTFLAGS="--cfg loom --cfg crossbeam_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target-loom \
 //!     cargo test -p loom-tests --release
 //! ```
+//!
+//! (With `--cfg loom` alone every model but `slot_retire` runs.)
 //!
 //! | file | protocol | what the model proves |
 //! |---|---|---|
@@ -16,9 +21,12 @@
 //! | `tests/notify.rs` | `take_and_arm` / `disarm` / `Pushed::NotifyOwner` / `DelayedFreeList` | the notify flag is consumed exactly once per arming (by a remote free or by `disarm`), and its block reaches the owner through the delayed list |
 //! | `tests/abandon.rs` | heap abandonment and adoption through a `SpinLock` list | remote frees into an abandoned heap are all collected by the adopter, and the adopter sees the owner-private state the abandoning thread wrote |
 //! | `tests/spin_lock.rs` | `SpinLock` | mutual exclusion, and each critical section happens-before the next |
+//! | `tests/slot.rs` | relocate-api's `Slot`: `read`, `begin_write`/`finish_write`, `begin_remove`, `pin`, `publish_new` vs. `try_isolate`/`publish_move` | a reader racing a move sees a whole object (old or new copy) and the right generation; a writer and the mover hold an object one at a time and no update is lost; a remove racing a move ends removed (generation bumped, nothing resolves, no block leaked or freed twice); a pinned object is never moved and its in-place write is never lost; a stale handle never resolves to the slot's next object |
+//! | `tests/slot_retire.rs` | a move's old block retired through crossbeam-epoch (`guard.defer`) while a pinned reader holds it | the reader never reads a freed block, and the old block is freed exactly once (needs `--cfg crossbeam_loom`) |
 //!
 //! This library holds what the models share (under `cfg(loom)` only): test blocks and the remote-free
-//! path (`support`), a model runner with a default preemption bound (`model`), and `Coverage`.
+//! path, and the slot models' object heap `Objects` (`support`), a model runner with a default
+//! preemption bound (`model`), and `Coverage`.
 //!
 //! Writing models that prove something:
 //! - Put a `loom::thread::yield_now()` between an owner's steps. Loom's scheduler avoids preemption,

@@ -147,3 +147,143 @@ pub fn assert_each_once(blocks: Vec<Owned>, count: usize, expected: impl Fn(usiz
         unsafe { block.free() };
     }
 }
+
+/// A cached object as the slot models see it: a value and its checksum, which a whole, published copy
+/// always agrees on. The words sit in a loom `UnsafeCell`, so loom checks that every read of an object
+/// happens-after the write that made it (its creation, a copy, an in-place write) and that no read is
+/// concurrent with [`Objects::free`]'s poisoning write.
+#[repr(C, align(16))]
+struct Object {
+    words: UnsafeCell<[u64; 2]>,
+}
+
+/// What a freed object holds: its checksum does not match, so a read that happens after the free
+/// (rather than concurrently with it, which loom reports by itself) fails too.
+const POISON: [u64; 2] = [0xdead_dead_dead_dead; 2];
+
+fn checksum(value: u64) -> u64 {
+    !value ^ 0x5a5a_5a5a_5a5a_5a5a
+}
+
+/// The heap of one model execution, for the slot models (`tests/slot.rs`, `tests/slot_retire.rs`):
+/// objects at 16-byte aligned addresses (the slot keeps two state bits below them), allocated, read,
+/// written in place and freed by address, with every address checked against the objects it made.
+///
+/// A freed object is poisoned but its memory stays allocated until the `Objects` is dropped at the end
+/// of the execution, so that a protocol bug shows up as a loom causality violation or a poisoned read,
+/// never as undefined behaviour in the model itself. [`Objects::assert_freed_all_but`] checks that no
+/// object leaked (each was freed exactly once, except the ones still published).
+pub struct Objects {
+    /// Every object of the execution, with whether it was freed.
+    blocks: std::sync::Mutex<Vec<(*mut Object, bool)>>,
+}
+
+// SAFETY: the raw pointers are the `Objects`' own boxes; the list is behind a mutex, and the objects'
+// words are reached only through loom `UnsafeCell` accessors, which loom checks.
+unsafe impl Send for Objects {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Objects {}
+
+impl Default for Objects {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Objects {
+    /// An empty heap.
+    pub fn new() -> Self {
+        Self {
+            blocks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A new object holding `value`; its address.
+    pub fn alloc(&self, value: u64) -> usize {
+        let object = Box::into_raw(Box::new(Object {
+            words: UnsafeCell::new([value, checksum(value)]),
+        }));
+        self.lock().push((object, false));
+        object as usize
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(*mut Object, bool)>> {
+        // A model that panicked may have poisoned the mutex; the list itself stays consistent.
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The object at `addr` (one of ours, freed or not; its memory lives as long as `self`).
+    fn object(&self, addr: usize) -> &Object {
+        let known = self
+            .lock()
+            .iter()
+            .any(|&(object, _)| object as usize == addr);
+        assert!(known, "{addr:#x} is not an object of this model");
+        // SAFETY: `addr` is one of our boxes, which stay allocated until `self` is dropped.
+        unsafe { &*(addr as *const Object) }
+    }
+
+    /// Reads the object at `addr`, as a reader through `&T` would; panics unless it is whole and live.
+    pub fn read(&self, addr: usize) -> u64 {
+        let words = self.object(addr).words.with(|p| {
+            // SAFETY: loom checks this access against every write to the object; `p` points into a
+            // box we own.
+            unsafe { *p }
+        });
+        assert_ne!(words, POISON, "read a freed object at {addr:#x}");
+        assert_eq!(words[1], checksum(words[0]), "torn object at {addr:#x}");
+        words[0]
+    }
+
+    /// Writes `value` into the object at `addr` in place (a write through interior mutability).
+    pub fn write(&self, addr: usize, value: u64) {
+        self.object(addr).words.with_mut(|p| {
+            // SAFETY: loom checks this access against every other access to the object; `p` points
+            // into a box we own.
+            unsafe { *p = [value, checksum(value)] }
+        });
+    }
+
+    /// Frees the object at `addr`: poisons it (a write that loom checks against every read) and marks
+    /// it freed. Panics if it was freed already.
+    pub fn free(&self, addr: usize) {
+        self.object(addr).words.with_mut(|p| {
+            // SAFETY: as in `write`.
+            unsafe { *p = POISON }
+        });
+        let mut blocks = self.lock();
+        let entry = blocks
+            .iter_mut()
+            .find(|(object, _)| *object as usize == addr)
+            .expect("checked by `object`");
+        assert!(!entry.1, "object {addr:#x} freed twice");
+        entry.1 = true;
+    }
+
+    /// How many objects were made.
+    pub fn allocated(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Panics unless every object was freed, except exactly those in `live`, which must not be.
+    pub fn assert_freed_all_but(&self, live: &[usize]) {
+        for &(object, freed) in self.lock().iter() {
+            let addr = object as usize;
+            if live.contains(&addr) {
+                assert!(!freed, "live object {addr:#x} was freed");
+            } else {
+                assert!(freed, "object {addr:#x} leaked");
+            }
+        }
+    }
+}
+
+impl Drop for Objects {
+    fn drop(&mut self) {
+        for &(object, _) in self.lock().iter() {
+            // SAFETY: each pointer came from `Box::into_raw` in `alloc` and is freed once, here; no
+            // reference into it outlives `self`.
+            drop(unsafe { Box::from_raw(object) });
+        }
+    }
+}

@@ -9,7 +9,8 @@
 //!   objects is emptied by removing (not moving) its objects; an eviction callback hears of each one.
 //!
 //! Each move: mark the slot moving (refused if a writer, remover or pin holds it) → `isolate` (may
-//! refuse) → allocate the target outside the slabs being emptied → `migrate` (copy, fix pointers) →
+//! refuse) → allocate the target outside the slabs being emptied (they are *draining*: allocation
+//! skips them at no cost per move) → `migrate` (copy, fix pointers) →
 //! publish the new address → retire the old block through the epoch. A panicking callback abandons
 //! that move and leaves the object where it was. The whole pass holds the cache lock, so inserts wait
 //! for it; reads never do. Old blocks are freed only after the epoch: call [`RelocCache::flush`] (or
@@ -139,21 +140,18 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 let mut source_starts: Vec<usize> = sources.iter().map(|s| s.start).collect();
                 source_starts.sort_unstable();
                 pass.report.source_slabs = sources.len();
-                let is_source = |start: usize| source_starts.binary_search(&start).is_ok();
+                // Draining sources keeps every move's allocation off them at constant cost.
+                inner
+                    .heap
+                    .begin_drain(|s| source_starts.binary_search(&s.start).is_ok());
                 'slabs: for slab in &sources {
                     for (block, owner) in live_blocks(&inner.heap, slab) {
-                        if !self.move_one(
-                            &mut inner.heap,
-                            guard,
-                            &mut pass,
-                            block,
-                            owner,
-                            &is_source,
-                        ) {
+                        if !self.move_one(&mut inner.heap, guard, &mut pass, block, owner) {
                             break 'slabs;
                         }
                     }
                 }
+                inner.heap.end_drain();
             }
         }
         Ok(self.finish(&mut inner.counters, pass, started))
@@ -175,14 +173,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let mut pass = Pass::new(budget);
         pass.report.source_slabs = sources.len();
         inner.heap.set_avoid_arena(Some(arena));
-        let in_arena = |start: usize| start & !(alloc_core_arena_bytes() - 1) == arena;
+        inner.heap.begin_drain(|s| s.arena == arena);
         'slabs: for slab in &sources {
             for (block, owner) in live_blocks(&inner.heap, slab) {
-                if !self.move_one(&mut inner.heap, guard, &mut pass, block, owner, &in_arena) {
+                if !self.move_one(&mut inner.heap, guard, &mut pass, block, owner) {
                     break 'slabs;
                 }
             }
         }
+        inner.heap.end_drain();
         inner.heap.set_avoid_arena(None);
         Ok(self.finish(&mut inner.counters, pass, started))
     }
@@ -290,7 +289,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         pass: &mut Pass,
         block: NonNull<u8>,
         owner: u32,
-        exclude: &dyn Fn(usize) -> bool,
     ) -> bool {
         let bytes = std::mem::size_of::<T>();
         if !pass.spend(bytes) {
@@ -323,7 +321,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 return true;
             }
         }
-        let Some(target) = heap.alloc_excluding(owner, exclude) else {
+        let Some(target) = heap.alloc(owner) else {
             slot.abort_move(old);
             return false;
         };

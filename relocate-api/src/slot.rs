@@ -54,7 +54,7 @@ impl Slot {
 
     /// The generation counter now (to build a handle for a freshly published object).
     pub fn generation(&self) -> u32 {
-        self.gen.load(Ordering::Relaxed)
+        self.gen.load(Ordering::Acquire)
     }
 
     /// The object's address if the slot holds generation `gen` (readers; wait-free).
@@ -95,9 +95,12 @@ impl Slot {
     /// the generation has moved on (so handles to it are stale). `None` if already stale.
     pub fn begin_remove(&self, gen: u32) -> Option<usize> {
         let addr = self.take(gen, WRITING)?;
+        // Empty the word *before* publishing the next generation: whoever sees the new generation
+        // (an `Acquire` load in `generation`) then also sees the slot empty, never the removed address
+        // under the new generation (found by the loom model `generation_snapshot_vs_remove_and_reuse`).
+        self.word.store(0, Ordering::Release);
         self.gen
             .store(next_generation(gen) & GEN_COUNTER_MASK, Ordering::Release);
-        self.word.store(0, Ordering::Release);
         Some(addr)
     }
 

@@ -402,6 +402,20 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         });
     }
 
+    /// Retires the old copies of moved objects (never dropped: the live copy moved on) in one deferred
+    /// function, so a compaction pass pays for the epoch once, not once per move.
+    pub(crate) fn retire_moved(&self, guard: &Guard, blocks: Vec<usize>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let retired = Arc::clone(&self.retired);
+        guard.defer(move || {
+            for addr in blocks {
+                retired.push(addr);
+            }
+        });
+    }
+
     /// Visits every live object (under `guard`).
     pub fn for_each<'g>(&'g self, guard: &'g Guard, mut visit: impl FnMut(Handle<T>, &'g T))
     where

@@ -80,6 +80,8 @@ struct Pass {
     report: CompactReport,
     remaining_objects: usize,
     remaining_bytes: usize,
+    /// Old copies of the objects moved so far, retired together when the pass ends.
+    moved_from: Vec<usize>,
 }
 
 impl Pass {
@@ -93,6 +95,7 @@ impl Pass {
             report: CompactReport::default(),
             remaining_objects: objects,
             remaining_bytes: bytes,
+            moved_from: Vec::new(),
         }
     }
 
@@ -146,7 +149,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     .begin_drain(|s| source_starts.binary_search(&s.start).is_ok());
                 'slabs: for slab in &sources {
                     for (block, owner) in live_blocks(&inner.heap, slab) {
-                        if !self.move_one(&mut inner.heap, guard, &mut pass, block, owner) {
+                        if !self.move_one(&mut inner.heap, &mut pass, block, owner) {
                             break 'slabs;
                         }
                     }
@@ -154,7 +157,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 inner.heap.end_drain();
             }
         }
-        Ok(self.finish(&mut inner.counters, pass, started))
+        Ok(self.finish(guard, &mut inner.counters, pass, started))
     }
 
     /// Moves every object out of the 2 MiB arena at `arena` (an address inside it will do), within
@@ -176,14 +179,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         inner.heap.begin_drain(|s| s.arena == arena);
         'slabs: for slab in &sources {
             for (block, owner) in live_blocks(&inner.heap, slab) {
-                if !self.move_one(&mut inner.heap, guard, &mut pass, block, owner) {
+                if !self.move_one(&mut inner.heap, &mut pass, block, owner) {
                     break 'slabs;
                 }
             }
         }
         inner.heap.end_drain();
         inner.heap.set_avoid_arena(None);
-        Ok(self.finish(&mut inner.counters, pass, started))
+        Ok(self.finish(guard, &mut inner.counters, pass, started))
     }
 
     /// Evacuates the `k` arenas with the fewest live objects (the most fragmented ones to keep).
@@ -280,12 +283,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Ok(report)
     }
 
-    /// Moves one object (`owner` is its slot index). Returns false when the pass must stop (budget or
-    /// memory exhausted).
+    /// Moves one object (`owner` is its slot index); its old copy joins `pass.moved_from`, retired
+    /// through the epoch when the pass ends. Returns false when the pass must stop (budget or memory
+    /// exhausted).
     fn move_one(
         &self,
         heap: &mut movable::MovableHeap,
-        guard: &Guard,
         pass: &mut Pass,
         block: NonNull<u8>,
         owner: u32,
@@ -341,13 +344,20 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             return true;
         }
         slot.publish_move(new as usize);
-        self.retire(guard, old, false);
+        pass.moved_from.push(old);
         pass.report.moved_objects += 1;
         pass.report.moved_bytes += bytes;
         true
     }
 
-    fn finish(&self, counters: &mut Counters, pass: Pass, started: Instant) -> CompactReport {
+    fn finish(
+        &self,
+        guard: &Guard,
+        counters: &mut Counters,
+        pass: Pass,
+        started: Instant,
+    ) -> CompactReport {
+        self.retire_moved(guard, pass.moved_from);
         let report = pass.report;
         counters.moved_objects += report.moved_objects as u64;
         counters.moved_bytes += report.moved_bytes as u64;

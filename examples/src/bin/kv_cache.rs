@@ -13,13 +13,7 @@ use std::time::Instant;
 static ALLOC: alloc_core::SlabAlloc = alloc_core::SlabAlloc::new();
 
 fn resident_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0);
-    (pages * alloc_core::page_size()) as f64 / (1 << 20) as f64
+    examples::mib(examples::resident_bytes())
 }
 
 fn value_for(key: u64) -> Vec<u8> {

@@ -5,27 +5,13 @@
 //! calls `alloc_core::purge()`, and prints what it did with the allocator's statistics and the resident
 //! set read from the OS at each step.
 
+use examples::{mib, resident_bytes};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 #[global_allocator]
 static ALLOC: alloc_core::SlabAlloc = alloc_core::SlabAlloc::new();
-
-/// Resident set in bytes, from `/proc/self/statm` (second field, in pages).
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0);
-    pages * alloc_core::page_size()
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
 
 /// A tiny deterministic generator (xorshift64*), so the demo needs no dependencies.
 struct Rng(u64);

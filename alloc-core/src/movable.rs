@@ -11,6 +11,9 @@
 //!   index per slab, so the back-map costs 4 bytes per block (at most a quarter of 16-byte blocks, a
 //!   page per 64 KiB slab of larger ones).
 //!
+//! The bitmap words and back-map entries of a slab belong to the slab's one owner (64 KiB units hold
+//! whole bitmap words), so the heap updates them with plain loads and stores, not read-modify-writes.
+//!
 //! A compactor walks [`MovableHeap::slabs`] to find sparse slabs, [`MovableHeap::for_each_live`] to
 //! find what to move and who owns it, marks the slabs it empties with [`MovableHeap::begin_drain`] so a
 //! move never lands in the slab being emptied, and frees the old blocks; a slab whose last block goes
@@ -45,6 +48,8 @@ pub struct SlabView {
 /// A single-owner allocator of same-sized blocks on movable slabs.
 pub struct MovableHeap {
     class: usize,
+    /// [`index_magic`] of the class's block size.
+    magic: u64,
     /// Slabs with free blocks (head is allocated from first) and slabs without.
     avail: SlabList,
     full: SlabList,
@@ -68,18 +73,39 @@ fn live_bit(block: usize) -> (&'static AtomicU64, u64) {
     (unsafe { &*word.add(granule / 64) }, 1u64 << (granule % 64))
 }
 
-/// The back-map entry of a block: the slab's entries are packed by block index from the start of its
-/// first unit's back-map region, so a slab of `n` blocks touches `4n` bytes of back-map, whatever the
-/// block size (a 64 KiB slab of 16-byte blocks fills its unit's 16 KiB region exactly).
-fn backmap_entry(block: usize) -> *mut u32 {
+/// Sets or clears a block's liveness bit. Only the slab's owner writes its bitmap words, so a plain
+/// load and store suffice (readers of other words are unaffected).
+fn set_live(block: usize, live: bool) {
+    let (word, bit) = live_bit(block);
+    let old = word.load(Ordering::Relaxed);
+    word.store(if live { old | bit } else { old & !bit }, Ordering::Relaxed);
+}
+
+/// The start of a slab's back-map entries: they are packed by block index from the start of its first
+/// unit's back-map region, so a slab of `n` blocks touches `4n` bytes of back-map, whatever the block
+/// size (a 64 KiB slab of 16-byte blocks fills its unit's 16 KiB region exactly).
+fn backmap_base(slab_start: usize) -> *mut u32 {
     const PER_UNIT: usize = UNIT_BYTES / BACKMAP_GRANULE * 4;
-    let meta = block & !arena::ARENA_MASK;
+    let meta = slab_start & !arena::ARENA_MASK;
+    let first_unit = (slab_start - meta) >> crate::size_class::UNIT_SHIFT;
+    (meta + BACKMAP_OFFSET + first_unit * PER_UNIT) as *mut u32
+}
+
+/// Block index from a byte offset inside a slab, without a division: `offset * magic >> 40` is exact
+/// for offsets that are multiples of the block size below 2^24 (slabs are at most 256 KiB).
+const INDEX_SHIFT: u32 = 40;
+
+fn index_magic(block_bytes: usize) -> u64 {
+    (1u64 << INDEX_SHIFT) / block_bytes as u64 + 1
+}
+
+/// The back-map entry of a block of a movable slab.
+fn backmap_entry(block: usize) -> *mut u32 {
     // SAFETY: callers pass blocks of movable slabs, whose chunk starts with a descriptor array.
     let slab = unsafe { crate::global::slab_of(block) };
     let start = slab.start.get() as usize;
     let index = (block - start) / slab.block_bytes.get() as usize;
-    let first_unit = (start - meta) >> crate::size_class::UNIT_SHIFT;
-    (meta + BACKMAP_OFFSET + first_unit * PER_UNIT + index * 4) as *mut u32
+    backmap_base(start).wrapping_add(index)
 }
 
 impl MovableHeap {
@@ -98,6 +124,7 @@ impl MovableHeap {
         let class = class_for(bytes.max(MIN_MOVABLE_BYTES), align)?;
         Some(Self {
             class,
+            magic: index_magic(CLASSES[class].block_bytes as usize),
             avail: SlabList::new(),
             full: SlabList::new(),
             draining: SlabList::new(),
@@ -178,10 +205,14 @@ impl MovableHeap {
     fn take_from(&mut self, slab: &Slab, owner: u32) -> NonNull<u8> {
         // SAFETY: `refill` returned true, so `free` is non-empty; we own the slab.
         let block = unsafe { slab.pop_unchecked() } as usize;
-        let (word, bit) = live_bit(block);
-        word.fetch_or(bit, Ordering::Relaxed);
+        // The next block of this slab's free list is the next allocation's: a compactor allocates one
+        // per move, and the list is in free order (scattered), so start its load now.
+        crate::os::prefetch(slab.free.get().cast());
+        set_live(block, true);
+        let start = slab.start.get() as usize;
+        let index = ((block - start) as u64 * self.magic) >> INDEX_SHIFT;
         // SAFETY: the back-map entry of a block in a movable arena lies in the arena's metadata units.
-        unsafe { backmap_entry(block).write(owner) };
+        unsafe { backmap_base(start).add(index as usize).write(owner) };
         // SAFETY: blocks are non-null addresses inside an arena.
         unsafe { NonNull::new_unchecked(block as *mut u8) }
     }
@@ -226,8 +257,7 @@ impl MovableHeap {
         let addr = block.as_ptr() as usize;
         let slab = Self::slab_of(addr);
         debug_assert!(slab.is_movable() && slab.class.get() as usize == self.class);
-        let (word, bit) = live_bit(addr);
-        word.fetch_and(!bit, Ordering::Relaxed);
+        set_live(addr, false);
         // SAFETY: the caller's contract: the block was handed out from this slab and is ours again.
         let used = unsafe { slab.push_local(block.as_ptr().cast()) };
         if slab.flags.get() & FLAG_DRAINING != 0 {
@@ -295,12 +325,28 @@ impl MovableHeap {
 
     /// Calls `visit(block, owner)` for every live block of a slab of this heap, in address order.
     pub fn for_each_live(&self, slab: &SlabView, mut visit: impl FnMut(NonNull<u8>, u32)) {
-        for index in 0..slab.capacity {
-            let addr = slab.start + index * slab.block_bytes;
-            let (word, bit) = live_bit(addr);
-            if word.load(Ordering::Relaxed) & bit != 0 {
+        // Only block starts carry bits, so every set bit in the slab's words is a live block: scan
+        // the words (64 granules each) and their set bits, not every block.
+        let end = slab.start + slab.capacity * slab.block_bytes;
+        let backmap = backmap_base(slab.start);
+        let (first, _) = live_bit(slab.start);
+        let words = (end - slab.start).div_ceil(LIVE_GRANULE * 64);
+        let first_granule = (slab.start & arena::ARENA_MASK) / LIVE_GRANULE;
+        debug_assert_eq!(first_granule % 64, 0, "slabs start on a bitmap word");
+        let base = slab.start & !arena::ARENA_MASK;
+        for w in 0..words {
+            // SAFETY: the slab's words follow one another in the arena's bitmap.
+            let mut bits = unsafe { &*(first as *const AtomicU64).add(w) }.load(Ordering::Relaxed);
+            while bits != 0 {
+                let granule = first_granule + w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let addr = base + granule * LIVE_GRANULE;
+                if addr >= end {
+                    break;
+                }
+                let index = ((addr - slab.start) as u64 * self.magic) >> INDEX_SHIFT;
                 // SAFETY: a live block of a movable arena: its back-map entry is valid.
-                let owner = unsafe { backmap_entry(addr).read() };
+                let owner = unsafe { backmap.add(index as usize).read() };
                 // SAFETY: block addresses are non-null.
                 visit(unsafe { NonNull::new_unchecked(addr as *mut u8) }, owner);
             }
@@ -419,5 +465,41 @@ mod tests {
         // SAFETY: live block of this heap.
         assert_eq!(unsafe { heap.owner_of(moved) }, 7);
         drop(heap);
+    }
+
+    /// Every class: the walk finds exactly the live blocks with their owners (the division-free block
+    /// index of the back-map is exact for every block size and slab length).
+    #[test]
+    fn every_class_walks_its_live_blocks() {
+        let mut class = crate::size_class::class_of(MIN_MOVABLE_BYTES);
+        while class < crate::size_class::NUM_CLASSES {
+            let bytes = CLASSES[class].block_bytes as usize;
+            let mut heap = MovableHeap::new(bytes).unwrap();
+            assert_eq!(heap.block_bytes(), bytes);
+            let count = (3 * UNIT_BYTES * CLASSES[class].slab_units as usize / bytes).max(7) as u32;
+            let blocks: Vec<_> = (0..count).map(|i| (heap.alloc(i).unwrap(), i)).collect();
+            let mut expected = Vec::new();
+            for &(block, owner) in &blocks {
+                if owner % 3 == 1 {
+                    expected.push((block.as_ptr() as usize, owner));
+                    // SAFETY: a live block of this heap.
+                    assert_eq!(unsafe { heap.owner_of(block) }, owner);
+                } else {
+                    // SAFETY: allocated above, freed once.
+                    unsafe { heap.free(block) };
+                }
+            }
+            let mut seen = Vec::new();
+            for view in heap.slabs().collect::<Vec<_>>() {
+                heap.for_each_live(&view, |block, owner| {
+                    seen.push((block.as_ptr() as usize, owner))
+                });
+            }
+            seen.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(seen, expected, "class {class} ({bytes} B)");
+            drop(heap);
+            class += 1;
+        }
     }
 }

@@ -32,7 +32,7 @@ use loom::sync::Arc;
 use loom::thread;
 use loom_tests::support::Objects;
 use loom_tests::Coverage;
-use relocate_api::slot::Slot;
+use relocate_api::slot::{Pins, Slot};
 
 const VALUE: u64 = 7;
 /// The mover's flushes after the move: each may advance the epoch by one, and a bag sealed in epoch
@@ -51,6 +51,8 @@ static HELD_OLD_THEN_FREED: Coverage = Coverage::new(
 struct Shared {
     objects: Objects,
     slot: Slot,
+    /// The slot's pin count (beside the slot, as in the handle table).
+    pins: Pins,
     gen: u32,
     first: usize,
     /// Bookkeeping outside the model (std atomics: loom runs one thread at a time).
@@ -70,6 +72,7 @@ fn retire_waits_for_readers() {
         let shared = Arc::new(Shared {
             objects,
             slot,
+            pins: Pins::new(0),
             gen,
             first,
             published: AtomicBool::new(false),
@@ -95,7 +98,10 @@ fn retire_waits_for_readers() {
             thread::spawn(move || {
                 let local = collector.register();
                 let guard = local.pin();
-                assert!(s.slot.try_isolate(s.first), "nothing else holds the object");
+                assert!(
+                    s.slot.try_isolate(&s.pins, s.first),
+                    "nothing else holds the object"
+                );
                 let new = s.objects.alloc(s.objects.read(s.first));
                 s.slot.publish_move(new);
                 s.published.store(true, Relaxed);

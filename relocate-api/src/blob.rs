@@ -164,7 +164,7 @@ impl<const N: usize> Class for RelocCache<Chunk<N>, BitwiseMove> {
 
 macro_rules! classes {
     ($collector:expr; $($n:literal),*) => {{
-        let classes: Vec<Box<dyn Class>> = vec![$( Box::new(RelocCache::<Chunk<$n>, BitwiseMove>::with_parts(BitwiseMove, $collector.clone())?) ),*];
+        let classes: Vec<Box<dyn Class>> = vec![$( Box::new(RelocCache::<Chunk<$n>, BitwiseMove>::with_parts(BitwiseMove, $collector.clone(), INDEX_MASK as usize + 1)?) ),*];
         classes
     }};
 }

@@ -11,7 +11,7 @@
 
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
-use crate::slot::{Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
+use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
 use crate::table::SlotTable;
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
@@ -91,7 +91,9 @@ impl Retired {
 
 pub(crate) struct Inner {
     pub(crate) heap: MovableHeap,
-    free_slots: Vec<u32>,
+    /// The vacant slots ready for reuse, linked through the slots themselves: index + 1 of the first
+    /// (0: none); each vacant slot's [`Slot::free_link`] names the next the same way.
+    free_head: u32,
     pub(crate) next_index: u32,
     pub(crate) live: usize,
     pub(crate) counters: Counters,
@@ -108,6 +110,10 @@ pub struct Counters {
     pub released_bytes: u64,
     pub compaction_nanos: u64,
 }
+
+/// How many objects a [`RelocCache`] can hold at once (its handle table is reserved for this many
+/// slots up front: 3 GiB of address space, of which only the slots in use become memory).
+pub const MAX_OBJECTS: usize = 1 << 28;
 
 static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
 
@@ -144,21 +150,26 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// A cache whose moves go through `relocator`.
     pub fn with_relocator(relocator: R) -> Result<Self, CacheError> {
-        Self::with_parts(relocator, Collector::new())
+        Self::with_parts(relocator, Collector::new(), MAX_OBJECTS)
     }
 
     /// A cache that shares `collector` with others (the byte-blob cache's classes share one, so one
     /// guard covers them all). Only for types without drop glue: a sibling may keep the collector, and
     /// so this cache's pending deferred functions, alive after this cache is dropped.
-    pub(crate) fn with_parts(relocator: R, collector: Collector) -> Result<Self, CacheError> {
+    pub(crate) fn with_parts(
+        relocator: R,
+        collector: Collector,
+        max_objects: usize,
+    ) -> Result<Self, CacheError> {
         let heap = MovableHeap::with_layout(std::mem::size_of::<T>(), std::mem::align_of::<T>())
             .ok_or(CacheError::TooLarge)?;
+        let table = SlotTable::new(max_objects).ok_or(CacheError::OutOfMemory)?;
         let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed) & ((1 << (32 - GEN_COUNTER_BITS)) - 1);
         Ok(Self {
-            table: SlotTable::new(),
+            table,
             inner: Mutex::new(Inner {
                 heap,
-                free_slots: Vec::new(),
+                free_head: 0,
                 next_index: 0,
                 live: 0,
                 counters: Counters::default(),
@@ -196,10 +207,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// The slot and generation counter a handle names, if it was made by this cache.
     #[inline]
     pub(crate) fn resolve(&self, handle: Handle<T>) -> Option<(&Slot, u32)> {
-        if handle.gen & !GEN_COUNTER_MASK != self.tag_bits {
+        // With this cache's tag the xor leaves the counter alone; with another tag, high bits.
+        let counter = handle.gen ^ self.tag_bits;
+        if counter > GEN_COUNTER_MASK {
             return None;
         }
-        Some((self.table.get(handle.index)?, handle.gen & GEN_COUNTER_MASK))
+        Some((self.table.get(handle.index)?, counter))
     }
 
     pub(crate) fn handle_for(&self, index: u32, counter: u32) -> Handle<T> {
@@ -233,7 +246,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             Ok(inner) => inner,
             Err(e) => return Err((value, e)),
         };
-        let index = match inner.free_slots.pop() {
+        let index = match inner.free_head.checked_sub(1) {
             Some(index) => index,
             None => {
                 let index = inner.next_index;
@@ -241,17 +254,25 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     return Err((value, CacheError::OutOfMemory));
                 }
                 inner.next_index += 1;
+                // A fresh slot: make it the head of the free list, taken off again just below.
+                inner.free_head = index + 1;
                 index
             }
         };
-        let Some(block) = inner.heap.alloc(index) else {
-            inner.free_slots.push(index);
-            return Err((value, CacheError::OutOfMemory));
+        let slot = self.table.get(index).expect("slot exists below next_index");
+        let block = match inner.heap.alloc(index) {
+            Some(block) if slot::storable(block.as_ptr() as usize) => block,
+            Some(block) => {
+                // SAFETY: allocated just now from this heap and never published.
+                unsafe { inner.heap.free(block) };
+                return Err((value, CacheError::OutOfMemory));
+            }
+            None => return Err((value, CacheError::OutOfMemory)),
         };
+        inner.free_head = slot.free_link();
         // SAFETY: a fresh block, aligned and large enough for `T` (the heap's layout).
         unsafe { block.as_ptr().cast::<T>().write(value) };
         inner.live += 1;
-        let slot = self.table.get(index).expect("slot exists below next_index");
         let counter = slot.generation();
         slot.publish_new(block.as_ptr() as usize);
         Ok(self.handle_for(index, counter))
@@ -283,14 +304,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ) -> Option<U> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
-        let addr = slot.pin(counter)?;
-        struct Unpin<'a>(&'a Slot);
+        let pins = self.table.pins(handle.index);
+        let addr = slot.pin(pins, counter)?;
+        struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
             fn drop(&mut self) {
-                self.0.unpin();
+                Slot::unpin(self.0);
             }
         }
-        let _unpin = Unpin(slot);
+        let _unpin = Unpin(pins);
         // SAFETY: pinned, the object cannot move; removal retires it through the epoch `guard` holds.
         Some(f(unsafe { &*(addr as *const T) }))
     }
@@ -324,7 +346,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let new_value = f(unsafe { &*(old as *const T) });
         std::mem::forget(restore);
         let block = match self.lock() {
-            Ok(mut inner) => inner.heap.alloc(handle.index),
+            Ok(mut inner) => inner.heap.alloc(handle.index).and_then(|block| {
+                if slot::storable(block.as_ptr() as usize) {
+                    Some(block)
+                } else {
+                    // SAFETY: allocated just now from this heap and never published.
+                    unsafe { inner.heap.free(block) };
+                    None
+                }
+            }),
             Err(e) => {
                 slot.finish_write(old);
                 return Err(e);
@@ -384,7 +414,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.live -= removed;
         if slot.generation() != 0 {
-            inner.free_slots.push(index);
+            slot.set_free_link(inner.free_head);
+            inner.free_head = index + 1;
         }
     }
 
@@ -431,8 +462,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
-            let counter = slot.generation();
-            if let Some(addr) = slot.read(counter) {
+            if let Some((counter, addr)) = slot.snapshot() {
                 // SAFETY: as in `get`.
                 visit(self.handle_for(index, counter), unsafe {
                     &*(addr as *const T)

@@ -19,6 +19,7 @@
 use crate::cache::{CacheError, Counters, RelocCache};
 use crate::handle::Handle;
 use crate::policy::{Isolation, Relocator};
+use crate::slot::Slot;
 use alloc_core::movable::{self, SlabView};
 use crossbeam_epoch::Guard;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -110,6 +111,14 @@ impl Pass {
     }
 }
 
+/// A move whose callback is running: what to undo if the callback panics.
+struct InFlight<'t> {
+    slot: &'t Slot,
+    old: usize,
+    /// The new block, once allocated (`migrate` is running).
+    target: Option<NonNull<u8>>,
+}
+
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Footprint compaction within `budget`.
     pub fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
@@ -147,11 +156,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 inner
                     .heap
                     .begin_drain(|s| source_starts.binary_search(&s.start).is_ok());
-                'slabs: for slab in &sources {
-                    for (block, owner) in live_blocks(&inner.heap, slab) {
-                        if !self.move_one(&mut inner.heap, &mut pass, block, owner) {
-                            break 'slabs;
-                        }
+                for slab in &sources {
+                    if !self.move_slab(&mut inner.heap, &mut pass, slab) {
+                        break;
                     }
                 }
                 inner.heap.end_drain();
@@ -177,11 +184,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         pass.report.source_slabs = sources.len();
         inner.heap.set_avoid_arena(Some(arena));
         inner.heap.begin_drain(|s| s.arena == arena);
-        'slabs: for slab in &sources {
-            for (block, owner) in live_blocks(&inner.heap, slab) {
-                if !self.move_one(&mut inner.heap, &mut pass, block, owner) {
-                    break 'slabs;
-                }
+        for slab in &sources {
+            if !self.move_slab(&mut inner.heap, &mut pass, slab) {
+                break;
             }
         }
         inner.heap.end_drain();
@@ -267,8 +272,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
-            let counter = slot.generation();
-            if slot.address() != block.as_ptr() as usize {
+            let Some((counter, addr)) = slot.snapshot() else {
+                continue;
+            };
+            if addr != block.as_ptr() as usize {
                 continue;
             }
             let handle = self.handle_for(index, counter);
@@ -283,15 +290,66 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Ok(report)
     }
 
+    /// Moves every live object out of `slab`; false when the pass must stop.
+    ///
+    /// The relocation callbacks of a whole slab's moves run under one `catch_unwind` and one
+    /// re-entrancy mark, not one per callback (they cost more than a bitwise move). A panic abandons
+    /// the move in flight (recorded in `in_flight`: the object stays where it was, its new block is
+    /// freed) and the batch resumes with the next object.
+    ///
+    /// The slots are in handle order, random with respect to the slab's blocks, and a sparse slab's
+    /// live blocks are far apart: both are prefetched a few moves ahead so that their cache misses
+    /// overlap the moves before.
+    fn move_slab(&self, heap: &mut movable::MovableHeap, pass: &mut Pass, slab: &SlabView) -> bool {
+        const AHEAD: usize = 8;
+        let blocks = live_blocks(heap, slab);
+        let prefetch = |&(block, owner): &(NonNull<u8>, u32)| {
+            self.table.prefetch(owner);
+            alloc_core::os::prefetch(block.as_ptr());
+        };
+        blocks.iter().take(AHEAD).for_each(prefetch);
+        let mut next = 0;
+        loop {
+            let mut in_flight: Option<InFlight<'_>> = None;
+            let batch = self.in_callback(|| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    while let Some(&(block, owner)) = blocks.get(next) {
+                        next += 1;
+                        blocks.get(next + AHEAD - 1).map(prefetch);
+                        if !self.move_one(heap, pass, block, owner, &mut in_flight) {
+                            return false;
+                        }
+                    }
+                    true
+                }))
+            });
+            match batch {
+                Ok(more) => return more,
+                Err(_) => {
+                    if let Some(InFlight { slot, old, target }) = in_flight {
+                        if let Some(target) = target {
+                            // SAFETY: allocated by this move from this heap; `migrate` panicked, so
+                            // the block holds no value that needs dropping.
+                            unsafe { heap.free(target) };
+                        }
+                        slot.abort_move(old);
+                    }
+                    pass.report.panics += 1;
+                }
+            }
+        }
+    }
+
     /// Moves one object (`owner` is its slot index); its old copy joins `pass.moved_from`, retired
     /// through the epoch when the pass ends. Returns false when the pass must stop (budget or memory
-    /// exhausted).
-    fn move_one(
-        &self,
+    /// exhausted). While a callback runs, `in_flight` says what to undo if it panics.
+    fn move_one<'t>(
+        &'t self,
         heap: &mut movable::MovableHeap,
         pass: &mut Pass,
         block: NonNull<u8>,
         owner: u32,
+        in_flight: &mut Option<InFlight<'t>>,
     ) -> bool {
         let bytes = std::mem::size_of::<T>();
         if !pass.spend(bytes) {
@@ -301,48 +359,48 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some(slot) = self.table.get(owner) else {
             return true;
         };
-        if !slot.try_isolate(old) {
+        if !slot.try_isolate(self.table.pins(owner), old) {
             pass.report.refused += 1;
             return true;
         }
         let handle = self.handle_for(owner, slot.generation());
         // SAFETY: the slot is isolated: the object is live at `old` and nobody can retire it.
         let object = unsafe { &*(old as *const T) };
-        let verdict = self.in_callback(|| {
-            catch_unwind(AssertUnwindSafe(|| self.relocator.isolate(object, handle)))
+        *in_flight = Some(InFlight {
+            slot,
+            old,
+            target: None,
         });
-        match verdict {
-            Ok(Isolation::Ready) => {}
-            Ok(Isolation::Busy) => {
-                slot.abort_move(old);
-                pass.report.refused += 1;
-                return true;
-            }
-            Err(_) => {
-                slot.abort_move(old);
-                pass.report.panics += 1;
-                return true;
-            }
-        }
-        let Some(target) = heap.alloc(owner) else {
+        let verdict = self.relocator.isolate(object, handle);
+        *in_flight = None;
+        if verdict == Isolation::Busy {
             slot.abort_move(old);
-            return false;
-        };
-        let new = target.as_ptr().cast::<T>();
-        let migrated = self.in_callback(|| {
-            catch_unwind(AssertUnwindSafe(|| {
-                // SAFETY: `old` is a live `T` that stays readable until the epoch passes; `new` is a
-                // fresh, aligned block for one `T`.
-                unsafe { self.relocator.migrate(old as *const T, new, handle) }
-            }))
-        });
-        if migrated.is_err() {
-            // SAFETY: `target` came from this heap just now and holds no value that needs dropping.
-            unsafe { heap.free(target) };
-            slot.abort_move(old);
-            pass.report.panics += 1;
+            pass.report.refused += 1;
             return true;
         }
+        let target = match heap.alloc(owner) {
+            Some(target) if crate::slot::storable(target.as_ptr() as usize) => target,
+            Some(target) => {
+                // SAFETY: allocated just now from this heap and never published.
+                unsafe { heap.free(target) };
+                slot.abort_move(old);
+                return false;
+            }
+            None => {
+                slot.abort_move(old);
+                return false;
+            }
+        };
+        let new = target.as_ptr().cast::<T>();
+        *in_flight = Some(InFlight {
+            slot,
+            old,
+            target: Some(target),
+        });
+        // SAFETY: `old` is a live `T` that stays readable until the epoch passes; `new` is a fresh,
+        // aligned block for one `T`.
+        unsafe { self.relocator.migrate(old as *const T, new, handle) };
+        *in_flight = None;
         slot.publish_move(new as usize);
         pass.moved_from.push(old);
         pass.report.moved_objects += 1;

@@ -1,82 +1,145 @@
 //! One handle-table slot and its state machine: the protocol between readers, writers, removers and
 //! the mover of one object.
 //!
-//! A slot is two words: `word` holds the object's address with two state bits in its low bits (blocks
-//! are at least 16-byte aligned), `gen` the slot's generation (bumped when the object is removed, so
-//! stale handles stop resolving). A third word counts *pins*, for types that may not be read during a
-//! move (interior mutability).
+//! A slot is one 64-bit word, so that a read is one load and the table costs 8 bytes per handle:
 //!
 //! ```text
-//!            insert                begin_write           finish_write(new)
-//!   VACANT ----------> addr ------------------> addr|WRITING ---------------> new
-//!     ^                 |  \   try_isolate        |
-//!     |   begin_remove  |   `----------------> addr|MOVING --publish(new)--> new
-//!     `-----------------'                          `--abort_move----------> addr
+//!   63        48 47                          3   2      1       0
+//!  | generation |  address (blocks are 8-aligned) | LIVE | WRITING | MOVING |
 //! ```
 //!
-//! - Readers never write the slot: they check `gen`, load `word`, and check `gen` again; an object they
-//!   reach stays valid until their epoch guard is dropped, because every old address is retired
-//!   through the epoch (a move, an update or a remove never frees memory a pinned reader may hold).
-//! - Writers, removers and movers take the object by a CAS on `word` from a state with no bit set, so
-//!   at most one of them holds an object at a time; the others wait (writers, removers) or skip it
-//!   (the mover never waits: it refuses busy objects).
-//! - A pin (`pins += 1`, then `word` has no MOVING bit) and an isolation (`MOVING` set, then `pins == 0`)
-//!   are ordered with `SeqCst` on both sides: of two such concurrent steps at least one sees the other,
-//!   so a pinned object is never moved.
+//! A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
+//! [`Slot::free_link`]). Its generation is the one the next object will get: removal bumps it in the
+//! same store that clears `LIVE`, so no state pairs an old generation with a new object or a new
+//! generation with an old one. A *pin* count, for types that may not be read during a move (interior
+//! mutability), lives beside the slot in a [`Pins`] counter of its own (untouched, and so never
+//! resident, for caches that do not pin).
+//!
+//! ```text
+//!            insert                 begin_write            finish_write(new)
+//!   vacant ----------> addr|LIVE ---------------> +WRITING ----------------> new|LIVE
+//!     ^                 |     \   try_isolate
+//!     |   begin_remove  |      `----------------> +MOVING --publish_move--> new|LIVE
+//!     `-----------------'                            `--abort_move--------> addr|LIVE
+//! ```
+//!
+//! - Readers never write the slot: one `Acquire` load gives the generation, `LIVE` and the address at
+//!   once. An object they reach stays valid until their epoch guard is dropped, because every old
+//!   address is retired through the epoch (a move, an update or a remove never frees memory a pinned
+//!   reader may hold).
+//! - Writers, removers and movers take the object by a CAS on the word from a state with neither
+//!   `WRITING` nor `MOVING`, so at most one of them holds it at a time; the others wait (writers,
+//!   removers) or skip it (the mover never waits: it refuses busy objects). Only the holder changes
+//!   the word while it is held.
+//! - A pin (`pins += 1`, then the word has no `MOVING`) and an isolation (`MOVING` set, then
+//!   `pins == 0`) are ordered with `SeqCst` on both sides: of two such concurrent steps at least one
+//!   sees the other, so a pinned object is never moved.
 
-use crate::sync::{backoff, fence, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::{backoff, fence, AtomicU32, AtomicU64, Ordering};
 
-pub(crate) const MOVING: usize = 1;
-pub(crate) const WRITING: usize = 2;
-const STATE_BITS: usize = MOVING | WRITING;
+pub(crate) const MOVING: u64 = 1;
+pub(crate) const WRITING: u64 = 2;
+pub(crate) const LIVE: u64 = 4;
+const HELD: u64 = MOVING | WRITING;
 
-/// What happens to a generation counter: it counts within `GEN_COUNTER_BITS`; the bits above belong
-/// to the cache's tag.
-pub(crate) const GEN_COUNTER_BITS: u32 = 20;
+/// Bits of the generation counter kept in the slot (and in the low half of a handle's generation;
+/// the high half is the cache's tag).
+pub(crate) const GEN_COUNTER_BITS: u32 = 16;
 pub(crate) const GEN_COUNTER_MASK: u32 = (1 << GEN_COUNTER_BITS) - 1;
+const GEN_SHIFT: u32 = 48;
+const GEN_BITS: u64 = (GEN_COUNTER_MASK as u64) << GEN_SHIFT;
+/// The address bits: 8-aligned addresses below 2^48 (user space on x86-64 and AArch64).
+pub(crate) const ADDR_MASK: u64 = ((1 << GEN_SHIFT) - 1) & !7;
 
-#[derive(Default)]
+/// Whether `addr` can be stored in a slot (8-aligned, below 2^48). Blocks from alloc-core's movable
+/// heap always can; the cache checks anyway rather than corrupt a generation.
+pub(crate) fn storable(addr: usize) -> bool {
+    addr as u64 & !ADDR_MASK == 0 && addr != 0
+}
+
+/// The pin count of one slot.
+pub type Pins = AtomicU32;
+
+#[repr(transparent)]
 pub struct Slot {
-    word: AtomicUsize,
-    gen: AtomicU32,
-    pins: AtomicU32,
+    word: AtomicU64,
+}
+
+fn gen_of(word: u64) -> u32 {
+    (word >> GEN_SHIFT) as u32
+}
+
+fn with_gen(gen: u32) -> u64 {
+    u64::from(gen & GEN_COUNTER_MASK) << GEN_SHIFT
 }
 
 impl Slot {
-    #[cfg(loom)]
+    /// A vacant slot of generation 0 (the table's slots are zeroed memory, which is the same).
     pub fn new() -> Self {
         Self {
-            word: AtomicUsize::new(0),
-            gen: AtomicU32::new(0),
-            pins: AtomicU32::new(0),
+            word: AtomicU64::new(0),
         }
     }
 
-    /// The generation counter now (to build a handle for a freshly published object).
+    /// The generation counter now (of the live object, or the next one if vacant).
     pub fn generation(&self) -> u32 {
-        self.gen.load(Ordering::Acquire)
+        gen_of(self.word.load(Ordering::Acquire))
     }
 
-    /// The object's address if the slot holds generation `gen` (readers; wait-free).
+    /// The object's address if the slot holds a live object of generation `gen` (readers; one load).
     #[inline]
     pub fn read(&self, gen: u32) -> Option<usize> {
-        if self.gen.load(Ordering::Acquire) != gen {
+        // Acquire: the object's contents, written before its publication, are visible.
+        let word = self.word.load(Ordering::Acquire);
+        if word & (GEN_BITS | LIVE) != with_gen(gen) | LIVE {
             return None;
         }
-        // Acquire: the object's contents, written before publication, are visible; and the second
-        // generation load below cannot move above this one.
-        let addr = self.word.load(Ordering::Acquire) & !STATE_BITS;
-        if addr == 0 || self.gen.load(Ordering::Relaxed) != gen {
-            return None;
-        }
-        Some(addr)
+        Some((word & ADDR_MASK) as usize)
     }
 
-    /// Publishes a new object in a vacant slot (the inserting thread owns the vacant slot).
+    /// The generation and address of the live object, if any, from one load.
+    pub fn snapshot(&self) -> Option<(u32, usize)> {
+        let word = self.word.load(Ordering::Acquire);
+        (word & LIVE != 0).then_some((gen_of(word), (word & ADDR_MASK) as usize))
+    }
+
+    /// The live object's address, or 0 if vacant.
+    pub fn address(&self) -> usize {
+        self.snapshot().map_or(0, |(_, addr)| addr)
+    }
+
+    /// Publishes a new object in a vacant slot (the inserting thread owns the vacant slot), under the
+    /// slot's current generation.
     pub fn publish_new(&self, addr: usize) {
-        debug_assert_eq!(addr & STATE_BITS, 0);
-        debug_assert_eq!(self.word.load(Ordering::Relaxed), 0);
-        self.word.store(addr, Ordering::Release);
+        debug_assert!(storable(addr));
+        let word = self.word.load(Ordering::Relaxed);
+        debug_assert_eq!(word & LIVE, 0);
+        self.word
+            .store((word & GEN_BITS) | LIVE | addr as u64, Ordering::Release);
+    }
+
+    /// The free-slot link a vacant slot holds (0 if none was set).
+    pub fn free_link(&self) -> u32 {
+        let word = self.word.load(Ordering::Relaxed);
+        debug_assert_eq!(word & LIVE, 0);
+        ((word & ADDR_MASK) >> 3) as u32
+    }
+
+    /// Sets a vacant slot's free-slot link (its owner, the cache's lock holder, does this; readers
+    /// ignore vacant slots whatever their address bits).
+    pub fn set_free_link(&self, link: u32) {
+        let word = self.word.load(Ordering::Relaxed);
+        debug_assert_eq!(word & LIVE, 0);
+        self.word.store(
+            (word & GEN_BITS) | (u64::from(link) << 3),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Writes a fresh slot's vacant, generation-0 state explicitly (the table does this to fault a new
+    /// page in by a write).
+    pub(crate) fn clear_vacant(&self) {
+        self.word.store(0, Ordering::Relaxed);
     }
 
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
@@ -87,34 +150,29 @@ impl Slot {
 
     /// Ends a write by publishing `new` (which may equal the old address).
     pub fn finish_write(&self, new: usize) {
-        debug_assert_eq!(new & STATE_BITS, 0);
-        self.word.store(new, Ordering::Release);
+        self.release_with(new);
     }
 
-    /// Empties the slot; waits while a writer or mover holds it. Returns the old address, after which
-    /// the generation has moved on (so handles to it are stale). `None` if already stale.
+    /// Empties the slot; waits while a writer or mover holds it. Returns the old address; the slot is
+    /// then vacant under the next generation, so handles to it are stale. `None` if already stale.
     pub fn begin_remove(&self, gen: u32) -> Option<usize> {
         let addr = self.take(gen, WRITING)?;
-        // Empty the word *before* publishing the next generation: whoever sees the new generation
-        // (an `Acquire` load in `generation`) then also sees the slot empty, never the removed address
-        // under the new generation (found by the loom model `generation_snapshot_vs_remove_and_reuse`).
-        self.word.store(0, Ordering::Release);
-        self.gen
-            .store(next_generation(gen) & GEN_COUNTER_MASK, Ordering::Release);
+        // One store clears `LIVE` and bumps the generation: no reader can pair either generation with
+        // the other state.
+        self.word
+            .store(with_gen(next_generation(gen)), Ordering::Release);
         Some(addr)
     }
 
-    fn take(&self, gen: u32, bit: usize) -> Option<usize> {
+    fn take(&self, gen: u32, bit: u64) -> Option<usize> {
+        let expected = with_gen(gen) | LIVE;
         let mut spins = 0;
         loop {
-            if self.gen.load(Ordering::Acquire) != gen {
-                return None;
-            }
             let word = self.word.load(Ordering::Acquire);
-            if word == 0 {
+            if word & (GEN_BITS | LIVE) != expected {
                 return None;
             }
-            if word & STATE_BITS != 0 {
+            if word & HELD != 0 {
                 backoff(&mut spins);
                 continue;
             }
@@ -123,28 +181,38 @@ impl Slot {
                 .compare_exchange_weak(word, word | bit, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                if self.gen.load(Ordering::Acquire) != gen {
-                    // Removed and reused between our checks: give the newcomer back.
-                    self.word.store(word, Ordering::Release);
-                    return None;
-                }
-                return Some(word);
+                return Some((word & ADDR_MASK) as usize);
             }
         }
     }
 
-    /// Marks the object at `addr` as moving if nobody holds it and nobody has it pinned. Never waits.
-    pub fn try_isolate(&self, addr: usize) -> bool {
+    /// Ends a hold (write, move) by publishing `addr` as the live object's address.
+    fn release_with(&self, addr: usize) {
+        debug_assert!(storable(addr));
+        // Only the holder changes a held word: the relaxed load sees our own CAS.
+        let word = self.word.load(Ordering::Relaxed);
+        debug_assert_ne!(word & HELD, 0);
+        self.word
+            .store((word & GEN_BITS) | LIVE | addr as u64, Ordering::Release);
+    }
+
+    /// Marks the live object at `addr` as moving if nobody holds it and nobody has it pinned (`pins`
+    /// is this slot's pin count). Never waits.
+    pub fn try_isolate(&self, pins: &Pins, addr: usize) -> bool {
+        let word = self.word.load(Ordering::Relaxed);
+        if word & !GEN_BITS != LIVE | addr as u64 {
+            return false;
+        }
         if self
             .word
-            .compare_exchange(addr, addr | MOVING, Ordering::SeqCst, Ordering::Relaxed)
+            .compare_exchange(word, word | MOVING, Ordering::SeqCst, Ordering::Relaxed)
             .is_err()
         {
             return false;
         }
         fence(Ordering::SeqCst);
-        if self.pins.load(Ordering::SeqCst) != 0 {
-            self.word.store(addr, Ordering::Release);
+        if pins.load(Ordering::SeqCst) != 0 {
+            self.word.store(word, Ordering::Release);
             return false;
         }
         true
@@ -152,50 +220,115 @@ impl Slot {
 
     /// Completes a move: the object now lives at `new`.
     pub fn publish_move(&self, new: usize) {
-        debug_assert_eq!(new & STATE_BITS, 0);
-        self.word.store(new, Ordering::Release);
+        self.release_with(new);
     }
 
     /// Abandons a move: the object stays at `addr`.
     pub fn abort_move(&self, addr: usize) {
-        self.word.store(addr, Ordering::Release);
+        self.release_with(addr);
     }
 
     /// Pins the object so it cannot move (for types read through interior mutability). Waits while a
     /// move is in progress. `None` if the slot no longer holds generation `gen`.
-    pub fn pin(&self, gen: u32) -> Option<usize> {
+    pub fn pin(&self, pins: &Pins, gen: u32) -> Option<usize> {
         let mut spins = 0;
         loop {
-            if self.gen.load(Ordering::Acquire) != gen {
-                return None;
-            }
-            self.pins.fetch_add(1, Ordering::SeqCst);
+            pins.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let word = self.word.load(Ordering::SeqCst);
             if word & MOVING == 0 {
-                let addr = word & !STATE_BITS;
-                if addr == 0 || self.gen.load(Ordering::Acquire) != gen {
-                    self.unpin();
+                if word & (GEN_BITS | LIVE) != with_gen(gen) | LIVE {
+                    Self::unpin(pins);
                     return None;
                 }
-                return Some(addr);
+                return Some((word & ADDR_MASK) as usize);
             }
-            self.unpin();
+            Self::unpin(pins);
             backoff(&mut spins);
         }
     }
 
-    pub fn unpin(&self) {
-        self.pins.fetch_sub(1, Ordering::Release);
+    pub fn unpin(pins: &Pins) {
+        pins.fetch_sub(1, Ordering::Release);
     }
+}
 
-    /// The raw word (address and state bits), for the compactor's scan.
-    pub fn address(&self) -> usize {
-        self.word.load(Ordering::Acquire) & !STATE_BITS
+impl Default for Slot {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 /// The generation after `gen`, within the counter bits.
 pub(crate) fn next_generation(gen: u32) -> u32 {
     gen.wrapping_add(1) & GEN_COUNTER_MASK
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_one_word() {
+        assert_eq!(std::mem::size_of::<Slot>(), 8);
+    }
+
+    #[test]
+    fn life_cycle_and_generations() {
+        let (slot, pins) = (Slot::new(), Pins::new(0));
+        assert_eq!(slot.read(0), None);
+        slot.publish_new(0x1000);
+        assert_eq!(slot.read(0), Some(0x1000));
+        assert_eq!(slot.read(1), None);
+        assert_eq!(slot.snapshot(), Some((0, 0x1000)));
+        assert!(slot.try_isolate(&pins, 0x1000));
+        assert_eq!(
+            slot.read(0),
+            Some(0x1000),
+            "readers keep the old copy while it moves"
+        );
+        assert!(!slot.try_isolate(&pins, 0x1000), "isolated once");
+        slot.publish_move(0x2008);
+        assert_eq!(slot.read(0), Some(0x2008));
+        assert!(
+            !slot.try_isolate(&pins, 0x1000),
+            "a stale address is refused"
+        );
+        assert_eq!(slot.pin(&pins, 0), Some(0x2008));
+        assert!(
+            !slot.try_isolate(&pins, 0x2008),
+            "a pinned object is refused"
+        );
+        Slot::unpin(&pins);
+        assert_eq!(slot.begin_remove(0), Some(0x2008));
+        assert_eq!(slot.read(0), None);
+        assert_eq!(slot.read(1), None, "vacant under the next generation");
+        assert_eq!(slot.generation(), 1);
+        slot.set_free_link(12345);
+        assert_eq!(slot.free_link(), 12345);
+        assert_eq!(slot.read(1), None, "a free link is not an address");
+        assert_eq!(slot.begin_write(1), None);
+        slot.publish_new(0x3000);
+        assert_eq!(slot.read(1), Some(0x3000));
+        assert_eq!(slot.read(0), None);
+    }
+
+    #[test]
+    fn the_generation_wraps_within_its_bits() {
+        assert_eq!(next_generation(GEN_COUNTER_MASK), 0);
+        let slot = Slot::new();
+        slot.word
+            .store(with_gen(GEN_COUNTER_MASK), Ordering::Relaxed);
+        slot.publish_new(0x40);
+        assert_eq!(slot.begin_remove(GEN_COUNTER_MASK), Some(0x40));
+        assert_eq!(slot.generation(), 0);
+    }
+
+    #[test]
+    fn only_small_aligned_addresses_are_storable() {
+        assert!(storable(0x7fff_ffff_fff8));
+        assert!(!storable(0x8000_0000_0000_0000));
+        assert!(!storable(0x1004));
+        assert!(!storable(0));
+    }
 }

@@ -138,6 +138,7 @@ impl Slot {
 
     /// Writes a fresh slot's vacant, generation-0 state explicitly (the table does this to fault a new
     /// page in by a write).
+    #[cfg(not(loom))]
     pub(crate) fn clear_vacant(&self) {
         self.word.store(0, Ordering::Relaxed);
     }

@@ -187,6 +187,25 @@ impl MovableHeap {
         }
     }
 
+    /// Re-links the free blocks of the slabs that the next `blocks` allocations will use in address
+    /// order, so that those allocations (a compactor's moves) fill each slab's holes front to back, with
+    /// the hardware prefetcher's help, rather than in the order the blocks were freed. Pages that were
+    /// never threaded or were released stay untouched.
+    pub fn order_free_lists(&mut self, blocks: usize) {
+        let mut wanted = blocks;
+        let mut slab = self.avail.head();
+        while !slab.is_null() && wanted > 0 {
+            // SAFETY: slabs on our lists are live and ours.
+            let s = unsafe { &*slab };
+            let linked = s.relink_free_in_order(|block| {
+                let (word, bit) = live_bit(block);
+                word.load(Ordering::Relaxed) & bit == 0
+            });
+            wanted = wanted.saturating_sub(linked);
+            slab = s.next.get();
+        }
+    }
+
     /// Ends a drain: slabs that still hold blocks become ordinary slabs again.
     pub fn end_drain(&mut self) {
         loop {
@@ -465,6 +484,40 @@ mod tests {
         // SAFETY: live block of this heap.
         assert_eq!(unsafe { heap.owner_of(moved) }, 7);
         drop(heap);
+    }
+
+    /// After scattered frees, ordered free lists hand the free blocks out again in address order within
+    /// each slab, each exactly once, and never a live block.
+    #[test]
+    fn ordered_free_lists_allocate_forward() {
+        let mut heap = MovableHeap::new(48).unwrap();
+        let blocks: Vec<_> = (0..4000u32).map(|i| heap.alloc(i).unwrap()).collect();
+        let mut freed = Vec::new();
+        let mut z = 12345u64;
+        for &block in blocks.iter().rev() {
+            z = z
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if z >> 62 != 0 {
+                freed.push(block.as_ptr() as usize);
+                // SAFETY: allocated above, freed once.
+                unsafe { heap.free(block) };
+            }
+        }
+        heap.order_free_lists(usize::MAX);
+        let mut again: Vec<usize> = (0..freed.len())
+            .map(|_| heap.alloc(0).unwrap().as_ptr() as usize)
+            .collect();
+        for pair in again.windows(2) {
+            let same_slab = pair[0] & !(UNIT_BYTES - 1) == pair[1] & !(UNIT_BYTES - 1);
+            assert!(
+                !same_slab || pair[0] < pair[1],
+                "not in address order: {pair:x?}"
+            );
+        }
+        again.sort_unstable();
+        freed.sort_unstable();
+        assert_eq!(again, freed, "exactly the freed blocks come back");
     }
 
     /// Every class: the walk finds exactly the live blocks with their owners (the division-free block

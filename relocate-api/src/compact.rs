@@ -100,6 +100,13 @@ impl Pass {
         }
     }
 
+    /// How many of `objects` of `bytes_each` the budget lets this pass move.
+    fn objects_within(&self, objects: usize, bytes_each: usize) -> usize {
+        objects
+            .min(self.remaining_objects)
+            .min(self.remaining_bytes / bytes_each.max(1))
+    }
+
     fn spend(&mut self, bytes: usize) -> bool {
         if self.remaining_objects == 0 || self.remaining_bytes < bytes {
             self.report.budget_exhausted = true;
@@ -156,6 +163,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 inner
                     .heap
                     .begin_drain(|s| source_starts.binary_search(&s.start).is_ok());
+                let moving: usize = sources.iter().map(|s| s.live).sum();
+                inner
+                    .heap
+                    .order_free_lists(pass.objects_within(moving, std::mem::size_of::<T>()));
                 for slab in &sources {
                     if !self.move_slab(&mut inner.heap, &mut pass, slab) {
                         break;
@@ -184,6 +195,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         pass.report.source_slabs = sources.len();
         inner.heap.set_avoid_arena(Some(arena));
         inner.heap.begin_drain(|s| s.arena == arena);
+        let moving: usize = sources.iter().map(|s| s.live).sum();
+        inner
+            .heap
+            .order_free_lists(pass.objects_within(moving, std::mem::size_of::<T>()));
         for slab in &sources {
             if !self.move_slab(&mut inner.heap, &mut pass, slab) {
                 break;

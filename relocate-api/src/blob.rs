@@ -11,6 +11,7 @@ use crate::compact::{Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
 use crossbeam_epoch::{Collector, Guard};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The largest blob: the largest slab class minus the 4-byte length.
 pub const MAX_BLOB_BYTES: usize = (32 << 10) - 4;
@@ -173,6 +174,8 @@ macro_rules! classes {
 pub struct BlobCache {
     classes: Vec<Box<dyn Class>>,
     collector: Collector,
+    /// Bytes `release_empty_arenas` gave back.
+    released: AtomicU64,
 }
 
 impl BlobCache {
@@ -182,7 +185,11 @@ impl BlobCache {
             16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
             896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240, 12288,
             14336, 16384, 20480, 24576, 28672, 32768);
-        Ok(Self { classes, collector })
+        Ok(Self {
+            classes,
+            collector,
+            released: AtomicU64::new(0),
+        })
     }
 
     /// Registers the calling thread; one reader's guards serve every class.
@@ -293,6 +300,15 @@ impl BlobCache {
     }
 
     /// Statistics summed over classes (`live_bytes` counts whole chunks).
+    /// Returns the arenas that compaction or eviction emptied to the OS now, rather than after the
+    /// decommit delay. Returns the bytes given back (shared by every movable cache in the process).
+    pub fn release_empty_arenas(&self) -> usize {
+        let released = alloc_core::movable::release_free_arenas();
+        self.released.fetch_add(released as u64, Ordering::Relaxed);
+        released
+    }
+
+    /// Statistics summed over the size classes.
     pub fn stats(&self) -> CacheStats {
         let mut total = CacheStats {
             live_objects: 0,
@@ -300,8 +316,10 @@ impl BlobCache {
             slabs: 0,
             resident_bytes: 0,
             fragmentation: 1.0,
+            table_bytes: 0,
             counters: Default::default(),
         };
+        total.counters.released_bytes = self.released.load(Ordering::Relaxed);
         for class in &self.classes {
             let s = class.stats();
             total.live_objects += s.live_objects;
@@ -311,6 +329,8 @@ impl BlobCache {
             total.counters.moved_objects += s.counters.moved_objects;
             total.counters.moved_bytes += s.counters.moved_bytes;
             total.counters.refused_moves += s.counters.refused_moves;
+            total.counters.callback_panics += s.counters.callback_panics;
+            total.table_bytes += s.table_bytes;
             total.counters.evicted_objects += s.counters.evicted_objects;
             total.counters.compaction_nanos += s.counters.compaction_nanos;
         }

@@ -74,6 +74,9 @@ pub struct CacheStats {
     pub resident_bytes: usize,
     /// `resident_bytes / live_bytes` (1.0 when empty).
     pub fragmentation: f64,
+    /// Bytes of handle table in use: 8 per slot up to the most objects ever held at once (rounded up
+    /// to 128 KiB). Resident once touched; it does not shrink, as handles must stay valid.
+    pub table_bytes: usize,
     pub counters: Counters,
 }
 
@@ -463,6 +466,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             live_bytes,
             slabs,
             resident_bytes: resident,
+            table_bytes: self.table.committed() * std::mem::size_of::<crate::slot::Slot>(),
             fragmentation: if live_bytes == 0 {
                 1.0
             } else {

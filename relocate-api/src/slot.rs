@@ -136,13 +136,6 @@ impl Slot {
         );
     }
 
-    /// Writes a fresh slot's vacant, generation-0 state explicitly (the table does this to fault a new
-    /// page in by a write).
-    #[cfg(not(loom))]
-    pub(crate) fn clear_vacant(&self) {
-        self.word.store(0, Ordering::Relaxed);
-    }
-
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
     /// `None` when the slot no longer holds generation `gen`.
     pub fn begin_write(&self, gen: u32) -> Option<usize> {

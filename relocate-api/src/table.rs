@@ -8,11 +8,9 @@
 //! and an all-zero slot is vacant; pin counters are only ever touched by caches that pin, so for the
 //! others they stay non-resident.
 //!
-//! Large tables are read at random, so their TLB misses cost as much as their cache misses: the slot
-//! part of the reservation is advised for transparent huge pages, and once the table passes
-//! `HUGE_SLOTS` it grows a whole 2 MiB (aligned) at a time, so that the kernel can back each new step
-//! with one huge page. Small tables keep growing by `CHUNK_SLOTS` (a huge page is only used where a
-//! whole aligned 2 MiB is accessible when first touched), so a small cache costs small pages.
+//! The table does not ask for transparent huge pages: a huge page makes a whole 2 MiB resident for
+//! the first slot used in it, and the table's resident size is part of the cache's footprint (in the
+//! `handles` benchmark, huge pages for the table made no measurable difference to `get`).
 
 use crate::slot::{Pins, Slot};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,17 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Slots made accessible at a time: 128 KiB of slots and 64 KiB of pins, whole pages for every page
 /// size up to 64 KiB.
 const CHUNK_SLOTS: usize = 16 << 10;
-/// A transparent huge page.
-const HUGE_BYTES: usize = 2 << 20;
-/// Slots in 2 MiB: the growth step of large tables.
-const HUGE_SLOTS: usize = HUGE_BYTES / size_of::<Slot>();
-
 pub(crate) struct SlotTable {
-    /// The mapping (2 MiB more than the reservation, for alignment) and its length.
-    mapping: *mut u8,
-    mapping_bytes: usize,
-    /// The reservation, 2 MiB aligned inside the mapping: `max_slots` slots, then `max_slots` pin
-    /// counters.
+    /// The reservation: `max_slots` slots, then `max_slots` pin counters.
     base: *mut u8,
     max_slots: usize,
     /// Slots below this index are accessible (`Release` after `mprotect`, `Acquire` by readers).
@@ -45,13 +34,12 @@ unsafe impl Sync for SlotTable {}
 impl SlotTable {
     /// A table for up to `max_slots` slots, or `None` if the address space cannot be reserved.
     pub(crate) fn new(max_slots: usize) -> Option<Self> {
-        let max_slots = max_slots.next_multiple_of(HUGE_SLOTS);
-        let mapping_bytes = Self::reserved_bytes(max_slots) + HUGE_BYTES;
+        let max_slots = max_slots.next_multiple_of(CHUNK_SLOTS);
         // SAFETY: an anonymous private mapping chosen by the kernel; no existing memory is touched.
         let base = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                mapping_bytes,
+                Self::reserved_bytes(max_slots),
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -61,20 +49,8 @@ impl SlotTable {
         if base == libc::MAP_FAILED {
             return None;
         }
-        let mapping = base.cast::<u8>();
-        let base = mapping.wrapping_add(mapping.align_offset(HUGE_BYTES));
-        // SAFETY: the slot part of our own fresh reservation. Advice only: failure changes nothing.
-        unsafe {
-            libc::madvise(
-                base.cast(),
-                max_slots * size_of::<Slot>(),
-                libc::MADV_HUGEPAGE,
-            )
-        };
         Some(Self {
-            mapping,
-            mapping_bytes,
-            base,
+            base: base.cast(),
             max_slots,
             committed: AtomicUsize::new(0),
         })
@@ -118,7 +94,6 @@ impl SlotTable {
     }
 
     /// Slots accessible now.
-    #[cfg(test)]
     pub(crate) fn committed(&self) -> usize {
         self.committed.load(Ordering::Acquire)
     }
@@ -132,12 +107,9 @@ impl SlotTable {
             if index >= self.max_slots {
                 return None;
             }
-            let step = if index >= HUGE_SLOTS {
-                HUGE_SLOTS
-            } else {
-                CHUNK_SLOTS
-            };
-            let end = (index + 1).next_multiple_of(step).min(self.max_slots);
+            let end = (index + 1)
+                .next_multiple_of(CHUNK_SLOTS)
+                .min(self.max_slots);
             let slots = committed * size_of::<Slot>()..end * size_of::<Slot>();
             let pins = committed * size_of::<Pins>()..end * size_of::<Pins>();
             // SAFETY: both ranges lie inside the reservation (`end <= max_slots`) and are page
@@ -148,12 +120,6 @@ impl SlotTable {
             };
             if !ok {
                 return None;
-            }
-            if step == HUGE_SLOTS {
-                // Write-fault the step in: a first *read* would map the zero page, and a write after
-                // it gets small pages. Nobody else sees these slots before `committed` moves.
-                // SAFETY: `committed` is within the accessible range just made; vacant slots are 0.
-                unsafe { &*self.base.cast::<Slot>().add(committed) }.clear_vacant();
             }
             self.committed.store(end, Ordering::Release);
         }
@@ -172,8 +138,8 @@ unsafe fn protect(addr: *mut u8, bytes: usize) -> bool {
 
 impl Drop for SlotTable {
     fn drop(&mut self) {
-        // SAFETY: the whole mapping, made in `new`; no reader outlives the table.
-        unsafe { libc::munmap(self.mapping.cast(), self.mapping_bytes) };
+        // SAFETY: the whole reservation, mapped in `new`; no reader outlives the table.
+        unsafe { libc::munmap(self.base.cast(), Self::reserved_bytes(self.max_slots)) };
     }
 }
 
@@ -182,9 +148,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_appear_a_step_at_a_time_and_stay_put() {
-        let table = SlotTable::new(1).expect("reservation");
-        assert_eq!(table.base as usize % HUGE_BYTES, 0);
+    fn slots_appear_a_chunk_at_a_time_and_stay_put() {
+        let table = SlotTable::new(3 * CHUNK_SLOTS).expect("reservation");
         assert!(table.get(0).is_none());
         let first = table.get_or_grow(0).expect("grow") as *const Slot;
         assert_eq!(table.committed(), CHUNK_SLOTS);
@@ -194,19 +159,10 @@ mod tests {
         assert_eq!(far.generation(), 0);
         assert_eq!(table.committed(), 3 * CHUNK_SLOTS);
         assert_eq!(table.get(0).map(|s| s as *const Slot), Some(first));
-        assert!(table.get_or_grow(HUGE_SLOTS as u32 - 1).is_some());
-        assert!(table.get_or_grow(HUGE_SLOTS as u32).is_none(), "full");
+        assert!(table.get_or_grow(3 * CHUNK_SLOTS as u32).is_none(), "full");
         assert!(table.get(u32::MAX).is_none());
         let pins = table.pins(7);
         pins.fetch_add(1, Ordering::Relaxed);
         assert_eq!(table.pins(7).load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn large_tables_grow_by_whole_huge_pages() {
-        let table = SlotTable::new(HUGE_SLOTS + 1).expect("reservation");
-        assert!(table.get_or_grow(HUGE_SLOTS as u32).is_some());
-        assert_eq!(table.committed(), 2 * HUGE_SLOTS);
-        assert!(table.get((2 * HUGE_SLOTS - 1) as u32).is_some());
     }
 }

@@ -223,8 +223,7 @@ impl Values for Cached<'_> {
             let _ = self.cache.compact(&guard, Budget::Unlimited);
         }
         self.cache.flush(&self.reader);
-        // BlobCache has no `release_empty_arenas`; this is what RelocCache's calls.
-        alloc_core::movable::release_free_arenas();
+        self.cache.release_empty_arenas();
     }
 }
 

@@ -29,7 +29,7 @@
 use crate::lock::SpinLock;
 use crate::os;
 use crate::size_class::{UNIT_BYTES, UNIT_SHIFT};
-use crate::slab::Slab;
+use crate::slab::{Slab, KIND_SMALL};
 use core::ptr;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -46,19 +46,24 @@ pub(crate) const LIVE_BITMAP_OFFSET: usize = 8192;
 pub(crate) const LIVE_GRANULE: usize = 8;
 /// Units reserved for metadata at the start of each arena class.
 const NORMAL_META_UNITS: usize = 1;
-const MOVABLE_META_UNITS: usize = 9;
+pub(crate) const MOVABLE_META_UNITS: usize = 9;
 /// Back-map granule of movable arenas (the smallest movable block).
 pub(crate) const BACKMAP_GRANULE: usize = 16;
-/// The back-map of a movable arena starts at its second unit.
+/// The back-map of a movable arena starts at its second unit. It is a table of `u32` entries with one
+/// row per block index and one column per data unit: entry `i` of the slab starting at data unit `c`
+/// is at row `i`, column `c`. Slabs of few large blocks then share a few pages of rows instead of
+/// touching a page each (see `movable`).
 pub(crate) const BACKMAP_OFFSET: usize = UNIT_BYTES;
+/// Back-map columns: the data units of a movable arena.
+pub(crate) const BACKMAP_COLUMNS: usize = UNITS_PER_ARENA - MOVABLE_META_UNITS;
+/// Back-map rows: the most blocks a movable slab holds (one unit of the smallest movable blocks).
+pub(crate) const BACKMAP_ROWS: usize = UNIT_BYTES / BACKMAP_GRANULE;
 
 const _: () = {
     assert!(core::mem::size_of::<[Slab; UNITS_PER_ARENA]>() == HEADER_OFFSET);
     assert!(HEADER_OFFSET + core::mem::size_of::<ArenaHeader>() <= LIVE_BITMAP_OFFSET);
     assert!(LIVE_BITMAP_OFFSET + ARENA_BYTES / LIVE_GRANULE / 8 <= UNIT_BYTES);
-    assert!(
-        BACKMAP_OFFSET + (ARENA_BYTES / BACKMAP_GRANULE) * 4 <= MOVABLE_META_UNITS * UNIT_BYTES
-    );
+    assert!(BACKMAP_OFFSET + BACKMAP_ROWS * BACKMAP_COLUMNS * 4 <= MOVABLE_META_UNITS * UNIT_BYTES);
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,7 +343,7 @@ impl ArenaPool {
                 } else if aged && header.dirty_units != 0 {
                     released += decommit_units(arena, header.dirty_units);
                     if kind == ArenaKind::Movable {
-                        released += decommit_backmap(arena, header.dirty_units);
+                        released += decommit_unused_backmap(arena);
                     }
                     header.zero_units |= header.dirty_units;
                     header.dirty_units = 0;
@@ -406,22 +411,26 @@ impl ArenaMeta {
     }
 }
 
-/// Decommits the back-map entries of free units of a movable arena (16 KiB per unit), when they are
-/// whole pages. Returns the bytes given back.
-fn decommit_backmap(arena: *mut ArenaMeta, mask: u32) -> usize {
-    const PER_UNIT: usize = UNIT_BYTES / BACKMAP_GRANULE * 4;
-    if PER_UNIT % os::page_size() != 0 {
+/// Decommits the back-map rows of a movable arena that no slab in it uses now (whole pages above the
+/// largest capacity among its slabs). Returns the bytes given back. Pool lock held: slabs are created
+/// and released under it, so the descriptors read here are stable.
+fn decommit_unused_backmap(arena: *mut ArenaMeta) -> usize {
+    // SAFETY: a live arena; its descriptors are initialised and only change under the pool lock.
+    let descs = unsafe { &(*arena).descs };
+    let rows = descs
+        .iter()
+        .filter(|d| d.kind.get() == KIND_SMALL && d.head_delta.get() == 0)
+        .map(|d| d.capacity.get() as usize)
+        .max()
+        .unwrap_or(0);
+    let used = (rows * BACKMAP_COLUMNS * 4).next_multiple_of(os::page_size());
+    let end = BACKMAP_ROWS * BACKMAP_COLUMNS * 4;
+    if used >= end {
         return 0;
     }
-    let mut bytes = 0;
-    for unit in 0..UNITS_PER_ARENA {
-        if mask & (1 << unit) != 0 {
-            let start = (arena as usize) + BACKMAP_OFFSET + unit * PER_UNIT;
-            os::decommit(start as *mut u8, PER_UNIT);
-            bytes += PER_UNIT;
-        }
-    }
-    bytes
+    let start = (arena as usize) + BACKMAP_OFFSET + used;
+    os::decommit(start as *mut u8, end - used);
+    end - used
 }
 
 fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {

@@ -7,9 +7,10 @@
 //!
 //! For every block it keeps, out of line in the arena's metadata units:
 //! - the liveness bitmap bit of the block's first 8-byte granule (set while the block is allocated),
-//! - a back-map entry: a `u32` naming the block's owner (e.g. a handle-table index), packed by block
-//!   index per slab, so the back-map costs 4 bytes per block (at most a quarter of 16-byte blocks, a
-//!   page per 64 KiB slab of larger ones).
+//! - a back-map entry: a `u32` naming the block's owner (e.g. a handle-table index), in a table with a
+//!   row per block index and a column per unit, so the back-map costs 4 bytes per block (a quarter of
+//!   16-byte blocks), and the slabs of an arena share the pages of the rows they use (an arena of
+//!   512-byte slabs touches three pages of back-map, not one per slab).
 //!
 //! The bitmap words and back-map entries of a slab belong to the slab's one owner (64 KiB units hold
 //! whole bitmap words), so the heap updates them with plain loads and stores, not read-modify-writes.
@@ -21,16 +22,28 @@
 //! after the decommit delay.
 
 use crate::arena::{
-    self, ArenaKind, ArenaMeta, BACKMAP_GRANULE, BACKMAP_OFFSET, LIVE_BITMAP_OFFSET, LIVE_GRANULE,
+    self, ArenaKind, ArenaMeta, BACKMAP_COLUMNS, BACKMAP_GRANULE, BACKMAP_OFFSET,
+    LIVE_BITMAP_OFFSET, LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
-use crate::size_class::{class_for, CLASSES, MAX_SMALL_BYTES, UNIT_BYTES};
+use crate::size_class::{class_for, CLASSES, MAX_SMALL_BYTES, NUM_CLASSES};
 use crate::slab::{Slab, FLAG_DRAINING, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::{self, NonNull};
 
 /// The smallest block a movable heap serves (one back-map entry per block).
 pub const MIN_MOVABLE_BYTES: usize = BACKMAP_GRANULE;
+
+// Every movable slab's entries fit in the back-map's rows.
+const _: () = {
+    let mut class = 0;
+    while class < NUM_CLASSES {
+        if CLASSES[class].block_bytes as usize >= MIN_MOVABLE_BYTES {
+            assert!(CLASSES[class].capacity as usize <= arena::BACKMAP_ROWS);
+        }
+        class += 1;
+    }
+};
 
 /// A read-only view of one movable slab.
 #[derive(Clone, Copy, Debug)]
@@ -81,14 +94,15 @@ fn set_live(block: usize, live: bool) {
     word.store(if live { old | bit } else { old & !bit }, Ordering::Relaxed);
 }
 
-/// The start of a slab's back-map entries: they are packed by block index from the start of its first
-/// unit's back-map region, so a slab of `n` blocks touches `4n` bytes of back-map, whatever the block
-/// size (a 64 KiB slab of 16-byte blocks fills its unit's 16 KiB region exactly).
-fn backmap_base(slab_start: usize) -> *mut u32 {
-    const PER_UNIT: usize = UNIT_BYTES / BACKMAP_GRANULE * 4;
+/// The back-map entry of block `index` of the slab starting at `slab_start`: row `index`, column of
+/// the slab's first unit (see `arena::BACKMAP_OFFSET`). A slab's entries are a column, one per row, so
+/// slabs of few large blocks share the pages of the first rows: an arena of 512-byte slabs touches
+/// 12 KiB of back-map in all rather than a page per slab.
+fn backmap_slot(slab_start: usize, index: usize) -> *mut u32 {
     let meta = slab_start & !arena::ARENA_MASK;
-    let first_unit = (slab_start - meta) >> crate::size_class::UNIT_SHIFT;
-    (meta + BACKMAP_OFFSET + first_unit * PER_UNIT) as *mut u32
+    let column = ((slab_start - meta) >> crate::size_class::UNIT_SHIFT) - arena::MOVABLE_META_UNITS;
+    debug_assert!(column < BACKMAP_COLUMNS && index < arena::BACKMAP_ROWS);
+    (meta + BACKMAP_OFFSET + (index * BACKMAP_COLUMNS + column) * 4) as *mut u32
 }
 
 /// Block index from a byte offset inside a slab, without a division: `offset * magic >> 40` is exact
@@ -104,8 +118,7 @@ fn backmap_entry(block: usize) -> *mut u32 {
     // SAFETY: callers pass blocks of movable slabs, whose chunk starts with a descriptor array.
     let slab = unsafe { crate::global::slab_of(block) };
     let start = slab.start.get() as usize;
-    let index = (block - start) / slab.block_bytes.get() as usize;
-    backmap_base(start).wrapping_add(index)
+    backmap_slot(start, (block - start) / slab.block_bytes.get() as usize)
 }
 
 impl MovableHeap {
@@ -231,7 +244,7 @@ impl MovableHeap {
         let start = slab.start.get() as usize;
         let index = ((block - start) as u64 * self.magic) >> INDEX_SHIFT;
         // SAFETY: the back-map entry of a block in a movable arena lies in the arena's metadata units.
-        unsafe { backmap_base(start).add(index as usize).write(owner) };
+        unsafe { backmap_slot(start, index as usize).write(owner) };
         // SAFETY: blocks are non-null addresses inside an arena.
         unsafe { NonNull::new_unchecked(block as *mut u8) }
     }
@@ -347,7 +360,6 @@ impl MovableHeap {
         // Only block starts carry bits, so every set bit in the slab's words is a live block: scan
         // the words (64 granules each) and their set bits, not every block.
         let end = slab.start + slab.capacity * slab.block_bytes;
-        let backmap = backmap_base(slab.start);
         let (first, _) = live_bit(slab.start);
         let words = (end - slab.start).div_ceil(LIVE_GRANULE * 64);
         let first_granule = (slab.start & arena::ARENA_MASK) / LIVE_GRANULE;
@@ -365,7 +377,7 @@ impl MovableHeap {
                 }
                 let index = ((addr - slab.start) as u64 * self.magic) >> INDEX_SHIFT;
                 // SAFETY: a live block of a movable arena: its back-map entry is valid.
-                let owner = unsafe { backmap.add(index as usize).read() };
+                let owner = unsafe { backmap_slot(slab.start, index as usize).read() };
                 // SAFETY: block addresses are non-null.
                 visit(unsafe { NonNull::new_unchecked(addr as *mut u8) }, owner);
             }
@@ -437,6 +449,7 @@ pub fn is_movable_address(addr: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size_class::UNIT_BYTES;
 
     #[test]
     fn live_blocks_and_owners_are_walkable() {

@@ -60,7 +60,7 @@ const LRU: &[Column] = &[
     },
     Column {
         header: "index MiB",
-        value: |r| Some(number(r, "index_bytes")? / MIB),
+        value: |r| Some(number(r, "index_rss")? / MIB),
         decimals: 1,
         with_ratio: false,
     },
@@ -96,14 +96,14 @@ const LRU: &[Column] = &[
     },
     Column {
         header: "index/live",
-        value: |r| ratio(r, "index_bytes", "live"),
+        value: |r| ratio(r, "index_rss", "live"),
         decimals: 2,
         with_ratio: false,
     },
     Column {
         header: "released: (RSS−index)/live",
         value: |r| {
-            positive((number(r, "rss_release")? - number(r, "index_bytes")?) / number(r, "live")?)
+            positive((number(r, "rss_release")? - number(r, "index_rss")?) / number(r, "live")?)
         },
         decimals: 2,
         with_ratio: true,

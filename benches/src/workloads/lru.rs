@@ -27,6 +27,9 @@
 //! (after the last insert), then the release step: boxed variants call the allocator's purge; the
 //! cache variants compact everything (not `-nocompact`), `flush`, return empty movable arenas and
 //! call `alloc_core::purge()`; `rss_release` after it, `release_ns` how long it took.
+//! Last, the index's resident size from the OS (`index_rss`): every survivor is checked and freed,
+//! the values' memory released again, the resident set read, then the index dropped and the
+//! allocator purged; `index_rss` is how far the resident set fell.
 //! Every value carries its key in its first 8 bytes and last byte, checked when it is evicted.
 
 use std::collections::HashMap;
@@ -339,8 +342,16 @@ fn run_with<V: Values>(ctx: &Ctx, report: &mut Report, mut values: V) {
     ctx.release(report);
     report.set("release_ns", released.elapsed().as_nanos());
 
-    // Check every survivor's content on the way out (untimed).
+    // Check every survivor's content on the way out (untimed), then measure what the index itself
+    // holds resident: the fall of the resident set when it goes, with the values already gone.
     for (key, entry) in index.drain() {
         values.evict(key, entry.value);
     }
+    values.release();
+    ctx.peer.purge();
+    let with_index = current_rss_bytes();
+    drop(index);
+    drop(keys);
+    ctx.peer.purge();
+    report.set("index_rss", with_index.saturating_sub(current_rss_bytes()));
 }

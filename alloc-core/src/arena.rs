@@ -6,7 +6,8 @@
 //! unit 0   [0, 4 KiB)    32 slab descriptors, one per 64 KiB unit (descriptor 0 unused)
 //!          [4 KiB, ...)  the arena header (pool bookkeeping)
 //!          [8 KiB, 40 KiB) liveness bitmap: 1 bit per 8-byte granule (movable arenas, `checked`)
-//! units 1..9             movable arenas only: the back-map, one u32 owner per 16-byte granule
+//! units 1..9             movable arenas only: the back-map, one u32 owner per block (rows by block
+//!                        index, columns by data unit; 368 KiB at most, used rows only)
 //! the rest               slabs and spans, each a run of whole units
 //! ```
 //!

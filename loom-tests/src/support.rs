@@ -166,7 +166,7 @@ fn checksum(value: u64) -> u64 {
 }
 
 /// The heap of one model execution, for the slot models (`tests/slot.rs`, `tests/slot_retire.rs`):
-/// objects at 16-byte aligned addresses (the slot keeps two state bits below them), allocated, read,
+/// objects at 8-byte aligned addresses (the slot keeps three state bits below them), allocated, read,
 /// written in place and freed by address, with every address checked against the objects it made.
 ///
 /// A freed object is poisoned but its memory stays allocated until the `Objects` is dropped at the end

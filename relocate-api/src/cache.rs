@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub enum CacheError {
     /// `T` is larger than the largest slab class (32 KiB) or over-aligned beyond it.
     TooLarge,
-    /// Out of memory (slabs or handle-table segments).
+    /// Out of memory (slabs, handle-table pages), or the cache holds [`MAX_OBJECTS`] already.
     OutOfMemory,
     /// The call came from inside one of this cache's relocation callbacks, which would deadlock.
     Reentrant,

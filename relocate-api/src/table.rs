@@ -76,12 +76,13 @@ impl SlotTable {
         Some(unsafe { &*self.base.cast::<Slot>().add(index as usize) })
     }
 
-    /// Starts loading the slot at `index` into the cache (a hint; nothing for slots beyond the
-    /// accessible ones).
+    /// Starts loading the slot at `index` and its pin count into the cache (a hint; nothing for slots
+    /// beyond the accessible ones).
     #[inline]
     pub(crate) fn prefetch(&self, index: u32) {
         if let Some(slot) = self.get(index) {
             alloc_core::os::prefetch((slot as *const Slot).cast());
+            alloc_core::os::prefetch((self.pins(index) as *const Pins).cast());
         }
     }
 

@@ -3,7 +3,7 @@
 //!
 //! The allowance, stated: the handle table (8 bytes per slot ever used: 1 M slots = 8 MiB, which does
 //! not shrink: the survivors' slots are spread over all of it), this test's own vector of the kept
-//! handles (16 bytes each), the movable arenas' metadata (header, descriptors, liveness bitmap and
+//! handles (16 bytes per entry), the movable arenas' metadata (header, descriptors, liveness bitmap and
 //! back-map pages of the arenas still in use: at most 128 KiB each for 64-byte blocks), and 4 MiB of
 //! slack for the test harness. This file holds one test so that it runs in a process of its own, and runs on
 //! alloc-core as its global allocator, so that memory the epoch machinery used transiently (crossbeam's

@@ -23,8 +23,8 @@
 //!
 //! Resident figures are `/proc/self/statm` minus the resident set before the first insert, which
 //! already holds the key array and the random choices, so they count the structure and its
-//! allocator only. For the relocating cache, `table_bytes` is its handle table (one 16-byte slot per
-//! handle ever live; the table never shrinks), so the table can show the slabs' share alone.
+//! allocator only. For the relocating cache, `table_bytes` is its handle table (one 8-byte slot per
+//! handle live at once at most; the table never shrinks), so the table can show the slabs' share alone.
 //! Every get checks that the object it reached carries the expected index.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -494,10 +494,7 @@ fn compaction(ctx: &Ctx, report: &mut Report, plan: &Plan, reloc: &Reloc) {
         .set("compact_gbs", moved as f64 / secs / 1e9)
         .set("compact_moved", moved)
         .set("rss_compacted", plan.resident())
-        .set(
-            "table_bytes",
-            plan.objects * std::mem::size_of::<relocate_api::slot::Slot>(),
-        );
+        .set("table_bytes", cache.stats().table_bytes);
 
     // Phase 8: a reader times batches while another thread evacuates arenas without pause.
     let done = AtomicBool::new(false);

@@ -166,16 +166,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 inner
                     .heap
                     .begin_drain(|s| source_starts.binary_search(&s.start).is_ok());
-                let moving: usize = sources.iter().map(|s| s.live).sum();
-                inner
-                    .heap
-                    .order_free_lists(pass.objects_within(moving, std::mem::size_of::<T>()));
-                for slab in &sources {
-                    if !self.move_slab(&mut inner.heap, &mut pass, slab) {
-                        break;
-                    }
-                }
-                inner.heap.end_drain();
+                self.move_sources(&mut inner.heap, &mut pass, &sources);
             }
         }
         Ok(self.finish(guard, &mut inner.counters, pass, started))
@@ -198,16 +189,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         pass.report.source_slabs = sources.len();
         inner.heap.set_avoid_arena(Some(arena));
         inner.heap.begin_drain(|s| s.arena == arena);
-        let moving: usize = sources.iter().map(|s| s.live).sum();
-        inner
-            .heap
-            .order_free_lists(pass.objects_within(moving, std::mem::size_of::<T>()));
-        for slab in &sources {
-            if !self.move_slab(&mut inner.heap, &mut pass, slab) {
-                break;
-            }
-        }
-        inner.heap.end_drain();
+        self.move_sources(&mut inner.heap, &mut pass, &sources);
         inner.heap.set_avoid_arena(None);
         Ok(self.finish(guard, &mut inner.counters, pass, started))
     }
@@ -306,6 +288,19 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         inner.counters.evicted_objects += report.evicted as u64;
         inner.counters.compaction_nanos += started.elapsed().as_nanos() as u64;
         Ok(report)
+    }
+
+    /// Moves the objects of `sources` (already draining) within the pass's budget, then ends the drain.
+    /// The free blocks the moves will fill are first re-linked in address order.
+    fn move_sources(&self, heap: &mut movable::MovableHeap, pass: &mut Pass, sources: &[SlabView]) {
+        let moving: usize = sources.iter().map(|s| s.live).sum();
+        heap.order_free_lists(pass.objects_within(moving, std::mem::size_of::<T>()));
+        for slab in sources {
+            if !self.move_slab(heap, pass, slab) {
+                break;
+            }
+        }
+        heap.end_drain();
     }
 
     /// Moves every live object out of `slab`; false when the pass must stop.

@@ -320,3 +320,39 @@ fn calls_from_inside_a_callback_are_refused() {
         "{seen:?}"
     );
 }
+
+/// A slot serves 2^16 generations, then is retired rather than wrap: no handle ever made can name a
+/// later object, however often slots are reused.
+#[test]
+fn a_slot_is_retired_before_its_generation_wraps() {
+    let cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let mut guard = reader.pin();
+    let index = |h: Handle<u64>| h.to_bits() as u32;
+    let first = cache.insert(0).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    assert!(seen.insert(first.to_bits()));
+    assert!(cache.remove(first, &guard));
+    let mut reuses = 0;
+    for value in 1..=70_000u64 {
+        let handle = cache.insert(value).unwrap();
+        assert!(
+            seen.insert(handle.to_bits()),
+            "handle {handle:?} made twice"
+        );
+        if index(handle) == index(first) {
+            reuses += 1;
+        }
+        assert_eq!(cache.get(handle, &guard), Some(&value));
+        assert!(cache.remove(handle, &guard));
+        assert_eq!(cache.get(handle, &guard), None);
+        if value % 4096 == 0 {
+            guard.repin();
+        }
+    }
+    // Generations 1..=65535 after the first object's 0; then the slot is never handed out again.
+    assert_eq!(reuses, (1 << 16) - 1);
+    assert_eq!(cache.get(first, &guard), None);
+    let after = cache.insert(1).unwrap();
+    assert_ne!(index(after), index(first));
+}

@@ -12,8 +12,9 @@
 //! The index is the cache's own: a `HashMap<u64, Entry>` (value, clock, position in the key array)
 //! and a key array to sample from. Both are sized up front for the most values the budget can hold,
 //! as Redis's incremental rehash avoids a stop-the-world rehash, so the longest pause measures the
-//! values' memory management rather than a table resize. Its bytes (`index_bytes`, from the
-//! tables' capacities) are overhead the table reports separately.
+//! values' memory management rather than a table resize. Its bytes are overhead the table reports
+//! separately: `index_rss`, read from the OS at the end (below), and `index_bytes`, an estimate from
+//! the tables' capacities.
 //!
 //! Variants ([`VARIANTS`]): values boxed on the global allocator (`Box<[u8]>`) under mimalloc,
 //! jemalloc, glibc and alloc-core; or values in a relocate-api [`BlobCache`] (handles in the index),
@@ -177,6 +178,8 @@ struct Cached<'c> {
     cache: &'c BlobCache,
     reader: Reader<'c>,
     compact: bool,
+    /// The cache's statistics after the release step (before the survivors are checked and freed).
+    released: Option<relocate_api::CacheStats>,
 }
 
 impl Values for Cached<'_> {
@@ -227,6 +230,7 @@ impl Values for Cached<'_> {
         }
         self.cache.flush(&self.reader);
         self.cache.release_empty_arenas();
+        self.released.get_or_insert_with(|| self.cache.stats());
     }
 }
 
@@ -236,22 +240,25 @@ pub(crate) fn run(ctx: &Ctx, report: &mut Report) {
     match variant {
         "blobcache" | "blobcache-nocompact" => {
             let cache = BlobCache::new().expect("a BlobCache");
-            let values = Cached {
+            let mut values = Cached {
                 cache: &cache,
                 reader: cache.reader(),
                 compact: variant == "blobcache",
+                released: None,
             };
-            run_with(ctx, report, values);
-            let stats = cache.stats();
-            report
-                .set("moved_bytes", stats.counters.moved_bytes)
-                .set("cache_resident", stats.resident_bytes);
+            run_with(ctx, report, &mut values);
+            if let Some(stats) = values.released {
+                report
+                    .set("moved_bytes", stats.counters.moved_bytes)
+                    .set("cache_resident", stats.resident_bytes)
+                    .set("cache_table", stats.table_bytes);
+            }
         }
-        _ => run_with(ctx, report, Boxed),
+        _ => run_with(ctx, report, &mut Boxed),
     }
 }
 
-fn run_with<V: Values>(ctx: &Ctx, report: &mut Report, mut values: V) {
+fn run_with<V: Values>(ctx: &Ctx, report: &mut Report, values: &mut V) {
     let budget = ctx.scaled(BUDGET_BYTES);
     let smallest = PHASES.iter().map(|&(_, bytes)| bytes).min().unwrap_or(1);
     let most_entries = budget / smallest + 1;

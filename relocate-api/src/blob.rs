@@ -6,11 +6,11 @@
 //! like any handle: the class sits in the top bits of the slot index. Handles, compaction, evacuation and
 //! eviction are the class caches' own, applied to every class in turn.
 
-use crate::cache::{CacheError, Reader, RelocCache};
+use crate::cache::{next_epoch_id, CacheError, Guard, Reader, RelocCache};
 use crate::compact::{Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
-use crossbeam_epoch::{Collector, Guard};
+use crossbeam_epoch::Collector;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The largest blob: the largest slab class minus the 4-byte length.
@@ -164,8 +164,8 @@ impl<const N: usize> Class for RelocCache<Chunk<N>, BitwiseMove> {
 }
 
 macro_rules! classes {
-    ($collector:expr; $($n:literal),*) => {{
-        let classes: Vec<Box<dyn Class>> = vec![$( Box::new(RelocCache::<Chunk<$n>, BitwiseMove>::with_parts(BitwiseMove, $collector.clone(), INDEX_MASK as usize + 1)?) ),*];
+    ($collector:expr, $epoch:expr; $($n:literal),*) => {{
+        let classes: Vec<Box<dyn Class>> = vec![$( Box::new(RelocCache::<Chunk<$n>, BitwiseMove>::with_parts(BitwiseMove, $collector.clone(), $epoch, INDEX_MASK as usize + 1)?) ),*];
         classes
     }};
 }
@@ -174,6 +174,8 @@ macro_rules! classes {
 pub struct BlobCache {
     classes: Vec<Box<dyn Class>>,
     collector: Collector,
+    /// The collector's identity, shared by the classes (one guard serves them all).
+    epoch: usize,
     /// Bytes `release_empty_arenas` gave back.
     released: AtomicU64,
 }
@@ -181,20 +183,22 @@ pub struct BlobCache {
 impl BlobCache {
     pub fn new() -> Result<Self, CacheError> {
         let collector = Collector::new();
-        let classes = classes!(collector;
+        let epoch = next_epoch_id();
+        let classes = classes!(collector, epoch;
             16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
             896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240, 12288,
             14336, 16384, 20480, 24576, 28672, 32768);
         Ok(Self {
             classes,
             collector,
+            epoch,
             released: AtomicU64::new(0),
         })
     }
 
     /// Registers the calling thread; one reader's guards serve every class.
     pub fn reader(&self) -> Reader<'_> {
-        Reader::new(self.collector.register())
+        Reader::new(self.collector.register(), self.epoch)
     }
 
     fn class_for(&self, len: usize) -> Option<usize> {

@@ -14,12 +14,12 @@ use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
 use crate::table::SlotTable;
 use alloc_core::movable::MovableHeap;
-use crossbeam_epoch::{Collector, Guard, LocalHandle};
+use crossbeam_epoch::{Collector, LocalHandle};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Why a cache could not be made or an operation could not run.
@@ -49,21 +49,62 @@ impl std::error::Error for CacheError {}
 /// reads: `let guard = reader.pin();`.
 pub struct Reader<'c> {
     local: LocalHandle,
+    /// The collector's identity (see [`Guard`]).
+    epoch: usize,
     _cache: PhantomData<&'c ()>,
 }
 
 impl Reader<'_> {
-    pub(crate) fn new(local: LocalHandle) -> Self {
+    pub(crate) fn new(local: LocalHandle, epoch: usize) -> Self {
         Self {
             local,
+            epoch,
             _cache: PhantomData,
         }
     }
 
     /// Pins the current epoch: objects read under the guard stay valid until it is dropped.
     pub fn pin(&self) -> Guard {
-        self.local.pin()
+        Guard {
+            inner: self.local.pin(),
+            epoch: self.epoch,
+        }
     }
+}
+
+/// An epoch guard of one cache's collector (a [`crate::BlobCache`]'s classes share one), made by
+/// [`Reader::pin`]: objects read under it stay valid, unchanged, until it is dropped or re-pinned.
+///
+/// It carries its collector's identity, a number no other collector has, so a cache checks that a
+/// guard protects its own memory with one comparison; a guard of another cache is refused with a
+/// panic (it would not hold back that cache's reclamation).
+pub struct Guard {
+    inner: crossbeam_epoch::Guard,
+    epoch: usize,
+}
+
+impl Guard {
+    /// Unpins and pins again, so that the epoch (and reclamation) can move on; references read under
+    /// the guard end here (they borrow it).
+    pub fn repin(&mut self) {
+        self.inner.repin();
+    }
+
+    /// Runs `f` once no thread can hold what was reachable when it was deferred.
+    pub(crate) fn defer(&self, f: impl FnOnce() + Send + 'static) {
+        self.inner.defer(f);
+    }
+
+    /// Hands this thread's deferred functions to the collector and runs those whose epoch passed.
+    pub(crate) fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// The next collector identity; never reused (a `usize` counter does not wrap in practice).
+pub(crate) fn next_epoch_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Blocks whose epoch has passed, waiting to be returned to the heap.
@@ -128,6 +169,8 @@ pub struct RelocCache<T, R = BitwiseMove> {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) retired: Arc<Retired>,
     collector: ManuallyDrop<Collector>,
+    /// The collector's identity, carried by every guard of it.
+    epoch: usize,
     pub(crate) relocator: R,
     /// The cache's tag in the high bits of every generation it hands out.
     tag_bits: u32,
@@ -150,7 +193,7 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// A cache whose moves go through `relocator`.
     pub fn with_relocator(relocator: R) -> Result<Self, CacheError> {
-        Self::with_parts(relocator, Collector::new(), MAX_OBJECTS)
+        Self::with_parts(relocator, Collector::new(), next_epoch_id(), MAX_OBJECTS)
     }
 
     /// A cache that shares `collector` with others (the byte-blob cache's classes share one, so one
@@ -159,6 +202,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     pub(crate) fn with_parts(
         relocator: R,
         collector: Collector,
+        epoch: usize,
         max_objects: usize,
     ) -> Result<Self, CacheError> {
         let heap = MovableHeap::with_layout(std::mem::size_of::<T>(), std::mem::align_of::<T>())
@@ -176,6 +220,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }),
             retired: Arc::default(),
             collector: ManuallyDrop::new(collector),
+            epoch,
             relocator,
             tag_bits: tag.max(1) << GEN_COUNTER_BITS,
             _type: PhantomData,
@@ -184,10 +229,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Registers the calling thread with this cache's epoch collector.
     pub fn reader(&self) -> Reader<'_> {
-        Reader {
-            local: self.collector.register(),
-            _cache: PhantomData,
-        }
+        Reader::new(self.collector.register(), self.epoch)
     }
 
     /// The block size each object occupies.
@@ -197,9 +239,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             .unwrap_or(0)
     }
 
+    #[inline]
     pub(crate) fn check_guard(&self, guard: &Guard) {
         assert!(
-            guard.collector() == Some(&*self.collector),
+            guard.epoch == self.epoch,
             "relocate-api: a guard from another cache's reader was passed to this cache"
         );
     }

@@ -16,12 +16,11 @@
 //! for it; reads never do. Old blocks are freed only after the epoch: call [`RelocCache::flush`] (or
 //! let the next operation do it) to see the memory come back.
 
-use crate::cache::{CacheError, Counters, RelocCache};
+use crate::cache::{CacheError, Counters, Guard, RelocCache};
 use crate::handle::Handle;
 use crate::policy::{Isolation, Relocator};
 use crate::slot::Slot;
 use alloc_core::movable::{self, SlabView};
-use crossbeam_epoch::Guard;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::time::Instant;

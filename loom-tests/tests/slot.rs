@@ -91,6 +91,20 @@ impl Setup {
     }
 }
 
+/// A thread that moves the object once, recording the move in `flags`; a moved-from block is freed at
+/// once (in these models nobody reads the old copy after the racing thread's own step).
+fn spawn_mover(s: &Arc<Setup>, flags: &Arc<Flags>) -> thread::JoinHandle<Option<usize>> {
+    let (s, flags) = (s.clone(), flags.clone());
+    thread::spawn(move || {
+        let moved = s.move_object(s.first, || flags.isolated.store(true, Relaxed));
+        if moved.is_some() {
+            flags.published.store(true, Relaxed);
+            s.objects.free(s.first);
+        }
+        moved
+    })
+}
+
 /// Bookkeeping outside the model (std atomics: loom runs one thread at a time, so they record the
 /// order in which the threads really ran).
 #[derive(Default)]
@@ -289,17 +303,7 @@ fn remove_vs_move() {
         let s = Setup::new();
         let flags = Arc::new(Flags::default());
 
-        let mover = {
-            let (s, flags) = (s.clone(), flags.clone());
-            thread::spawn(move || {
-                let moved = s.move_object(s.first, || flags.isolated.store(true, Relaxed));
-                if moved.is_some() {
-                    flags.published.store(true, Relaxed);
-                    s.objects.free(s.first);
-                }
-                moved
-            })
-        };
+        let mover = spawn_mover(&s, &flags);
 
         // The remover: `remove_with` (reads the object, then retires it; at once here).
         thread::yield_now();
@@ -346,18 +350,8 @@ fn pin_vs_move() {
         let s = Setup::new();
         let flags = Arc::new(Flags::default());
 
-        let mover = {
-            let (s, flags) = (s.clone(), flags.clone());
-            thread::spawn(move || {
-                let moved = s.move_object(s.first, || flags.isolated.store(true, Relaxed));
-                if moved.is_some() {
-                    flags.published.store(true, Relaxed);
-                    // The pinner never reaches a block it did not pin, so the old one can go at once.
-                    s.objects.free(s.first);
-                }
-                moved
-            })
-        };
+        // The pinner never reaches a block it did not pin, so the old one can go at once.
+        let mover = spawn_mover(&s, &flags);
 
         // The pinner: `with_pinned`, writing through interior mutability.
         thread::yield_now();

@@ -152,6 +152,18 @@ pub struct Counters {
     pub compaction_nanos: u64,
 }
 
+/// A block for the object of slot `owner`, at an address a slot can hold (always, for alloc-core's
+/// arenas; checked rather than assumed). `None` when memory is exhausted.
+pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<u8>> {
+    let block = heap.alloc(owner)?;
+    if slot::storable(block.as_ptr() as usize) {
+        return Some(block);
+    }
+    // SAFETY: allocated just now from this heap and never published.
+    unsafe { heap.free(block) };
+    None
+}
+
 /// How many objects a [`RelocCache`] can hold at once (its handle table is reserved for this many
 /// slots up front: 3 GiB of address space, of which only the slots in use become memory).
 pub const MAX_OBJECTS: usize = 1 << 28;
@@ -303,14 +315,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }
         };
         let slot = self.table.get(index).expect("slot exists below next_index");
-        let block = match inner.heap.alloc(index) {
-            Some(block) if slot::storable(block.as_ptr() as usize) => block,
-            Some(block) => {
-                // SAFETY: allocated just now from this heap and never published.
-                unsafe { inner.heap.free(block) };
-                return Err((value, CacheError::OutOfMemory));
-            }
-            None => return Err((value, CacheError::OutOfMemory)),
+        let Some(block) = alloc_block(&mut inner.heap, index) else {
+            return Err((value, CacheError::OutOfMemory));
         };
         inner.free_head = slot.free_link();
         // SAFETY: a fresh block, aligned and large enough for `T` (the heap's layout).
@@ -389,15 +395,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let new_value = f(unsafe { &*(old as *const T) });
         std::mem::forget(restore);
         let block = match self.lock() {
-            Ok(mut inner) => inner.heap.alloc(handle.index).and_then(|block| {
-                if slot::storable(block.as_ptr() as usize) {
-                    Some(block)
-                } else {
-                    // SAFETY: allocated just now from this heap and never published.
-                    unsafe { inner.heap.free(block) };
-                    None
-                }
-            }),
+            Ok(mut inner) => alloc_block(&mut inner.heap, handle.index),
             Err(e) => {
                 slot.finish_write(old);
                 return Err(e);

@@ -16,7 +16,7 @@
 //! for it; reads never do. Old blocks are freed only after the epoch: call [`RelocCache::flush`] (or
 //! let the next operation do it) to see the memory come back.
 
-use crate::cache::{CacheError, Counters, Guard, RelocCache};
+use crate::cache::{alloc_block, CacheError, Counters, Guard, RelocCache};
 use crate::handle::Handle;
 use crate::policy::{Isolation, Relocator};
 use crate::slot::Slot;
@@ -390,18 +390,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             pass.report.refused += 1;
             return true;
         }
-        let target = match heap.alloc(owner) {
-            Some(target) if crate::slot::storable(target.as_ptr() as usize) => target,
-            Some(target) => {
-                // SAFETY: allocated just now from this heap and never published.
-                unsafe { heap.free(target) };
-                slot.abort_move(old);
-                return false;
-            }
-            None => {
-                slot.abort_move(old);
-                return false;
-            }
+        let Some(target) = alloc_block(heap, owner) else {
+            slot.abort_move(old);
+            return false;
         };
         let new = target.as_ptr().cast::<T>();
         *in_flight = Some(InFlight {

@@ -26,7 +26,7 @@ use crate::arena::{
     LIVE_BITMAP_OFFSET, LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
-use crate::size_class::{class_for, CLASSES, MAX_SMALL_BYTES, NUM_CLASSES};
+use crate::size_class::{class_of, ClassInfo, MAX_SLAB_UNITS, MAX_SMALL_BYTES, UNIT_BYTES};
 use crate::slab::{Slab, FLAG_DRAINING, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::{self, NonNull};
@@ -34,16 +34,35 @@ use core::ptr::{self, NonNull};
 /// The smallest block a movable heap serves (one back-map entry per block).
 pub const MIN_MOVABLE_BYTES: usize = BACKMAP_GRANULE;
 
-// Every movable slab's entries fit in the back-map's rows.
-const _: () = {
-    let mut class = 0;
-    while class < NUM_CLASSES {
-        if CLASSES[class].block_bytes as usize >= MIN_MOVABLE_BYTES {
-            assert!(CLASSES[class].capacity as usize <= arena::BACKMAP_ROWS);
-        }
-        class += 1;
+/// The slab geometry of movable blocks of `bytes` aligned to `align`: the block size is exact (`bytes`
+/// rounded up to 8 and to `align`), not a size class's, because a movable heap serves one object size
+/// and every byte of rounding is resident for each object it holds. The slab is the shortest run of
+/// 1 to 4 units that loses at most 1/32 at its tail and holds at least 8 blocks; failing that, the one
+/// that loses the smallest share. `None` above the largest slab block or for alignments above a unit.
+pub fn movable_geometry(bytes: usize, align: usize) -> Option<ClassInfo> {
+    if !align.is_power_of_two() || align > UNIT_BYTES {
+        return None;
     }
-};
+    let block = bytes
+        .max(MIN_MOVABLE_BYTES)
+        .checked_next_multiple_of(align.max(LIVE_GRANULE))?;
+    if block > MAX_SMALL_BYTES {
+        return None;
+    }
+    let capacity_of = |units: usize| (units * UNIT_BYTES / block).min(arena::BACKMAP_ROWS);
+    let waste_of = |units: usize| units * UNIT_BYTES - capacity_of(units) * block;
+    let units = (1..=MAX_SLAB_UNITS)
+        .find(|&u| waste_of(u) * 32 <= u * UNIT_BYTES && capacity_of(u) >= 8)
+        .or_else(|| {
+            // The smallest share of its slab lost: compare waste(a)/a with waste(b)/b.
+            (1..=MAX_SLAB_UNITS).min_by_key(|&u| waste_of(u) * 12 / u)
+        })?;
+    Some(ClassInfo {
+        block_bytes: block as u32,
+        slab_units: units as u8,
+        capacity: capacity_of(units) as u32,
+    })
+}
 
 /// A read-only view of one movable slab.
 #[derive(Clone, Copy, Debug)]
@@ -60,8 +79,11 @@ pub struct SlabView {
 
 /// A single-owner allocator of same-sized blocks on movable slabs.
 pub struct MovableHeap {
+    /// Block size, slab length and capacity of every slab.
+    geometry: ClassInfo,
+    /// The size class whose statistics count these slabs (the smallest that holds a block).
     class: usize,
-    /// [`index_magic`] of the class's block size.
+    /// [`index_magic`] of the block size.
     magic: u64,
     /// Slabs with free blocks (head is allocated from first) and slabs without.
     avail: SlabList,
@@ -122,22 +144,19 @@ fn backmap_entry(block: usize) -> *mut u32 {
 }
 
 impl MovableHeap {
-    /// A heap for blocks of at least `bytes` (rounded up to a size class); `None` when no slab class
-    /// can hold it.
+    /// A heap for blocks of `bytes` (rounded up to 8); `None` above the largest slab block.
     pub fn new(bytes: usize) -> Option<Self> {
         Self::with_layout(bytes, 1)
     }
 
-    /// A heap for blocks of `bytes` aligned to `align` (a power of two); `None` when no slab class can
-    /// hold them.
+    /// A heap for blocks of `bytes` aligned to `align` (a power of two); see [`movable_geometry`].
     pub fn with_layout(bytes: usize, align: usize) -> Option<Self> {
-        if bytes > MAX_SMALL_BYTES || !align.is_power_of_two() {
-            return None;
-        }
-        let class = class_for(bytes.max(MIN_MOVABLE_BYTES), align)?;
+        let geometry = movable_geometry(bytes, align)?;
+        let block = geometry.block_bytes as usize;
         Some(Self {
-            class,
-            magic: index_magic(CLASSES[class].block_bytes as usize),
+            geometry,
+            class: class_of(block),
+            magic: index_magic(block),
             avail: SlabList::new(),
             full: SlabList::new(),
             draining: SlabList::new(),
@@ -153,7 +172,7 @@ impl MovableHeap {
 
     /// The block size this heap hands out.
     pub fn block_bytes(&self) -> usize {
-        CLASSES[self.class].block_bytes as usize
+        self.geometry.block_bytes as usize
     }
 
     /// Allocates a block and records `owner` in its back-map entry. Never from a draining slab; a new
@@ -250,18 +269,19 @@ impl MovableHeap {
     }
 
     fn new_slab(&mut self) -> Option<&'static Slab> {
-        let class = self.class;
-        let units = CLASSES[class].slab_units as usize;
+        let (class, geometry) = (self.class, self.geometry);
+        let units = geometry.slab_units as usize;
         let taken =
             arena::POOL
                 .lock()
                 .alloc_units(ArenaKind::Movable, units, self.avoid_arena, |u| {
                     // SAFETY: the units were just taken from a live arena under the pool lock.
                     let descs = unsafe { &(*u.arena).descs };
-                    descs[u.first].init_small(
+                    descs[u.first].init_with_geometry(
                         &descs[u.first + 1..u.first + units],
                         u.start(),
                         class,
+                        geometry,
                         UNOWNED,
                         true,
                     );
@@ -288,7 +308,7 @@ impl MovableHeap {
     pub unsafe fn free(&mut self, block: NonNull<u8>) {
         let addr = block.as_ptr() as usize;
         let slab = Self::slab_of(addr);
-        debug_assert!(slab.is_movable() && slab.class.get() as usize == self.class);
+        debug_assert!(slab.is_movable() && slab.block_bytes.get() == self.geometry.block_bytes);
         set_live(addr, false);
         // SAFETY: the caller's contract: the block was handed out from this slab and is ours again.
         let used = unsafe { slab.push_local(block.as_ptr().cast()) };
@@ -533,19 +553,24 @@ mod tests {
         assert_eq!(again, freed, "exactly the freed blocks come back");
     }
 
-    /// Every class: the walk finds exactly the live blocks with their owners (the division-free block
-    /// index of the back-map is exact for every block size and slab length).
+    /// Exact block sizes: every multiple of 8 up to 1 KiB, then a spread to 32 KiB. The walk finds
+    /// exactly the live blocks with their owners (the division-free block index of the back-map is
+    /// exact for every block size and slab length).
     #[test]
-    fn every_class_walks_its_live_blocks() {
-        let mut class = crate::size_class::class_of(MIN_MOVABLE_BYTES);
-        while class < crate::size_class::NUM_CLASSES {
-            let bytes = CLASSES[class].block_bytes as usize;
+    fn every_block_size_walks_its_live_blocks() {
+        let sizes = (MIN_MOVABLE_BYTES..=1024)
+            .step_by(8)
+            .chain((1032..=MAX_SMALL_BYTES).step_by(1032))
+            .chain([MAX_SMALL_BYTES - 8, MAX_SMALL_BYTES]);
+        for bytes in sizes {
             let mut heap = MovableHeap::new(bytes).unwrap();
             assert_eq!(heap.block_bytes(), bytes);
-            let count = (3 * UNIT_BYTES * CLASSES[class].slab_units as usize / bytes).max(7) as u32;
+            let geometry = movable_geometry(bytes, 8).unwrap();
+            let count = (3 * geometry.capacity).max(7);
             let blocks: Vec<_> = (0..count).map(|i| (heap.alloc(i).unwrap(), i)).collect();
             let mut expected = Vec::new();
             for &(block, owner) in &blocks {
+                assert_eq!(block.as_ptr() as usize % 8, 0);
                 if owner % 3 == 1 {
                     expected.push((block.as_ptr() as usize, owner));
                     // SAFETY: a live block of this heap.
@@ -557,15 +582,43 @@ mod tests {
             }
             let mut seen = Vec::new();
             for view in heap.slabs().collect::<Vec<_>>() {
+                assert_eq!(view.capacity, geometry.capacity as usize);
                 heap.for_each_live(&view, |block, owner| {
                     seen.push((block.as_ptr() as usize, owner))
                 });
             }
             seen.sort_unstable();
             expected.sort_unstable();
-            assert_eq!(seen, expected, "class {class} ({bytes} B)");
+            assert_eq!(seen, expected, "{bytes} B blocks");
             drop(heap);
-            class += 1;
         }
+    }
+
+    /// Every size and alignment: the block holds the request, is aligned, and the slab loses little.
+    #[test]
+    fn geometry_is_exact_aligned_and_tight() {
+        for align in [1, 8, 16, 64, 256, 4096] {
+            for bytes in 0..=MAX_SMALL_BYTES {
+                let Some(g) = movable_geometry(bytes, align) else {
+                    assert!(
+                        bytes.max(align) > MAX_SMALL_BYTES - 7,
+                        "{bytes} B, align {align}"
+                    );
+                    continue;
+                };
+                let block = g.block_bytes as usize;
+                assert!(block >= bytes.max(MIN_MOVABLE_BYTES) && block % align.max(8) == 0);
+                assert!(block < bytes.max(MIN_MOVABLE_BYTES) + align.max(8));
+                let slab = g.slab_units as usize * UNIT_BYTES;
+                assert!(g.capacity as usize * block <= slab);
+                assert!(g.capacity >= 2 && g.capacity as usize <= arena::BACKMAP_ROWS);
+                assert!(
+                    (slab - g.capacity as usize * block) * 8 <= slab,
+                    "{bytes} B, align {align}: {g:?}"
+                );
+            }
+        }
+        assert!(movable_geometry(MAX_SMALL_BYTES + 1, 8).is_none());
+        assert!(movable_geometry(64, 2 * UNIT_BYTES).is_none());
     }
 }

@@ -142,8 +142,8 @@ impl Slab {
         self.prev.set(ptr::null_mut());
     }
 
-    /// Makes this descriptor the head of a small slab over `units` units at `start` (under the pool lock;
-    /// `tail` are the descriptors of the following units).
+    /// Makes this descriptor the head of a small slab of `class` at `start` (under the pool lock; `tail`
+    /// are the descriptors of the slab's following units).
     pub(crate) fn init_small(
         &self,
         tail: &[Slab],
@@ -152,7 +152,22 @@ impl Slab {
         owner: usize,
         movable: bool,
     ) {
-        let info: ClassInfo = CLASSES[class];
+        self.init_with_geometry(tail, start, class, CLASSES[class], owner, movable);
+    }
+
+    /// As [`Self::init_small`], with the block size, slab length and capacity given by `info` rather
+    /// than by the class (movable slabs of exact block sizes; `class` then only groups statistics).
+    pub(crate) fn init_with_geometry(
+        &self,
+        tail: &[Slab],
+        start: *mut u8,
+        class: usize,
+        info: ClassInfo,
+        owner: usize,
+        movable: bool,
+    ) {
+        debug_assert!(info.capacity as usize <= MAX_CAPACITY);
+        debug_assert_eq!(tail.len() + 1, info.slab_units as usize);
         self.init_unowned();
         self.kind.set(KIND_SMALL);
         self.class.set(class as u8);

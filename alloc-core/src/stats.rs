@@ -101,6 +101,7 @@ pub fn stats() -> Stats {
     }
     let mut free_units = 0;
     let mut dirty_units = 0;
+    let mut small = 0;
     let arenas = {
         let pool = crate::arena::POOL.lock();
         pool.for_each(|_, meta| {
@@ -111,12 +112,13 @@ pub fn stats() -> Stats {
                     let c = &mut classes[desc.class.get() as usize];
                     c.slabs += 1;
                     c.used_blocks += desc.used() as usize;
+                    // Movable slabs may have block sizes of their own (grouped under a class).
+                    small += desc.used() as usize * desc.block_bytes.get() as usize;
                 }
             }
         });
         pool.arena_count()
     };
-    let small: usize = classes.iter().map(|c| c.used_blocks * c.block_bytes).sum();
     let large = LARGE_BYTES.load(Ordering::Relaxed);
     let huge = HUGE_BYTES.load(Ordering::Relaxed);
     let (heaps_created, heaps_abandoned) = crate::pool::heap_counts();

@@ -1,22 +1,67 @@
 //! The byte-blob flavour: variable-size values (1 B to `MAX_BLOB_BYTES`) stored by size class, as
 //! zsmalloc stores compressed pages.
 //!
-//! Each size class is a [`RelocCache`] of fixed-size chunks (`Chunk<N>`: a 4-byte length, then the
-//! bytes), all sharing one epoch collector, so one guard covers every class. A [`BlobHandle`] is 8 bytes
-//! like any handle: the class sits in the top bits of the slot index. Handles, compaction, evacuation and
-//! eviction are the class caches' own, applied to every class in turn.
+//! A blob is stored as a 4-byte length and its bytes, in the smallest of [`NUM_CLASSES`] block sizes
+//! that holds them: 16-byte steps up to 512 B (zsmalloc's own spacing), then 16 sizes per doubling up
+//! to 4 KiB and 8 per doubling up to 32 KiB, so a blob wastes at most 15 bytes, or 1/16 (1/8 above
+//! 4 KiB) of its block. Movable slabs take exact block sizes, so nothing else rounds.
+//!
+//! Each class is a [`RelocCache`] whose objects are a length followed by bytes
+//! ([`RelocCache::with_tail`]), made when the first blob of its size arrives; all share one epoch
+//! collector, so one guard covers every class. A [`BlobHandle`] is 8 bytes like any handle: the class
+//! sits in the top bits of the slot index. Handles, compaction, evacuation and eviction are the class
+//! caches' own, applied to every class in turn.
 
 use crate::cache::{next_epoch_id, CacheError, Guard, Reader, RelocCache};
 use crate::compact::{Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
 use crossbeam_epoch::Collector;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
-/// The largest blob: the largest slab class minus the 4-byte length.
-pub const MAX_BLOB_BYTES: usize = (32 << 10) - 4;
-const CLASS_SHIFT: u32 = 26;
+/// Bytes of the length in front of every blob.
+const LEN_BYTES: usize = 4;
+/// The largest blob: the largest slab block minus the length.
+pub const MAX_BLOB_BYTES: usize = (32 << 10) - LEN_BYTES;
+/// Number of blob classes (block sizes).
+const NUM_CLASSES: usize = 104;
+/// The slot index's top bits name the class; a class holds up to 2^25 blobs.
+const CLASS_SHIFT: u32 = 25;
 const INDEX_MASK: u32 = (1 << CLASS_SHIFT) - 1;
+const _: () = assert!(NUM_CLASSES <= 1 << (32 - CLASS_SHIFT));
+
+/// Block size of a class: 32 classes of 16-byte steps to 512, 48 of 16 per doubling to 4 KiB, 24 of
+/// 8 per doubling to 32 KiB.
+const fn class_bytes(class: usize) -> usize {
+    if class < 32 {
+        (class + 1) * 16
+    } else if class < 80 {
+        let p = 9 + (class - 32) / 16;
+        (1 << p) + ((class - 32) % 16 + 1) * (1 << (p - 4))
+    } else {
+        let p = 12 + (class - 80) / 8;
+        (1 << p) + ((class - 80) % 8 + 1) * (1 << (p - 3))
+    }
+}
+
+/// The smallest class whose blocks hold `bytes` (length included); `None` above 32 KiB.
+fn class_of(bytes: usize) -> Option<usize> {
+    let last = bytes.max(1) - 1;
+    if last < 512 {
+        return Some(last / 16);
+    }
+    if last >= 32 << 10 {
+        return None;
+    }
+    let p = (usize::BITS - 1 - last.leading_zeros()) as usize;
+    Some(if p < 12 {
+        32 + (p - 9) * 16 + ((last >> (p - 4)) & 15)
+    } else {
+        80 + (p - 12) * 8 + ((last >> (p - 3)) & 7)
+    })
+}
 
 /// A handle to a blob: `(class, slot index, generation)` in 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,147 +77,64 @@ impl BlobHandle {
         Self(bits)
     }
 
-    fn new(class: usize, bits: u64) -> Option<Self> {
-        let index = bits as u32;
-        (index <= INDEX_MASK).then_some(Self(bits | ((class as u64) << CLASS_SHIFT)))
+    fn new(class: usize, handle: Handle<BlobLen>) -> Option<Self> {
+        let bits = handle.to_bits();
+        (bits as u32 <= INDEX_MASK).then_some(Self(bits | ((class as u64) << CLASS_SHIFT)))
     }
 
-    fn split(self) -> (usize, u64) {
+    fn split(self) -> (usize, Handle<BlobLen>) {
         let index = self.0 as u32;
         (
             (index >> CLASS_SHIFT) as usize,
-            (self.0 & !(u64::from(!INDEX_MASK))),
+            Handle::from_bits(self.0 & !u64::from(!INDEX_MASK)),
         )
     }
 }
 
-/// `N` bytes: a little-endian `u32` length, then the value.
-#[repr(C, align(8))]
+/// The head of a stored blob: its length; the bytes follow in the same block.
+#[repr(transparent)]
 #[derive(Clone, Copy)]
-struct Chunk<const N: usize>([u8; N]);
+struct BlobLen(u32);
 
-// SAFETY: plain bytes: no interior mutability, no self-reference.
-unsafe impl<const N: usize> Relocatable for Chunk<N> {}
+// SAFETY: a plain integer: no interior mutability, no self-reference.
+unsafe impl Relocatable for BlobLen {}
 
-impl<const N: usize> Chunk<N> {
-    fn bytes(&self) -> &[u8] {
-        let len = u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]) as usize;
-        &self.0[4..4 + len]
-    }
+type Class = RelocCache<BlobLen, BitwiseMove>;
 
-    fn from_bytes(value: &[u8]) -> Self {
-        let mut chunk = [0u8; N];
-        chunk[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        chunk[4..4 + value.len()].copy_from_slice(value);
-        Self(chunk)
-    }
-}
-
-/// One class, with the chunk size erased.
-trait Class: Send + Sync {
-    fn capacity(&self) -> usize;
-    fn insert(&self, value: &[u8]) -> Result<u64, CacheError>;
-    fn get<'g>(&'g self, bits: u64, guard: &'g Guard) -> Option<&'g [u8]>;
-    fn replace(&self, bits: u64, guard: &Guard, value: &[u8]) -> Result<bool, CacheError>;
-    fn remove(&self, bits: u64, guard: &Guard) -> bool;
-    fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError>;
-    fn evacuate(
-        &self,
-        guard: &Guard,
-        arena: usize,
-        budget: Budget,
-    ) -> Result<CompactReport, CacheError>;
-    fn evict_arena(
-        &self,
-        guard: &Guard,
-        arena: usize,
-        on_evict: &mut dyn FnMut(u64, &[u8]),
-    ) -> usize;
-    fn live_by_arena(&self, into: &mut Vec<(usize, usize)>);
-    fn stats(&self) -> CacheStats;
-    fn flush(&self, reader: &Reader<'_>);
-}
-
-impl<const N: usize> Class for RelocCache<Chunk<N>, BitwiseMove> {
-    fn capacity(&self) -> usize {
-        N - 4
-    }
-
-    fn insert(&self, value: &[u8]) -> Result<u64, CacheError> {
-        RelocCache::insert(self, Chunk::<N>::from_bytes(value))
-            .map(|h| h.to_bits())
-            .map_err(|(_, e)| e)
-    }
-
-    fn get<'g>(&'g self, bits: u64, guard: &'g Guard) -> Option<&'g [u8]> {
-        RelocCache::get(self, Handle::from_bits(bits), guard).map(Chunk::bytes)
-    }
-
-    fn replace(&self, bits: u64, guard: &Guard, value: &[u8]) -> Result<bool, CacheError> {
-        self.update(Handle::from_bits(bits), guard, |_| {
-            Chunk::<N>::from_bytes(value)
-        })
-    }
-
-    fn remove(&self, bits: u64, guard: &Guard) -> bool {
-        RelocCache::remove(self, Handle::from_bits(bits), guard)
-    }
-
-    fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
-        RelocCache::compact(self, guard, budget)
-    }
-
-    fn evacuate(
-        &self,
-        guard: &Guard,
-        arena: usize,
-        budget: Budget,
-    ) -> Result<CompactReport, CacheError> {
-        self.evacuate_arena(guard, arena, budget)
-    }
-
-    fn evict_arena(
-        &self,
-        guard: &Guard,
-        arena: usize,
-        on_evict: &mut dyn FnMut(u64, &[u8]),
-    ) -> usize {
-        self.evict_in_arena(guard, arena, |h, chunk| {
-            on_evict(h.to_bits(), chunk.bytes())
-        })
-        .map_or(0, |r| r.evicted)
-    }
-
-    fn live_by_arena(&self, into: &mut Vec<(usize, usize)>) {
-        if let Ok(arenas) = self.live_bytes_by_arena() {
-            for (arena, bytes) in arenas {
-                match into.iter_mut().find(|(a, _)| *a == arena) {
-                    Some((_, total)) => *total += bytes,
-                    None => into.push((arena, bytes)),
-                }
-            }
-        }
-    }
-
-    fn stats(&self) -> CacheStats {
-        RelocCache::stats(self)
-    }
-
-    fn flush(&self, reader: &Reader<'_>) {
-        RelocCache::flush(self, reader)
+/// Writes `value` (length, then bytes) into a class block.
+///
+/// # Safety
+/// - `block` is a fresh block of a class whose blocks hold `LEN_BYTES + value.len()` bytes.
+unsafe fn write_blob(block: NonNull<u8>, value: &[u8]) {
+    let len = (value.len() as u32).to_ne_bytes();
+    // SAFETY: the caller's contract: the block holds the length and the bytes.
+    unsafe {
+        block
+            .as_ptr()
+            .copy_from_nonoverlapping(len.as_ptr(), LEN_BYTES);
+        block
+            .as_ptr()
+            .add(LEN_BYTES)
+            .copy_from_nonoverlapping(value.as_ptr(), value.len());
     }
 }
 
-macro_rules! classes {
-    ($collector:expr, $epoch:expr; $($n:literal),*) => {{
-        let classes: Vec<Box<dyn Class>> = vec![$( Box::new(RelocCache::<Chunk<$n>, BitwiseMove>::with_parts(BitwiseMove, $collector.clone(), $epoch, INDEX_MASK as usize + 1)?) ),*];
-        classes
-    }};
+/// The bytes of the blob stored at `addr`.
+///
+/// # Safety
+/// - `addr` holds a blob written by `write_blob` that stays valid and unchanged for `'a`.
+unsafe fn blob_at<'a>(addr: usize) -> &'a [u8] {
+    // SAFETY: the caller's contract; the length was written with the bytes.
+    unsafe {
+        let len = (addr as *const u32).read() as usize;
+        std::slice::from_raw_parts((addr + LEN_BYTES) as *const u8, len)
+    }
 }
 
 /// A relocating cache of byte strings of any size up to [`MAX_BLOB_BYTES`].
 pub struct BlobCache {
-    classes: Vec<Box<dyn Class>>,
+    /// One cache per class, made when its first blob arrives.
+    classes: Box<[OnceLock<Class>]>,
     collector: Collector,
     /// The collector's identity, shared by the classes (one guard serves them all).
     epoch: usize,
@@ -182,16 +144,10 @@ pub struct BlobCache {
 
 impl BlobCache {
     pub fn new() -> Result<Self, CacheError> {
-        let collector = Collector::new();
-        let epoch = next_epoch_id();
-        let classes = classes!(collector, epoch;
-            16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768,
-            896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240, 12288,
-            14336, 16384, 20480, 24576, 28672, 32768);
         Ok(Self {
-            classes,
-            collector,
-            epoch,
+            classes: (0..NUM_CLASSES).map(|_| OnceLock::new()).collect(),
+            collector: Collector::new(),
+            epoch: next_epoch_id(),
             released: AtomicU64::new(0),
         })
     }
@@ -201,21 +157,43 @@ impl BlobCache {
         Reader::new(self.collector.register(), self.epoch)
     }
 
-    fn class_for(&self, len: usize) -> Option<usize> {
-        self.classes.iter().position(|c| c.capacity() >= len)
+    /// The classes made so far, with their numbers.
+    fn made(&self) -> impl Iterator<Item = (usize, &Class)> {
+        (self.classes.iter().enumerate()).filter_map(|(i, c)| Some((i, c.get()?)))
+    }
+
+    /// The class cache of `class`, made now if this is its first blob.
+    fn class_or_make(&self, class: usize) -> Result<&Class, CacheError> {
+        let cell = &self.classes[class];
+        if let Some(cache) = cell.get() {
+            return Ok(cache);
+        }
+        let made = Class::with_tail(
+            self.collector.clone(),
+            self.epoch,
+            INDEX_MASK as usize + 1,
+            class_bytes(class),
+        )?;
+        // Another thread may have made it meanwhile: then ours is dropped unused.
+        Ok(cell.get_or_init(|| made))
     }
 
     /// Stores a copy of `value`. `TooLarge` above [`MAX_BLOB_BYTES`].
     pub fn insert(&self, value: &[u8]) -> Result<BlobHandle, CacheError> {
-        let class = self.class_for(value.len()).ok_or(CacheError::TooLarge)?;
-        let bits = self.classes[class].insert(value)?;
-        BlobHandle::new(class, bits).ok_or(CacheError::OutOfMemory)
+        let class = class_of(LEN_BYTES + value.len()).ok_or(CacheError::TooLarge)?;
+        let cache = self.class_or_make(class)?;
+        // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
+        let handle = unsafe { cache.insert_with(|block| write_blob(block, value))? };
+        BlobHandle::new(class, handle).ok_or(CacheError::OutOfMemory)
     }
 
     /// The bytes a handle names, or `None` (stale, removed, evicted, foreign).
     pub fn get<'g>(&'g self, handle: BlobHandle, guard: &'g Guard) -> Option<&'g [u8]> {
-        let (class, bits) = handle.split();
-        self.classes.get(class)?.get(bits, guard)
+        let (class, handle) = handle.split();
+        let addr = self.classes.get(class)?.get()?.address_of(handle, guard)?;
+        // SAFETY: a published blob; the epoch keeps it (and any old copy) unchanged while `guard` is
+        // pinned.
+        Some(unsafe { blob_at(addr) })
     }
 
     /// Replaces a value. In place (same handle) when it fits the same class; otherwise the value moves
@@ -226,20 +204,23 @@ impl BlobCache {
         guard: &Guard,
         value: &[u8],
     ) -> Result<Option<BlobHandle>, CacheError> {
-        let (class, bits) = handle.split();
-        let Some(cache) = self.classes.get(class) else {
+        let (class, inner) = handle.split();
+        let Some(cache) = self.classes.get(class).and_then(OnceLock::get) else {
             return Ok(None);
         };
-        if self.class_for(value.len()) == Some(class) {
-            return Ok(cache.replace(bits, guard, value)?.then_some(handle));
+        if class_of(LEN_BYTES + value.len()) == Some(class) {
+            // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
+            let replaced = unsafe {
+                cache.update_with(inner, guard, |_| (), |(), block| write_blob(block, value))?
+            };
+            return Ok(replaced.then_some(handle));
         }
-        if cache.get(bits, guard).is_none() {
+        if cache.address_of(inner, guard).is_none() {
             return Ok(None);
         }
         let new = self.insert(value)?;
-        if !cache.remove(bits, guard) {
-            let (new_class, new_bits) = new.split();
-            self.classes[new_class].remove(new_bits, guard);
+        if !self.remove(handle, guard) {
+            self.remove(new, guard);
             return Ok(None);
         }
         Ok(Some(new))
@@ -247,16 +228,15 @@ impl BlobCache {
 
     /// Removes a value (freed after the epoch). False for a stale handle.
     pub fn remove(&self, handle: BlobHandle, guard: &Guard) -> bool {
-        let (class, bits) = handle.split();
-        self.classes
-            .get(class)
-            .is_some_and(|c| c.remove(bits, guard))
+        let (class, handle) = handle.split();
+        (self.classes.get(class).and_then(OnceLock::get))
+            .is_some_and(|c| c.remove_at(handle, guard, |_| ()).is_some())
     }
 
     /// Footprint compaction of every class (`budget` applies to each class in turn).
     pub fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
         let mut total = CompactReport::default();
-        for class in &self.classes {
+        for (_, class) in self.made() {
             total.merge(class.compact(guard, budget)?);
         }
         Ok(total)
@@ -270,40 +250,46 @@ impl BlobCache {
         budget: Budget,
     ) -> Result<CompactReport, CacheError> {
         let mut total = CompactReport::default();
-        for class in &self.classes {
-            total.merge(class.evacuate(guard, arena, budget)?);
+        for (_, class) in self.made() {
+            total.merge(class.evacuate_arena(guard, arena, budget)?);
         }
         Ok(total)
     }
 
     /// Eviction: removes every blob in the arena holding the fewest live bytes, telling `on_evict`.
     pub fn reclaim(&self, guard: &Guard, mut on_evict: impl FnMut(BlobHandle, &[u8])) -> usize {
-        let mut arenas = Vec::new();
-        for class in &self.classes {
-            class.live_by_arena(&mut arenas);
+        let mut arenas: Vec<(usize, usize)> = Vec::new();
+        for (_, class) in self.made() {
+            for (arena, bytes) in class.live_bytes_by_arena().unwrap_or_default() {
+                match arenas.iter_mut().find(|(a, _)| *a == arena) {
+                    Some((_, total)) => *total += bytes,
+                    None => arenas.push((arena, bytes)),
+                }
+            }
         }
         let Some(&(arena, _)) = arenas.iter().min_by_key(|&&(a, bytes)| (bytes, a)) else {
             return 0;
         };
         let mut evicted = 0;
-        for (index, class) in self.classes.iter().enumerate() {
-            evicted += class.evict_arena(guard, arena, &mut |bits, bytes| {
-                if let Some(h) = BlobHandle::new(index, bits) {
-                    on_evict(h, bytes);
+        for (index, class) in self.made() {
+            let report = class.evict_in_arena(guard, arena, |handle, addr| {
+                if let Some(h) = BlobHandle::new(index, handle) {
+                    // SAFETY: a live blob of this class, valid during the callback.
+                    on_evict(h, unsafe { blob_at(addr) });
                 }
             });
+            evicted += report.map_or(0, |r| r.evicted);
         }
         evicted
     }
 
     /// Frees what the epoch allows, in every class.
     pub fn flush(&self, reader: &Reader<'_>) {
-        for class in &self.classes {
+        for (_, class) in self.made() {
             class.flush(reader);
         }
     }
 
-    /// Statistics summed over classes (`live_bytes` counts whole chunks).
     /// Returns the arenas that compaction or eviction emptied to the OS now, rather than after the
     /// decommit delay. Returns the bytes given back (shared by every movable cache in the process).
     pub fn release_empty_arenas(&self) -> usize {
@@ -312,7 +298,7 @@ impl BlobCache {
         released
     }
 
-    /// Statistics summed over the size classes.
+    /// Statistics summed over the size classes (`live_bytes` counts whole blocks).
     pub fn stats(&self) -> CacheStats {
         let mut total = CacheStats {
             live_objects: 0,
@@ -324,7 +310,7 @@ impl BlobCache {
             counters: Default::default(),
         };
         total.counters.released_bytes = self.released.load(Ordering::Relaxed);
-        for class in &self.classes {
+        for (_, class) in self.made() {
             let s = class.stats();
             total.live_objects += s.live_objects;
             total.live_bytes += s.live_bytes;
@@ -342,5 +328,44 @@ impl BlobCache {
             total.fragmentation = total.resident_bytes as f64 / total.live_bytes as f64;
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_increase_to_the_largest_slab_block() {
+        for class in 1..NUM_CLASSES {
+            assert!(class_bytes(class) > class_bytes(class - 1));
+            assert_eq!(class_bytes(class) % 16, 0);
+        }
+        assert_eq!(class_bytes(NUM_CLASSES - 1), MAX_BLOB_BYTES + LEN_BYTES);
+    }
+
+    #[test]
+    fn class_of_is_the_smallest_that_holds_and_wastes_little() {
+        for bytes in 0..=MAX_BLOB_BYTES + LEN_BYTES {
+            let class = class_of(bytes).unwrap();
+            let block = class_bytes(class);
+            assert!(block >= bytes, "{bytes} B in class {class}");
+            assert!(
+                class == 0 || class_bytes(class - 1) < bytes,
+                "{bytes} B not tight"
+            );
+            let slack = if block <= 4096 { block / 16 } else { block / 8 };
+            assert!(block - bytes.max(1) < slack.max(16), "{bytes} B in {block}");
+        }
+        assert_eq!(class_of(MAX_BLOB_BYTES + LEN_BYTES + 1), None);
+    }
+
+    #[test]
+    fn handles_keep_the_class_apart_from_the_slot() {
+        let handle = Handle::<BlobLen>::from_bits((0xabcd_u64 << 32) | u64::from(INDEX_MASK));
+        let blob = BlobHandle::new(NUM_CLASSES - 1, handle).unwrap();
+        assert_eq!(blob.split(), (NUM_CLASSES - 1, handle));
+        let too_far = Handle::<BlobLen>::from_bits(u64::from(INDEX_MASK) + 1);
+        assert_eq!(BlobHandle::new(0, too_far), None);
     }
 }

@@ -184,6 +184,9 @@ pub struct RelocCache<T, R = BitwiseMove> {
     /// The collector's identity, carried by every guard of it.
     epoch: usize,
     pub(crate) relocator: R,
+    /// Bytes of each object: `size_of::<T>()`, or more for the byte-blob classes, whose objects are a
+    /// `T` header followed by bytes (see [`RelocCache::with_tail`]); a move copies all of them.
+    pub(crate) object_bytes: usize,
     /// The cache's tag in the high bits of every generation it hands out.
     tag_bits: u32,
     _type: PhantomData<T>,
@@ -200,25 +203,46 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
     pub fn new() -> Result<Self, CacheError> {
         Self::with_relocator(BitwiseMove)
     }
+
+    /// A cache whose objects are a `T` followed by bytes, `object_bytes` in all, sharing `collector`
+    /// (whose identity is `epoch`) with its siblings: the byte-blob classes. Moves copy every byte,
+    /// so only bytewise moves are offered, and `T` must not need dropping (see `with_parts`).
+    pub(crate) fn with_tail(
+        collector: Collector,
+        epoch: usize,
+        max_objects: usize,
+        object_bytes: usize,
+    ) -> Result<Self, CacheError> {
+        const { assert!(!std::mem::needs_drop::<T>()) };
+        Self::with_parts(BitwiseMove, collector, epoch, max_objects, object_bytes)
+    }
 }
 
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// A cache whose moves go through `relocator`.
     pub fn with_relocator(relocator: R) -> Result<Self, CacheError> {
-        Self::with_parts(relocator, Collector::new(), next_epoch_id(), MAX_OBJECTS)
+        Self::with_parts(
+            relocator,
+            Collector::new(),
+            next_epoch_id(),
+            MAX_OBJECTS,
+            size_of::<T>(),
+        )
     }
 
-    /// A cache that shares `collector` with others (the byte-blob cache's classes share one, so one
-    /// guard covers them all). Only for types without drop glue: a sibling may keep the collector, and
-    /// so this cache's pending deferred functions, alive after this cache is dropped.
-    pub(crate) fn with_parts(
+    /// A cache of objects of `object_bytes` (at least `size_of::<T>()`) that may share `collector`
+    /// with others. A shared collector is only for types without drop glue: a sibling may keep the
+    /// collector, and so this cache's pending deferred functions, alive after this cache is dropped.
+    fn with_parts(
         relocator: R,
         collector: Collector,
         epoch: usize,
         max_objects: usize,
+        object_bytes: usize,
     ) -> Result<Self, CacheError> {
-        let heap = MovableHeap::with_layout(std::mem::size_of::<T>(), std::mem::align_of::<T>())
-            .ok_or(CacheError::TooLarge)?;
+        debug_assert!(object_bytes >= size_of::<T>());
+        let heap =
+            MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         let table = SlotTable::new(max_objects).ok_or(CacheError::OutOfMemory)?;
         let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed) & ((1 << (32 - GEN_COUNTER_BITS)) - 1);
         Ok(Self {
@@ -234,6 +258,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             collector: ManuallyDrop::new(collector),
             epoch,
             relocator,
+            object_bytes,
             tag_bits: tag.max(1) << GEN_COUNTER_BITS,
             _type: PhantomData,
         })
@@ -297,16 +322,31 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Stores `value` and returns its handle; gives the value back when memory is exhausted.
     pub fn insert(&self, value: T) -> Result<Handle<T>, (T, CacheError)> {
-        let mut inner = match self.lock() {
-            Ok(inner) => inner,
-            Err(e) => return Err((value, e)),
+        let mut value = ManuallyDrop::new(value);
+        // SAFETY: `init` writes one `T` into a fresh block for one; it runs only when the insert then
+        // succeeds, so on failure the value was not taken and is given back.
+        let inserted = unsafe {
+            self.insert_with(|block| block.cast::<T>().write(ManuallyDrop::take(&mut value)))
         };
+        inserted.map_err(|e| (ManuallyDrop::into_inner(value), e))
+    }
+
+    /// Allocates a block, has `init` fill it, and publishes it under a new handle. `init` is called
+    /// only if the insert then succeeds.
+    ///
+    /// # Safety
+    /// - `init` leaves a valid object (`object_bytes` bytes) in the block and does not panic.
+    pub(crate) unsafe fn insert_with(
+        &self,
+        init: impl FnOnce(NonNull<u8>),
+    ) -> Result<Handle<T>, CacheError> {
+        let mut inner = self.lock()?;
         let index = match inner.free_head.checked_sub(1) {
             Some(index) => index,
             None => {
                 let index = inner.next_index;
                 if index == u32::MAX || self.table.get_or_grow(index).is_none() {
-                    return Err((value, CacheError::OutOfMemory));
+                    return Err(CacheError::OutOfMemory);
                 }
                 inner.next_index += 1;
                 // A fresh slot: make it the head of the free list, taken off again just below.
@@ -316,11 +356,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         let slot = self.table.get(index).expect("slot exists below next_index");
         let Some(block) = alloc_block(&mut inner.heap, index) else {
-            return Err((value, CacheError::OutOfMemory));
+            return Err(CacheError::OutOfMemory);
         };
         inner.free_head = slot.free_link();
-        // SAFETY: a fresh block, aligned and large enough for `T` (the heap's layout).
-        unsafe { block.as_ptr().cast::<T>().write(value) };
+        init(block);
         inner.live += 1;
         let counter = slot.generation();
         slot.publish_new(block.as_ptr() as usize);
@@ -334,13 +373,19 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     where
         T: Relocatable,
     {
-        self.check_guard(guard);
-        let (slot, counter) = self.resolve(handle)?;
-        let addr = slot.read(counter)?;
+        let addr = self.address_of(handle, guard)?;
         // SAFETY: a published address holds a live `T`; if it is moved, updated or removed meanwhile,
         // the old block is retired through the epoch, so it stays valid and unchanged (`Relocatable`)
         // while `guard` is pinned.
         Some(unsafe { &*(addr as *const T) })
+    }
+
+    /// The address of the object a handle names, valid while `guard` is pinned (as in `get`).
+    #[inline]
+    pub(crate) fn address_of(&self, handle: Handle<T>, guard: &Guard) -> Option<usize> {
+        self.check_guard(guard);
+        let (slot, counter) = self.resolve(handle)?;
+        slot.read(counter)
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
@@ -376,6 +421,31 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         guard: &Guard,
         f: impl FnOnce(&T) -> T,
     ) -> Result<bool, CacheError> {
+        // SAFETY: `make` reads the `T` at the old address, which `update_with` holds for writing;
+        // `write` puts one `T` in a fresh block for one and cannot panic.
+        unsafe {
+            self.update_with(
+                handle,
+                guard,
+                |old| f(&*(old as *const T)),
+                |value, block| block.cast::<T>().write(value),
+            )
+        }
+    }
+
+    /// The shape of every update: with the object held for writing, `make(old address)` computes
+    /// what the new copy needs (it may panic: the object is then released unchanged), a block is
+    /// allocated, `write` fills it, the new address is published and the old copy retired.
+    ///
+    /// # Safety
+    /// - `write` leaves a valid object (`object_bytes` bytes) in the block and does not panic.
+    pub(crate) unsafe fn update_with<V>(
+        &self,
+        handle: Handle<T>,
+        guard: &Guard,
+        make: impl FnOnce(usize) -> V,
+        write: impl FnOnce(V, NonNull<u8>),
+    ) -> Result<bool, CacheError> {
         self.check_guard(guard);
         let Some((slot, counter)) = self.resolve(handle) else {
             return Ok(false);
@@ -383,7 +453,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some(old) = slot.begin_write(counter) else {
             return Ok(false);
         };
-        // Restores the slot if `f` panics, so the object does not stay locked.
+        // Restores the slot if `make` panics, so the object does not stay locked.
         struct Restore<'a>(&'a Slot, usize);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
@@ -391,8 +461,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }
         }
         let restore = Restore(slot, old);
-        // SAFETY: we hold the object for writing; nobody else can retire it meanwhile.
-        let new_value = f(unsafe { &*(old as *const T) });
+        let new_value = make(old);
         std::mem::forget(restore);
         let block = match self.lock() {
             Ok(mut inner) => alloc_block(&mut inner.heap, handle.index),
@@ -405,8 +474,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             slot.finish_write(old);
             return Err(CacheError::OutOfMemory);
         };
-        // SAFETY: a fresh block for one `T`.
-        unsafe { block.as_ptr().cast::<T>().write(new_value) };
+        write(new_value, block);
         slot.finish_write(block.as_ptr() as usize);
         self.retire(guard, old, true);
         Ok(true)
@@ -424,11 +492,21 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         guard: &Guard,
         f: impl FnOnce(&T) -> U,
     ) -> Option<U> {
+        // SAFETY: the object was live until this removal, and is retired (not freed) after `f`.
+        self.remove_at(handle, guard, |addr| f(unsafe { &*(addr as *const T) }))
+    }
+
+    /// Removes the object, calling `f` with its address (still valid) first.
+    pub(crate) fn remove_at<U>(
+        &self,
+        handle: Handle<T>,
+        guard: &Guard,
+        f: impl FnOnce(usize) -> U,
+    ) -> Option<U> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
         let addr = slot.begin_remove(counter)?;
-        // SAFETY: the object was live until this removal, and is retired (not freed) below.
-        let result = f(unsafe { &*(addr as *const T) });
+        let result = f(addr);
         self.retire(guard, addr, true);
         self.release_slot(handle.index, slot, 1);
         Some(result)

@@ -228,18 +228,21 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     pub fn reclaim(
         &self,
         guard: &Guard,
-        on_evict: impl FnMut(Handle<T>, &T),
+        mut on_evict: impl FnMut(Handle<T>, &T),
     ) -> Result<CompactReport, CacheError> {
         self.check_guard(guard);
         let Some(&(arena, _)) = self.arenas_by_live()?.first() else {
             return Ok(CompactReport::default());
         };
-        self.evict_in_arena(guard, arena, on_evict)
+        self.evict_in_arena(guard, arena, |handle, addr| {
+            // SAFETY: the address of a live object of this cache, read before it is dropped.
+            on_evict(handle, unsafe { &*(addr as *const T) })
+        })
     }
 
     /// Live bytes of this cache per arena.
     pub(crate) fn live_bytes_by_arena(&self) -> Result<Vec<(usize, usize)>, CacheError> {
-        let size = std::mem::size_of::<T>();
+        let size = self.object_bytes;
         Ok(self
             .arenas_by_live()?
             .into_iter()
@@ -247,12 +250,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             .collect())
     }
 
-    /// Removes every object of this cache in `arena`, telling `on_evict` of each.
+    /// Removes every object of this cache in `arena`, telling `on_evict` of each (handle and the
+    /// object's address, which stays valid during the call).
     pub(crate) fn evict_in_arena(
         &self,
         guard: &Guard,
         arena: usize,
-        mut on_evict: impl FnMut(Handle<T>, &T),
+        mut on_evict: impl FnMut(Handle<T>, usize),
     ) -> Result<CompactReport, CacheError> {
         let started = Instant::now();
         let blocks: Vec<(NonNull<u8>, u32)> = {
@@ -278,7 +282,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 continue;
             }
             let handle = self.handle_for(index, counter);
-            let evicted = self.remove_with(handle, guard, |value| on_evict(handle, value));
+            let evicted = self.remove_at(handle, guard, |addr| on_evict(handle, addr));
             if evicted.is_some() {
                 report.evicted += 1;
             }
@@ -293,7 +297,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// The free blocks the moves will fill are first re-linked in address order.
     fn move_sources(&self, heap: &mut movable::MovableHeap, pass: &mut Pass, sources: &[SlabView]) {
         let moving: usize = sources.iter().map(|s| s.live).sum();
-        heap.order_free_lists(pass.objects_within(moving, std::mem::size_of::<T>()));
+        heap.order_free_lists(pass.objects_within(moving, self.object_bytes));
         for slab in sources {
             if !self.move_slab(heap, pass, slab) {
                 break;
@@ -363,7 +367,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         owner: u32,
         in_flight: &mut Option<InFlight<'t>>,
     ) -> bool {
-        let bytes = std::mem::size_of::<T>();
+        let bytes = self.object_bytes;
         if !pass.spend(bytes) {
             return false;
         }
@@ -400,9 +404,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             old,
             target: Some(target),
         });
-        // SAFETY: `old` is a live `T` that stays readable until the epoch passes; `new` is a fresh,
-        // aligned block for one `T`.
-        unsafe { self.relocator.migrate(old as *const T, new, handle) };
+        if bytes == size_of::<T>() {
+            // SAFETY: `old` is a live `T` that stays readable until the epoch passes; `new` is a
+            // fresh, aligned block for one `T`.
+            unsafe { self.relocator.migrate(old as *const T, new, handle) };
+        } else {
+            // A `T` with a tail (only `with_tail` caches, whose moves are bytewise): copy it all.
+            // SAFETY: both blocks hold `bytes`; the old one stays readable until the epoch passes.
+            unsafe { std::ptr::copy_nonoverlapping(old as *const u8, new.cast::<u8>(), bytes) };
+        }
         *in_flight = None;
         slot.publish_move(new as usize);
         pass.moved_from.push(old);
@@ -445,7 +455,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             .heap
             .slabs()
             .fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)));
-        let live_bytes = inner.live * std::mem::size_of::<T>().max(1);
+        let live_bytes = inner.live * self.object_bytes.max(1);
         CacheStats {
             live_objects: inner.live,
             live_bytes,

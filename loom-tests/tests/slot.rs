@@ -26,7 +26,8 @@
 //! - `pin_vs_move`: a pinned object is never moved: a thread that `pin`s the object and writes it in
 //!   place (interior mutability) never races the mover's copy, and its write is never lost (either
 //!   the move is refused, or the pin waits for the move and writes the copy). This is the `SeqCst`
-//!   pins/`MOVING` handshake of `pin` and `try_isolate`.
+//!   pins/`MOVING` handshake of `pin` and `try_isolate`, starting with the table's pin gate closed,
+//!   so the model also covers a mover that skips the pin count because it saw the gate closed.
 //! - `stale_read_vs_reuse` (no mover: the generation check that the others rely on): a reader with the
 //!   old handle racing a remove and the slot's reuse by an insert (`publish_new`) gets the removed
 //!   object or `None`, never the new object; a reader with the next generation gets the new object,
@@ -43,7 +44,7 @@ use loom::sync::Arc;
 use loom::thread;
 use loom_tests::support::Objects;
 use loom_tests::Coverage;
-use relocate_api::slot::{Pins, Slot};
+use relocate_api::slot::{PinGate, Pins, Slot};
 
 const VALUE: u64 = 41;
 
@@ -52,6 +53,7 @@ struct Setup {
     objects: Objects,
     slot: Slot,
     /// The slot's pin count (beside the slot, as in the handle table).
+    gate: PinGate,
     pins: Pins,
     gen: u32,
     /// The object's first address.
@@ -68,6 +70,7 @@ impl Setup {
         Arc::new(Self {
             objects,
             slot,
+            gate: PinGate::new(),
             pins: Pins::new(0),
             gen,
             first,
@@ -78,7 +81,7 @@ impl Setup {
     /// the copy's address if it moved the object, `None` if the slot refused. `during` runs while the
     /// object is isolated (the mover's exclusive hold). The old block is *not* retired here.
     fn move_object(&self, old: usize, during: impl FnOnce()) -> Option<usize> {
-        if !self.slot.try_isolate(&self.pins, old) {
+        if !self.slot.try_isolate(&self.gate, &self.pins, old) {
             return None;
         }
         during();
@@ -358,7 +361,7 @@ fn pin_vs_move() {
         let started_during_move = flags.moving();
         let addr = s
             .slot
-            .pin(&s.pins, s.gen)
+            .pin(&s.gate, &s.pins, s.gen)
             .expect("the object is never removed");
         let value = s.objects.read(addr);
         thread::yield_now();

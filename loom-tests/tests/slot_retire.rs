@@ -32,7 +32,7 @@ use loom::sync::Arc;
 use loom::thread;
 use loom_tests::support::Objects;
 use loom_tests::Coverage;
-use relocate_api::slot::{Pins, Slot};
+use relocate_api::slot::{PinGate, Pins, Slot};
 
 const VALUE: u64 = 7;
 /// The mover's flushes after the move: each may advance the epoch by one, and a bag sealed in epoch
@@ -52,6 +52,7 @@ struct Shared {
     objects: Objects,
     slot: Slot,
     /// The slot's pin count (beside the slot, as in the handle table).
+    gate: PinGate,
     pins: Pins,
     gen: u32,
     first: usize,
@@ -72,6 +73,7 @@ fn retire_waits_for_readers() {
         let shared = Arc::new(Shared {
             objects,
             slot,
+            gate: PinGate::new(),
             pins: Pins::new(0),
             gen,
             first,
@@ -99,7 +101,7 @@ fn retire_waits_for_readers() {
                 let local = collector.register();
                 let guard = local.pin();
                 assert!(
-                    s.slot.try_isolate(&s.pins, s.first),
+                    s.slot.try_isolate(&s.gate, &s.pins, s.first),
                     "nothing else holds the object"
                 );
                 let new = s.objects.alloc(s.objects.read(s.first));

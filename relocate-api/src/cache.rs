@@ -399,7 +399,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
         let pins = self.table.pins(handle.index);
-        let addr = slot.pin(pins, counter)?;
+        let addr = slot.pin(self.table.pin_gate(), pins, counter)?;
         struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
             fn drop(&mut self) {

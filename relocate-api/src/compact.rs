@@ -155,7 +155,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                         .find(|(a, _)| *a == arena)
                         .map_or(0, |(_, l)| *l)
                 };
-                slabs.sort_by_key(|s| std::cmp::Reverse((live_of(s.arena), s.arena, s.live)));
+                slabs
+                    .sort_by_cached_key(|s| std::cmp::Reverse((live_of(s.arena), s.arena, s.live)));
                 let mut sources: Vec<SlabView> = slabs.split_off(needed);
                 sources.sort_by_key(|s| s.live);
                 let mut source_starts: Vec<usize> = sources.iter().map(|s| s.start).collect();
@@ -375,7 +376,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some(slot) = self.table.get(owner) else {
             return true;
         };
-        if !slot.try_isolate(self.table.pins(owner), old) {
+        if !slot.try_isolate(self.table.pin_gate(), self.table.pins(owner), old) {
             pass.report.refused += 1;
             return true;
         }

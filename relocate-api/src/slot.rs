@@ -34,8 +34,14 @@
 //! - A pin (`pins += 1`, then the word has no `MOVING`) and an isolation (`MOVING` set, then
 //!   `pins == 0`) are ordered with `SeqCst` on both sides: of two such concurrent steps at least one
 //!   sees the other, so a pinned object is never moved.
+//! - A table's [`PinGate`] opens (for good) before its first pin, and an isolation reads a slot's pin
+//!   count only if the gate is open, so caches that never pin never touch (or fault in) their pin
+//!   counts. The gate is read with `SeqCst` after the `MOVING` CAS and opened (or seen open) with
+//!   `SeqCst` before the pin count is raised: if the mover sees it closed, the pinner's gate step,
+//!   and so its load of the word, come later in the `SeqCst` order than the mover's CAS, and the
+//!   pinner sees `MOVING` and waits.
 
-use crate::sync::{backoff, fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{backoff, fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 pub(crate) const MOVING: u64 = 1;
 pub(crate) const WRITING: u64 = 2;
@@ -59,6 +65,33 @@ pub(crate) fn storable(addr: usize) -> bool {
 
 /// The pin count of one slot.
 pub type Pins = AtomicU32;
+
+/// Whether any slot of a table has ever been pinned (see the module doc).
+pub struct PinGate(AtomicBool);
+
+impl PinGate {
+    pub fn new() -> Self {
+        Self(AtomicBool::new(false))
+    }
+
+    /// Opens the gate (before a pin); a no-op store-free load once it is open.
+    fn open(&self) {
+        if !self.0.load(Ordering::SeqCst) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether pin counts may be non-zero (read after the isolation's `MOVING` CAS and fence).
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Default for PinGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 #[repr(transparent)]
 pub struct Slot {
@@ -191,8 +224,8 @@ impl Slot {
     }
 
     /// Marks the live object at `addr` as moving if nobody holds it and nobody has it pinned (`pins`
-    /// is this slot's pin count). Never waits.
-    pub fn try_isolate(&self, pins: &Pins, addr: usize) -> bool {
+    /// is this slot's pin count, read only if its table's `gate` is open). Never waits.
+    pub fn try_isolate(&self, gate: &PinGate, pins: &Pins, addr: usize) -> bool {
         let word = self.word.load(Ordering::Relaxed);
         if word & !GEN_BITS != LIVE | addr as u64 {
             return false;
@@ -205,7 +238,7 @@ impl Slot {
             return false;
         }
         fence(Ordering::SeqCst);
-        if pins.load(Ordering::SeqCst) != 0 {
+        if gate.is_open() && pins.load(Ordering::SeqCst) != 0 {
             self.word.store(word, Ordering::Release);
             return false;
         }
@@ -224,7 +257,8 @@ impl Slot {
 
     /// Pins the object so it cannot move (for types read through interior mutability). Waits while a
     /// move is in progress. `None` if the slot no longer holds generation `gen`.
-    pub fn pin(&self, pins: &Pins, gen: u32) -> Option<usize> {
+    pub fn pin(&self, gate: &PinGate, pins: &Pins, gen: u32) -> Option<usize> {
+        gate.open();
         let mut spins = 0;
         loop {
             pins.fetch_add(1, Ordering::SeqCst);
@@ -269,28 +303,28 @@ mod tests {
 
     #[test]
     fn life_cycle_and_generations() {
-        let (slot, pins) = (Slot::new(), Pins::new(0));
+        let (slot, gate, pins) = (Slot::new(), PinGate::new(), Pins::new(0));
         assert_eq!(slot.read(0), None);
         slot.publish_new(0x1000);
         assert_eq!(slot.read(0), Some(0x1000));
         assert_eq!(slot.read(1), None);
         assert_eq!(slot.snapshot(), Some((0, 0x1000)));
-        assert!(slot.try_isolate(&pins, 0x1000));
+        assert!(slot.try_isolate(&gate, &pins, 0x1000));
         assert_eq!(
             slot.read(0),
             Some(0x1000),
             "readers keep the old copy while it moves"
         );
-        assert!(!slot.try_isolate(&pins, 0x1000), "isolated once");
+        assert!(!slot.try_isolate(&gate, &pins, 0x1000), "isolated once");
         slot.publish_move(0x2008);
         assert_eq!(slot.read(0), Some(0x2008));
         assert!(
-            !slot.try_isolate(&pins, 0x1000),
+            !slot.try_isolate(&gate, &pins, 0x1000),
             "a stale address is refused"
         );
-        assert_eq!(slot.pin(&pins, 0), Some(0x2008));
+        assert_eq!(slot.pin(&gate, &pins, 0), Some(0x2008));
         assert!(
-            !slot.try_isolate(&pins, 0x2008),
+            !slot.try_isolate(&gate, &pins, 0x2008),
             "a pinned object is refused"
         );
         Slot::unpin(&pins);

@@ -2,9 +2,9 @@
 //! loom models in `loom-tests` check the real slot protocol (`slot.rs`).
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Waiting for a writer or mover of one object: spin briefly, then yield.
 pub(crate) fn backoff(spins: &mut u32) {

@@ -12,7 +12,7 @@
 //! the first slot used in it, and the table's resident size is part of the cache's footprint (in the
 //! `handles` benchmark, huge pages for the table made no measurable difference to `get`).
 
-use crate::slot::{Pins, Slot};
+use crate::slot::{PinGate, Pins, Slot};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Slots made accessible at a time: 128 KiB of slots and 64 KiB of pins, whole pages for every page
@@ -24,6 +24,8 @@ pub(crate) struct SlotTable {
     max_slots: usize,
     /// Slots below this index are accessible (`Release` after `mprotect`, `Acquire` by readers).
     committed: AtomicUsize,
+    /// Open once any slot has been pinned: until then a move never reads (or faults in) a pin count.
+    gate: PinGate,
 }
 
 // SAFETY: the table only hands out shared references to atomics in memory it owns until drop.
@@ -53,6 +55,7 @@ impl SlotTable {
             base: base.cast(),
             max_slots,
             committed: AtomicUsize::new(0),
+            gate: PinGate::new(),
         })
     }
 
@@ -82,8 +85,15 @@ impl SlotTable {
     pub(crate) fn prefetch(&self, index: u32) {
         if let Some(slot) = self.get(index) {
             alloc_core::os::prefetch((slot as *const Slot).cast());
-            alloc_core::os::prefetch((self.pins(index) as *const Pins).cast());
+            if self.gate.is_open() {
+                alloc_core::os::prefetch((self.pins(index) as *const Pins).cast());
+            }
         }
+    }
+
+    /// The table's pin gate (see `slot`).
+    pub(crate) fn pin_gate(&self) -> &PinGate {
+        &self.gate
     }
 
     /// The pin counter of the slot at `index`, which `get` returned.

@@ -384,8 +384,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     #[inline]
     pub(crate) fn address_of(&self, handle: Handle<T>, guard: &Guard) -> Option<usize> {
         self.check_guard(guard);
-        let (slot, counter) = self.resolve(handle)?;
-        slot.read(counter)
+        // `read` checks the tag with the generation: xor-ing out ours leaves another's high bits set.
+        self.table
+            .get(handle.index)?
+            .read(handle.gen ^ self.tag_bits)
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with

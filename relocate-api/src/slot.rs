@@ -4,11 +4,13 @@
 //! A slot is one 64-bit word, so that a read is one load and the table costs 8 bytes per handle:
 //!
 //! ```text
-//!   63        48 47                          3   2      1       0
-//!  | generation |  address (blocks are 8-aligned) | LIVE | WRITING | MOVING |
+//!   63        49   48   47                          3   2       1       0
+//!  | generation | LIVE |  address (blocks are 8-aligned) |   -   | WRITING | MOVING |
 //! ```
 //!
-//! A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
+//! The generation and `LIVE` are the top 16 bits, so a read checks both (and, with the cache's tag
+//! folded into the expected generation, that the handle is the cache's own) with one shift and one
+//! compare. A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
 //! [`Slot::free_link`]). Its generation is the one the next object will get: removal bumps it in the
 //! same store that clears `LIVE`, so no state pairs an old generation with a new object or a new
 //! generation with an old one. A *pin* count, for types that may not be read during a move (interior
@@ -45,17 +47,18 @@ use crate::sync::{backoff, fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 pub(crate) const MOVING: u64 = 1;
 pub(crate) const WRITING: u64 = 2;
-pub(crate) const LIVE: u64 = 4;
+const LIVE_SHIFT: u32 = 48;
+pub(crate) const LIVE: u64 = 1 << LIVE_SHIFT;
 const HELD: u64 = MOVING | WRITING;
 
-/// Bits of the generation counter kept in the slot (and in the low half of a handle's generation;
-/// the high half is the cache's tag).
-pub(crate) const GEN_COUNTER_BITS: u32 = 16;
+/// Bits of the generation counter kept in the slot (and in the low bits of a handle's generation;
+/// the bits above are the cache's tag).
+pub(crate) const GEN_COUNTER_BITS: u32 = 15;
 pub(crate) const GEN_COUNTER_MASK: u32 = (1 << GEN_COUNTER_BITS) - 1;
-const GEN_SHIFT: u32 = 48;
+const GEN_SHIFT: u32 = LIVE_SHIFT + 1;
 const GEN_BITS: u64 = (GEN_COUNTER_MASK as u64) << GEN_SHIFT;
 /// The address bits: 8-aligned addresses below 2^48 (user space on x86-64 and AArch64).
-pub(crate) const ADDR_MASK: u64 = ((1 << GEN_SHIFT) - 1) & !7;
+pub(crate) const ADDR_MASK: u64 = ((1 << LIVE_SHIFT) - 1) & !7;
 
 /// Whether `addr` can be stored in a slot (8-aligned, below 2^48). Blocks from alloc-core's movable
 /// heap always can; the cache checks anyway rather than corrupt a generation.
@@ -120,11 +123,13 @@ impl Slot {
     }
 
     /// The object's address if the slot holds a live object of generation `gen` (readers; one load).
+    /// A `gen` wider than the counter never matches, so a reader may pass a handle's generation with
+    /// the cache's tag xor-ed out unchecked: a foreign tag leaves high bits set.
     #[inline]
     pub fn read(&self, gen: u32) -> Option<usize> {
         // Acquire: the object's contents, written before its publication, are visible.
         let word = self.word.load(Ordering::Acquire);
-        if word & (GEN_BITS | LIVE) != with_gen(gen) | LIVE {
+        if word >> LIVE_SHIFT != (u64::from(gen) << 1) | 1 {
             return None;
         }
         Some((word & ADDR_MASK) as usize)
@@ -308,6 +313,10 @@ mod tests {
         slot.publish_new(0x1000);
         assert_eq!(slot.read(0), Some(0x1000));
         assert_eq!(slot.read(1), None);
+        for foreign_tag in [1, 7, u32::MAX >> GEN_COUNTER_BITS] {
+            let gen = foreign_tag << GEN_COUNTER_BITS;
+            assert_eq!(slot.read(gen), None, "another cache's handle never matches");
+        }
         assert_eq!(slot.snapshot(), Some((0, 0x1000)));
         assert!(slot.try_isolate(&gate, &pins, 0x1000));
         assert_eq!(

@@ -112,3 +112,57 @@ fn blobs_of_every_size_round_trip_through_compaction_and_eviction() {
     assert_eq!(stats.counters.released_bytes, released as u64);
     assert!(stats.table_bytes > 0);
 }
+
+/// Threads that store blobs of every size at once make each class once (the first blob of a class
+/// makes its cache; a thread that loses that race uses the winner's), and every blob reads back.
+/// Blocks are the class's exact size: a class of 16-byte steps wastes under 16 bytes per blob.
+#[test]
+fn classes_made_by_racing_threads_serve_every_size() {
+    let cache = BlobCache::new().unwrap();
+    let lens: Vec<usize> = (1..=MAX_BLOB_BYTES).step_by(61).collect();
+    let stored: Vec<Vec<(BlobHandle, Vec<u8>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (cache, lens) = (&cache, &lens);
+                scope.spawn(move || {
+                    lens.iter()
+                        .map(|&len| {
+                            let v = value(t * 1_000_003 + len as u64, len);
+                            (cache.insert(&v).unwrap(), v)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let mut handles = std::collections::HashSet::new();
+    for (h, v) in stored.iter().flatten() {
+        assert!(handles.insert(*h), "handle {h:?} handed out twice");
+        assert_eq!(cache.get(*h, &guard), Some(v.as_slice()));
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.live_objects, 4 * lens.len());
+    // Each blob (4-byte length included) wastes under 16 bytes up to 512, under 1/16 of its block to
+    // 4 KiB, under 1/8 above: block - need < block/16 means block - need < need/15.
+    let (mut need, mut slack) = (0, 0);
+    for len in &lens {
+        let n = len + 4;
+        need += 4 * n;
+        slack += 4 * if n <= 512 {
+            15
+        } else if n <= 4096 {
+            n / 15 + 1
+        } else {
+            n / 7 + 1
+        };
+    }
+    assert!(stats.live_bytes >= need, "{stats:?}");
+    assert!(
+        stats.live_bytes - need <= slack,
+        "{} B over {need}",
+        stats.live_bytes - need
+    );
+}

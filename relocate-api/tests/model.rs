@@ -185,6 +185,24 @@ fn a_type_too_large_for_a_slab_is_refused() {
     assert!(RelocCache::<[u8; 32_000]>::new().is_ok());
 }
 
+/// Objects take blocks of their own size (rounded to 8 bytes and to their alignment), not of the
+/// global allocator's size classes: a 72-byte object does not pay for an 80-byte block.
+#[test]
+fn blocks_are_the_size_of_the_type() {
+    #[repr(align(64))]
+    struct Aligned([u8; 65]);
+    assert_eq!(RelocCache::<[u8; 72]>::new().unwrap().block_bytes(), 72);
+    assert_eq!(RelocCache::<[u8; 1001]>::new().unwrap().block_bytes(), 1008);
+    assert_eq!(RelocCache::<u8>::new().unwrap().block_bytes(), 16);
+    let aligned = RelocCache::<Aligned>::new().unwrap();
+    assert_eq!(aligned.block_bytes(), 128);
+    let h = aligned.insert(Aligned([7; 65])).ok().unwrap();
+    let reader = aligned.reader();
+    let guard = reader.pin();
+    let object = aligned.with_pinned(h, &guard, |a| (a.0[64], a as *const Aligned as usize));
+    assert_eq!(object.map(|(last, addr)| (last, addr % 64)), Some((7, 0)));
+}
+
 #[test]
 fn take_returns_the_value_and_drops_happen_once() {
     use std::sync::atomic::{AtomicUsize, Ordering};

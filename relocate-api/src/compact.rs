@@ -298,7 +298,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// The free blocks the moves will fill are first re-linked in address order.
     fn move_sources(&self, heap: &mut movable::MovableHeap, pass: &mut Pass, sources: &[SlabView]) {
         let moving: usize = sources.iter().map(|s| s.live).sum();
-        heap.order_free_lists(pass.objects_within(moving, self.object_bytes));
+        let within = pass.objects_within(moving, self.object_bytes);
+        // Sized once: growing it move by move would fault in fresh pages during the pass.
+        pass.moved_from.reserve(within);
+        heap.order_free_lists(within);
         for slab in sources {
             if !self.move_slab(heap, pass, slab) {
                 break;

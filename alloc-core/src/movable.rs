@@ -287,6 +287,12 @@ impl MovableHeap {
                     );
                 })?;
         crate::stats::slab_created(class);
+        if self.slabs > 0 {
+            // The heap fills slabs one after another: a second slab will be used whole, so fault it
+            // in with one call rather than a page fault per page. (A heap's first slab stays lazy,
+            // so a cache holding a handful of objects keeps a handful of pages.)
+            crate::os::populate(taken.start(), units * UNIT_BYTES);
+        }
         // SAFETY: `alloc_units` initialised this descriptor; arena metadata is never unmapped while the
         // slab lives, and the heap releases the slab before dropping its reference.
         let slab: &'static Slab = unsafe { &(*taken.arena).descs[taken.first] };

@@ -173,6 +173,14 @@ pub(crate) fn advise_hugepage(addr: *mut u8, bytes: usize) {
     unsafe { libc::madvise(addr.cast(), bytes, libc::MADV_HUGEPAGE) };
 }
 
+/// Makes a page-aligned range resident and writable in one call (`MADV_POPULATE_WRITE`, Linux 5.14),
+/// instead of one page fault per page as it is first written. A hint: errors (older kernels, memory
+/// pressure) are ignored, and the pages then fault in as usual.
+pub(crate) fn populate(addr: *mut u8, bytes: usize) {
+    // SAFETY: madvise on a range we mapped read-write; populating only faults its pages in.
+    unsafe { libc::madvise(addr.cast(), bytes, libc::MADV_POPULATE_WRITE) };
+}
+
 /// Gives the physical pages of a page-aligned range back; the range stays mapped and reads as zero.
 pub(crate) fn decommit(addr: *mut u8, bytes: usize) {
     debug_assert_eq!(addr as usize % page_size(), 0);

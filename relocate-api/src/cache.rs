@@ -386,7 +386,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         // `read` checks the tag with the generation: xor-ing out ours leaves another's high bits set.
         self.table
-            .get(handle.index)?
+            .for_read(handle.index)?
             .read(handle.gen ^ self.tag_bits)
     }
 

@@ -1,12 +1,17 @@
 //! The handle table: slots that never move, in one reservation of address space.
 //!
 //! The table reserves `max_slots` slots (8 bytes each) and as many pin counters (4 bytes each) as
-//! inaccessible address space when the cache is made, and makes them accessible `CHUNK_SLOTS` at a
-//! time as handles are first used. Nothing is ever copied or unmapped while the table lives, so a
-//! reader that found a slot can keep using it without any lock, and finding slot `i` is one bounds
-//! check against `committed` and an add: no segment lookup on the read path. Fresh pages are zero,
-//! and an all-zero slot is vacant; pin counters are only ever touched by caches that pin, so for the
-//! others they stay non-resident.
+//! read-only address space when the cache is made, and makes them writable `CHUNK_SLOTS` at a time as
+//! handles are first used. Nothing is ever copied or unmapped while the table lives, so a reader that
+//! found a slot can keep using it without any lock. Fresh pages are zero, and an all-zero slot is
+//! vacant; pin counters are only ever touched by caches that pin, so for the others they stay
+//! non-resident.
+//!
+//! Readers ([`SlotTable::for_read`]) check an index only against `max_slots`, a field that never
+//! changes (so a loop of reads keeps it in a register), not against the committed part: a slot above
+//! it reads as zero, vacant, from the kernel's shared zero page, which is never counted as resident.
+//! Whatever writes to a slot (or a pin count) finds it with [`SlotTable::get`], bounded by the
+//! committed part.
 //!
 //! The table does not ask for transparent huge pages: a huge page makes a whole 2 MiB resident for
 //! the first slot used in it, and the table's resident size is part of the cache's footprint (in the
@@ -42,7 +47,7 @@ impl SlotTable {
             libc::mmap(
                 core::ptr::null_mut(),
                 Self::reserved_bytes(max_slots),
-                libc::PROT_NONE,
+                libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
@@ -68,7 +73,21 @@ impl SlotTable {
         unsafe { self.base.add(self.max_slots * size_of::<Slot>()) }
     }
 
-    /// The slot at `index`, if it has been made accessible (wait-free).
+    /// The slot at `index` for reading only, if it lies in the reservation (wait-free). Above the
+    /// committed part it reads as vacant.
+    #[inline]
+    pub(crate) fn for_read(&self, index: u32) -> Option<ReadOnlySlot<'_>> {
+        if index as usize >= self.max_slots {
+            return None;
+        }
+        // SAFETY: inside the reservation, which is readable (zero where not yet committed) for the
+        // table's life; `Slot` is one `AtomicU64`, valid for any bits.
+        Some(ReadOnlySlot(unsafe {
+            &*self.base.cast::<Slot>().add(index as usize)
+        }))
+    }
+
+    /// The slot at `index`, if it has been made writable (wait-free).
     #[inline]
     pub(crate) fn get(&self, index: u32) -> Option<&Slot> {
         if index as usize >= self.committed.load(Ordering::Acquire) {
@@ -138,6 +157,17 @@ impl SlotTable {
     }
 }
 
+/// A slot that may lie in the read-only part of the table: it can only be read.
+pub(crate) struct ReadOnlySlot<'t>(&'t Slot);
+
+impl ReadOnlySlot<'_> {
+    /// See [`Slot::read`].
+    #[inline]
+    pub(crate) fn read(&self, gen: u32) -> Option<usize> {
+        self.0.read(gen)
+    }
+}
+
 /// Makes `bytes` at `addr` readable and writable.
 ///
 /// # Safety
@@ -172,6 +202,22 @@ mod tests {
         assert_eq!(table.get(0).map(|s| s as *const Slot), Some(first));
         assert!(table.get_or_grow(3 * CHUNK_SLOTS as u32).is_none(), "full");
         assert!(table.get(u32::MAX).is_none());
+        // Readers may look past the committed part: those slots read as vacant.
+        assert_eq!(
+            table
+                .for_read(2 * CHUNK_SLOTS as u32 + 5)
+                .map(|s| s.read(0)),
+            Some(None)
+        );
+        let uncommitted = SlotTable::new(4 * CHUNK_SLOTS).expect("reservation");
+        assert_eq!(
+            uncommitted
+                .for_read(3 * CHUNK_SLOTS as u32)
+                .map(|s| s.read(0)),
+            Some(None)
+        );
+        assert!(uncommitted.for_read(4 * CHUNK_SLOTS as u32).is_none());
+        assert!(uncommitted.get(0).is_none());
         let pins = table.pins(7);
         pins.fetch_add(1, Ordering::Relaxed);
         assert_eq!(table.pins(7).load(Ordering::Relaxed), 1);

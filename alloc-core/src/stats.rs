@@ -77,7 +77,8 @@ pub struct Stats {
     /// Estimate of the memory not given back: units in use or dirty, minus pages released inside slabs.
     /// The OS's resident set can be lower (pages never touched).
     pub committed_bytes: usize,
-    /// Bytes handed out: small blocks (by class size), spans and huge allocations (by requested size).
+    /// Bytes handed out: small blocks (by block size: the class's, or a movable heap's own), spans
+    /// and huge allocations (by requested size).
     pub allocated_bytes: usize,
     pub small_allocated_bytes: usize,
     pub large_allocated_bytes: usize,

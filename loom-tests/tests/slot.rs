@@ -52,7 +52,7 @@ const VALUE: u64 = 41;
 struct Setup {
     objects: Objects,
     slot: Slot,
-    /// The slot's pin count (beside the slot, as in the handle table).
+    /// The table's pin gate, and the slot's pin count (beside the slot, as in the handle table).
     gate: PinGate,
     pins: Pins,
     gen: u32,

@@ -51,7 +51,7 @@ static HELD_OLD_THEN_FREED: Coverage = Coverage::new(
 struct Shared {
     objects: Objects,
     slot: Slot,
-    /// The slot's pin count (beside the slot, as in the handle table).
+    /// The table's pin gate, and the slot's pin count (beside the slot, as in the handle table).
     gate: PinGate,
     pins: Pins,
     gen: u32,

@@ -1,4 +1,4 @@
-//! The byte-blob flavour: variable-size values (1 B to `MAX_BLOB_BYTES`) stored by size class, as
+//! The byte-blob flavour: variable-size values (0 B to `MAX_BLOB_BYTES`) stored by size class, as
 //! zsmalloc stores compressed pages.
 //!
 //! A blob is stored as a 4-byte length and its bytes, in the smallest of [`NUM_CLASSES`] block sizes
@@ -8,11 +8,13 @@
 //!
 //! Each class is a [`RelocCache`] whose objects are a length followed by bytes
 //! ([`RelocCache::with_tail`]), made when the first blob of its size arrives; all share one epoch
-//! collector, so one guard covers every class. A [`BlobHandle`] is 8 bytes like any handle: the class
-//! sits in the top bits of the slot index. Handles, compaction, evacuation and eviction are the class
+//! collector, so one guard covers every class, and one tag, so a `BlobCache` takes one of the
+//! process's [`crate::MAX_CACHES`] tags however many classes it uses. A [`BlobHandle`] is 8 bytes like
+//! any handle: the class sits in the top bits of the slot index, so a handle only ever reaches the
+//! class that made it. Handles, compaction, evacuation and eviction are the class
 //! caches' own, applied to every class in turn.
 
-use crate::cache::{next_epoch_id, CacheError, Guard, Reader, RelocCache};
+use crate::cache::{next_epoch_id, next_tag, CacheError, Guard, Reader, RelocCache};
 use crate::compact::{Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
@@ -77,9 +79,12 @@ impl BlobHandle {
         Self(bits)
     }
 
-    fn new(class: usize, handle: Handle<BlobLen>) -> Option<Self> {
+    /// The handle of a class's object. Class caches hold at most `INDEX_MASK + 1` slots, so the
+    /// index leaves the class bits free.
+    fn new(class: usize, handle: Handle<BlobLen>) -> Self {
         let bits = handle.to_bits();
-        (bits as u32 <= INDEX_MASK).then_some(Self(bits | ((class as u64) << CLASS_SHIFT)))
+        debug_assert!(bits as u32 <= INDEX_MASK && class < NUM_CLASSES);
+        Self(bits | ((class as u64) << CLASS_SHIFT))
     }
 
     fn split(self) -> (usize, Handle<BlobLen>) {
@@ -136,8 +141,9 @@ pub struct BlobCache {
     /// One cache per class, made when its first blob arrives.
     classes: Box<[OnceLock<Class>]>,
     collector: Collector,
-    /// The collector's identity, shared by the classes (one guard serves them all).
+    /// The collector's identity and the tag, shared by the classes (one guard serves them all).
     epoch: usize,
+    tag: u32,
     /// Bytes `release_empty_arenas` gave back.
     released: AtomicU64,
 }
@@ -148,6 +154,7 @@ impl BlobCache {
             classes: (0..NUM_CLASSES).map(|_| OnceLock::new()).collect(),
             collector: Collector::new(),
             epoch: next_epoch_id(),
+            tag: next_tag()?,
             released: AtomicU64::new(0),
         })
     }
@@ -170,12 +177,17 @@ impl BlobCache {
         }
         let made = Class::with_tail(
             self.collector.clone(),
-            self.epoch,
+            (self.epoch, self.tag),
             INDEX_MASK as usize + 1,
             class_bytes(class),
-        )?;
-        // Another thread may have made it meanwhile: then ours is dropped unused.
-        Ok(cell.get_or_init(|| made))
+        );
+        // Another thread may have made it meanwhile: then ours is dropped unused (or our failure
+        // does not matter).
+        match (made, cell.get()) {
+            (_, Some(cache)) => Ok(cache),
+            (Ok(made), None) => Ok(cell.get_or_init(|| made)),
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// Stores a copy of `value`. `TooLarge` above [`MAX_BLOB_BYTES`].
@@ -184,7 +196,7 @@ impl BlobCache {
         let cache = self.class_or_make(class)?;
         // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
         let handle = unsafe { cache.insert_with(|block| write_blob(block, value))? };
-        BlobHandle::new(class, handle).ok_or(CacheError::OutOfMemory)
+        Ok(BlobHandle::new(class, handle))
     }
 
     /// The bytes a handle names, or `None` (stale, removed, evicted, foreign).
@@ -273,10 +285,8 @@ impl BlobCache {
         let mut evicted = 0;
         for (index, class) in self.made() {
             let report = class.evict_in_arena(guard, arena, |handle, addr| {
-                if let Some(h) = BlobHandle::new(index, handle) {
-                    // SAFETY: a live blob of this class, valid during the callback.
-                    on_evict(h, unsafe { blob_at(addr) });
-                }
+                // SAFETY: a live blob of this class, valid during the callback.
+                on_evict(BlobHandle::new(index, handle), unsafe { blob_at(addr) });
             });
             evicted += report.map_or(0, |r| r.evicted);
         }
@@ -363,9 +373,7 @@ mod tests {
     #[test]
     fn handles_keep_the_class_apart_from_the_slot() {
         let handle = Handle::<BlobLen>::from_bits((0xabcd_u64 << 32) | u64::from(INDEX_MASK));
-        let blob = BlobHandle::new(NUM_CLASSES - 1, handle).unwrap();
+        let blob = BlobHandle::new(NUM_CLASSES - 1, handle);
         assert_eq!(blob.split(), (NUM_CLASSES - 1, handle));
-        let too_far = Handle::<BlobLen>::from_bits(u64::from(INDEX_MASK) + 1);
-        assert_eq!(BlobHandle::new(0, too_far), None);
     }
 }

@@ -27,10 +27,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub enum CacheError {
     /// `T` is larger than the largest slab class (32 KiB) or over-aligned beyond it.
     TooLarge,
-    /// Out of memory (slabs, handle-table pages), or the cache holds [`MAX_OBJECTS`] already.
+    /// Out of memory (slabs, handle-table pages), or the cache holds [`MAX_OBJECTS`] already (or
+    /// has used every slot's generations, see [`MAX_OBJECTS`]).
     OutOfMemory,
     /// The call came from inside one of this cache's relocation callbacks, which would deadlock.
     Reentrant,
+    /// The process has made as many caches as there are tags ([`MAX_CACHES`]); tags are never
+    /// reused, so that no cache can accept another's (or a dropped cache's) handles.
+    TooManyCaches,
 }
 
 impl std::fmt::Display for CacheError {
@@ -39,6 +43,7 @@ impl std::fmt::Display for CacheError {
             CacheError::TooLarge => "type too large for a slab (over 32 KiB)",
             CacheError::OutOfMemory => "out of memory",
             CacheError::Reentrant => "called from inside this cache's relocation callback",
+            CacheError::TooManyCaches => "the process has made as many caches as there are tags",
         })
     }
 }
@@ -166,9 +171,33 @@ pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<
 
 /// How many objects a [`RelocCache`] can hold at once (its handle table is reserved for this many
 /// slots up front: 3 GiB of address space, of which only the slots in use become memory).
+///
+/// A slot serves 2^15 generations and is then retired for good (a reused generation could let a
+/// stale handle name a new object), so a cache accepts at least `MAX_OBJECTS × 2^15` = 2^43 inserts
+/// in its life, and a byte-blob class (2^25 slots) 2^40; beyond that, inserts fail with
+/// `OutOfMemory`, and each retired slot keeps its 8 bytes.
 pub const MAX_OBJECTS: usize = 1 << 28;
 
+/// How many caches (a [`crate::BlobCache`] counts once) a process can make in its life: each takes a
+/// tag that is never reused. A handle carries its cache's tag, which is how a handle from another
+/// cache is refused.
+pub const MAX_CACHES: usize = (1 << (32 - GEN_COUNTER_BITS)) - 1;
+
 static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
+
+/// A tag no cache has had, from `counter`; `None` once all are taken.
+fn take_tag(counter: &AtomicU32) -> Option<u32> {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tag| {
+            (tag as usize <= MAX_CACHES).then_some(tag + 1)
+        })
+        .ok()
+}
+
+/// A fresh tag for a new cache.
+pub(crate) fn next_tag() -> Result<u32, CacheError> {
+    take_tag(&NEXT_TAG).ok_or(CacheError::TooManyCaches)
+}
 
 thread_local! {
     /// The cache whose relocation callback this thread is running (0: none).
@@ -205,16 +234,23 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
     }
 
     /// A cache whose objects are a `T` followed by bytes, `object_bytes` in all, sharing `collector`
-    /// (whose identity is `epoch`) with its siblings: the byte-blob classes. Moves copy every byte,
-    /// so only bytewise moves are offered, and `T` must not need dropping (see `with_parts`).
+    /// and its identity `epoch`, and `tag`, with its siblings: the byte-blob classes. Moves copy
+    /// every byte, so only bytewise moves are offered, and `T` must not need dropping (see
+    /// `with_parts`).
     pub(crate) fn with_tail(
         collector: Collector,
-        epoch: usize,
+        (epoch, tag): (usize, u32),
         max_objects: usize,
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         const { assert!(!std::mem::needs_drop::<T>()) };
-        Self::with_parts(BitwiseMove, collector, epoch, max_objects, object_bytes)
+        Self::with_parts(
+            BitwiseMove,
+            collector,
+            (epoch, tag),
+            max_objects,
+            object_bytes,
+        )
     }
 }
 
@@ -224,19 +260,21 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Self::with_parts(
             relocator,
             Collector::new(),
-            next_epoch_id(),
+            (next_epoch_id(), next_tag()?),
             MAX_OBJECTS,
             size_of::<T>(),
         )
     }
 
     /// A cache of objects of `object_bytes` (at least `size_of::<T>()`) that may share `collector`
-    /// with others. A shared collector is only for types without drop glue: a sibling may keep the
-    /// collector, and so this cache's pending deferred functions, alive after this cache is dropped.
+    /// (whose identity is `epoch`) and its `tag` with others. A shared collector is only for types
+    /// without drop glue: a sibling may keep the collector, and so this cache's pending deferred
+    /// functions, alive after this cache is dropped. Siblings sharing a tag must never be handed each
+    /// other's handles (the byte-blob classes keep the class in the handle).
     fn with_parts(
         relocator: R,
         collector: Collector,
-        epoch: usize,
+        (epoch, tag): (usize, u32),
         max_objects: usize,
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
@@ -244,7 +282,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         let table = SlotTable::new(max_objects).ok_or(CacheError::OutOfMemory)?;
-        let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed) & ((1 << (32 - GEN_COUNTER_BITS)) - 1);
         Ok(Self {
             table,
             inner: Mutex::new(Inner {
@@ -259,7 +296,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             epoch,
             relocator,
             object_bytes,
-            tag_bits: tag.max(1) << GEN_COUNTER_BITS,
+            tag_bits: tag << GEN_COUNTER_BITS,
             _type: PhantomData,
         })
     }
@@ -545,9 +582,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     pub(crate) fn retire(&self, guard: &Guard, addr: usize, drop_value: bool) {
         let retired = Arc::clone(&self.retired);
         guard.defer(move || {
-            if drop_value {
+            if drop_value && std::mem::needs_drop::<T>() {
                 // SAFETY: the block holds a `T` that is no longer reachable (its epoch has passed) and
-                // is dropped exactly once, here.
+                // is dropped exactly once, here (a cache of such a `T` owns its collector, so this
+                // runs before the cache's heap returns the block's slab).
                 unsafe { ptr::drop_in_place(addr as *mut T) };
             }
             retired.push(addr);
@@ -641,9 +679,29 @@ impl<T, R> Drop for RelocCache<T, R> {
                 unsafe { ptr::drop_in_place(addr as *mut T) };
             }
         }
-        // Dropping the collector runs every pending deferred function (old values are dropped, blocks
+        // Dropping the collector (when this cache owns it; the byte-blob classes share one, and hold
+        // nothing to drop) runs every pending deferred function (old values are dropped, blocks
         // queued); then the heap's drop returns all slabs.
         // SAFETY: dropped once, here; no reader (they borrow the cache) or guard is left.
         unsafe { ManuallyDrop::drop(&mut self.collector) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_run_out_rather_than_repeat() {
+        let counter = AtomicU32::new(MAX_CACHES as u32 - 1);
+        assert_eq!(take_tag(&counter), Some(MAX_CACHES as u32 - 1));
+        assert_eq!(take_tag(&counter), Some(MAX_CACHES as u32));
+        assert_eq!(take_tag(&counter), None);
+        assert_eq!(take_tag(&counter), None, "exhaustion is permanent");
+        // The largest tag still leaves the counter's bits to the generation.
+        assert_eq!(
+            (MAX_CACHES as u32) << GEN_COUNTER_BITS >> GEN_COUNTER_BITS,
+            MAX_CACHES as u32
+        );
     }
 }

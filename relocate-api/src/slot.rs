@@ -125,13 +125,17 @@ impl Slot {
     /// The object's address if the slot holds a live object of generation `gen` (readers; one load).
     /// A `gen` wider than the counter never matches, so a reader may pass a handle's generation with
     /// the cache's tag xor-ed out unchecked: a foreign tag leaves high bits set.
+    ///
+    /// The load is `Relaxed` because the slot may lie in the table's read-only part, where only
+    /// relaxed atomic loads are allowed; the `Acquire` fence after a match makes the object's
+    /// contents, written before its publication, visible (it is free on x86-64).
     #[inline]
     pub fn read(&self, gen: u32) -> Option<usize> {
-        // Acquire: the object's contents, written before its publication, are visible.
-        let word = self.word.load(Ordering::Acquire);
+        let word = self.word.load(Ordering::Relaxed);
         if word >> LIVE_SHIFT != (u64::from(gen) << 1) | 1 {
             return None;
         }
+        fence(Ordering::Acquire);
         Some((word & ADDR_MASK) as usize)
     }
 

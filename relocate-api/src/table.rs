@@ -8,10 +8,11 @@
 //! non-resident.
 //!
 //! Readers ([`SlotTable::for_read`]) check an index only against `max_slots`, a field that never
-//! changes (so a loop of reads keeps it in a register), not against the committed part: a slot above
-//! it reads as zero, vacant, from the kernel's shared zero page, which is never counted as resident.
-//! Whatever writes to a slot (or a pin count) finds it with [`SlotTable::get`], bounded by the
-//! committed part.
+//! changes, not against the committed part (an atomic that growth writes): a slot above it reads as
+//! zero, vacant, from the kernel's shared zero page, which is not counted as resident. (A forged
+//! handle can so make the kernel map the zero page at an unused index: page tables, at most 8 bytes
+//! per 4 KiB of reservation, about 6 MiB for a whole `RelocCache` table.) Whatever writes to a slot
+//! (or a pin count) finds it with [`SlotTable::get`], bounded by the committed part.
 //!
 //! The table does not ask for transparent huge pages: a huge page makes a whole 2 MiB resident for
 //! the first slot used in it, and the table's resident size is part of the cache's footprint (in the
@@ -27,7 +28,8 @@ pub(crate) struct SlotTable {
     /// The reservation: `max_slots` slots, then `max_slots` pin counters.
     base: *mut u8,
     max_slots: usize,
-    /// Slots below this index are accessible (`Release` after `mprotect`, `Acquire` by readers).
+    /// Slots below this index are writable (`Release` after `mprotect`, `Acquire` by writers that
+    /// look a slot up; readers do not read it).
     committed: AtomicUsize,
     /// Open once any slot has been pinned: until then a move never reads (or faults in) a pin count.
     gate: PinGate,

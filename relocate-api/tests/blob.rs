@@ -166,3 +166,29 @@ fn classes_made_by_racing_threads_serve_every_size() {
         stats.live_bytes - need
     );
 }
+
+/// A blob handle from another `BlobCache` (same classes, same slot indices) resolves to nothing, and
+/// neither removes nor replaces anything.
+#[test]
+fn a_handle_from_another_blob_cache_is_refused() {
+    let (a, b) = (BlobCache::new().unwrap(), BlobCache::new().unwrap());
+    let (ra, rb) = (a.reader(), b.reader());
+    let (ga, gb) = (ra.pin(), rb.pin());
+    for len in [0, 1, 100, 5000] {
+        let (ha, hb) = (
+            a.insert(&value(1, len)).unwrap(),
+            b.insert(&value(2, len)).unwrap(),
+        );
+        assert_eq!(
+            ha.to_bits() as u32,
+            hb.to_bits() as u32,
+            "same class and slot"
+        );
+        assert_eq!(b.get(ha, &gb), None, "{len} B: a's handle resolved in b");
+        assert_eq!(a.get(hb, &ga), None, "{len} B: b's handle resolved in a");
+        assert!(!b.remove(ha, &gb));
+        assert_eq!(b.replace(ha, &gb, b"x").unwrap(), None);
+        assert_eq!(b.get(hb, &gb), Some(value(2, len).as_slice()));
+        assert_eq!(a.get(ha, &ga), Some(value(1, len).as_slice()));
+    }
+}

@@ -151,12 +151,20 @@ fn foreign_and_forged_handles_resolve_to_none() {
     assert_eq!(a.get(ha, &ga), Some(&7));
     assert_eq!(b.get(ha, &gb), None, "a handle from another cache resolved");
     assert_eq!(a.get(hb, &ga), None, "a handle from another cache resolved");
+    // With this cache's own tag and generation: indices past the slots in use (slots that read as
+    // vacant, or past the reservation) resolve to nothing.
+    let own = ha.to_bits() & !u64::from(u32::MAX);
     for bits in [
         0u64,
         u64::MAX,
         1 << 40,
         ha.to_bits() + 1,
         ha.to_bits() ^ (1 << 63),
+        own | 1,
+        own | 5_000_000,
+        own | (relocate_api::MAX_OBJECTS as u64 - 1),
+        own | relocate_api::MAX_OBJECTS as u64,
+        own | u64::from(u32::MAX),
     ] {
         assert_eq!(
             a.get(Handle::from_bits(bits), &ga),

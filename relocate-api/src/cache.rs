@@ -116,14 +116,17 @@ pub(crate) fn next_epoch_id() -> usize {
 #[derive(Default)]
 pub(crate) struct Retired {
     blocks: Mutex<Vec<usize>>,
+    /// How many blocks wait: a hint, written under the lock, that lets `take` skip the lock when
+    /// nothing waits (every insert and update takes the cache lock, and checks here). A stale zero
+    /// only delays freeing to a later call.
+    queued: AtomicUsize,
 }
 
 impl Retired {
     fn push(&self, block: usize) {
-        self.blocks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(block);
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        blocks.push(block);
+        self.queued.store(blocks.len(), Ordering::Relaxed);
     }
 
     fn len(&self) -> usize {
@@ -131,7 +134,12 @@ impl Retired {
     }
 
     fn take(&self) -> Vec<usize> {
-        std::mem::take(&mut *self.blocks.lock().unwrap_or_else(|e| e.into_inner()))
+        if self.queued.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        self.queued.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *blocks)
     }
 }
 

@@ -332,6 +332,7 @@ impl BlobCache {
             total.counters.callback_panics += s.counters.callback_panics;
             total.table_bytes += s.table_bytes;
             total.counters.evicted_objects += s.counters.evicted_objects;
+            total.counters.retired_slots += s.counters.retired_slots;
             total.counters.compaction_nanos += s.counters.compaction_nanos;
         }
         if total.live_bytes > 0 {

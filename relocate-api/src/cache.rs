@@ -163,6 +163,9 @@ pub struct Counters {
     pub evicted_objects: u64,
     pub released_bytes: u64,
     pub compaction_nanos: u64,
+    /// Slots retired for good because their generation would have wrapped (see [`MAX_OBJECTS`]):
+    /// each keeps 8 bytes of handle table.
+    pub retired_slots: u64,
 }
 
 /// A block for the object of slot `owner`, at an address a slot can hold (always, for alloc-core's
@@ -582,6 +585,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         if slot.generation() != 0 {
             slot.set_free_link(inner.free_head);
             inner.free_head = index + 1;
+        } else {
+            inner.counters.retired_slots += 1;
         }
     }
 

@@ -378,6 +378,8 @@ fn a_slot_is_retired_before_its_generation_wraps() {
     }
     // Generations 1..=32767 after the first object's 0; then the slot is never handed out again.
     assert_eq!(reuses, (1 << 15) - 1);
+    // 70,001 objects, one at a time: two slots served 2^15 each and were retired, a third serves on.
+    assert_eq!(cache.stats().counters.retired_slots, 2);
     assert_eq!(cache.get(first, &guard), None);
     let after = cache.insert(1).unwrap();
     assert_ne!(index(after), index(first));

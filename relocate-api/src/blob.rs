@@ -15,7 +15,7 @@
 //! caches' own, applied to every class in turn.
 
 use crate::cache::{next_epoch_id, next_tag, CacheError, Guard, Reader, RelocCache};
-use crate::compact::{Budget, CacheStats, CompactReport};
+use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
 use crossbeam_epoch::Collector;
@@ -273,10 +273,7 @@ impl BlobCache {
         let mut arenas: Vec<(usize, usize)> = Vec::new();
         for (_, class) in self.made() {
             for (arena, bytes) in class.live_bytes_by_arena().unwrap_or_default() {
-                match arenas.iter_mut().find(|(a, _)| *a == arena) {
-                    Some((_, total)) => *total += bytes,
-                    None => arenas.push((arena, bytes)),
-                }
+                add_to_arena(&mut arenas, arena, bytes);
             }
         }
         let Some(&(arena, _)) = arenas.iter().min_by_key(|&&(a, bytes)| (bytes, a)) else {

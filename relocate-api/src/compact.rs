@@ -144,10 +144,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 // their metadata goes back too. Sources: the rest, sparsest first.
                 let mut arena_live: Vec<(usize, usize)> = Vec::new();
                 for slab in &slabs {
-                    match arena_live.iter_mut().find(|(a, _)| *a == slab.arena) {
-                        Some((_, live)) => *live += slab.live,
-                        None => arena_live.push((slab.arena, slab.live)),
-                    }
+                    add_to_arena(&mut arena_live, slab.arena, slab.live);
                 }
                 let live_of = |arena: usize| {
                     arena_live
@@ -214,10 +211,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let inner = self.lock()?;
         let mut arenas: Vec<(usize, usize)> = Vec::new();
         for slab in inner.heap.slabs() {
-            match arenas.iter_mut().find(|(a, _)| *a == slab.arena) {
-                Some((_, live)) => *live += slab.live,
-                None => arenas.push((slab.arena, slab.live)),
-            }
+            add_to_arena(&mut arenas, slab.arena, slab.live);
         }
         arenas.sort_by_key(|&(arena, live)| (live, arena));
         Ok(arenas)
@@ -473,6 +467,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             },
             counters: inner.counters,
         }
+    }
+}
+
+/// Adds `amount` to `arena`'s total in `totals` (a short list: a cache spans few arenas).
+pub(crate) fn add_to_arena(totals: &mut Vec<(usize, usize)>, arena: usize, amount: usize) {
+    match totals.iter_mut().find(|(a, _)| *a == arena) {
+        Some((_, total)) => *total += amount,
+        None => totals.push((arena, amount)),
     }
 }
 

@@ -7,17 +7,22 @@
 //! 4 KiB) of its block. Movable slabs take exact block sizes, so nothing else rounds.
 //!
 //! Each class is a [`RelocCache`] whose objects are a length followed by bytes
-//! ([`RelocCache::with_tail`]), made when the first blob of its size arrives; all share one epoch
-//! collector, so one guard covers every class, and one tag, so a `BlobCache` takes one of the
-//! process's [`crate::MAX_CACHES`] tags however many classes it uses. A [`BlobHandle`] is 8 bytes like
-//! any handle: the class sits in the top bits of the slot index, so a handle only ever reaches the
-//! class that made it. Handles, compaction, evacuation and eviction are the class
-//! caches' own, applied to every class in turn.
+//! ([`RelocCache::with_tail`]), made when the first blob of its size arrives. All classes share one
+//! epoch collector, so one guard covers every class; one tag, so a `BlobCache` takes one of the
+//! process's [`crate::MAX_CACHES`] tags however many classes it uses; and one handle table, from which
+//! each class claims runs of slots that stay its own. A [`BlobHandle`] is a class's handle as it is:
+//! reading it needs no class, and the class that owns it is the class of its blob's length (a blob
+//! keeps its class for life: `replace` with a length of another class makes a new blob). So the
+//! classes together have the whole index space and its generations ([`crate::MAX_OBJECTS`]).
+//! Compaction, evacuation and eviction are the class caches' own, applied to every class in turn.
 
-use crate::cache::{next_epoch_id, next_tag, CacheError, Guard, Reader, RelocCache};
+use crate::cache::{
+    next_epoch_id, next_tag, read_slot, tag_bits, CacheError, Guard, Reader, RelocCache,
+};
 use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
+use crate::table::SlotTable;
 use crossbeam_epoch::Collector;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,10 +34,6 @@ const LEN_BYTES: usize = 4;
 pub const MAX_BLOB_BYTES: usize = (32 << 10) - LEN_BYTES;
 /// Number of blob classes (block sizes).
 const NUM_CLASSES: usize = 104;
-/// The slot index's top bits name the class; a class holds up to 2^25 blobs.
-const CLASS_SHIFT: u32 = 25;
-const INDEX_MASK: u32 = (1 << CLASS_SHIFT) - 1;
-const _: () = assert!(NUM_CLASSES <= 1 << (32 - CLASS_SHIFT));
 
 /// Block size of a class: 32 classes of 16-byte steps to 512, 48 of 16 per doubling to 4 KiB, 24 of
 /// 8 per doubling to 32 KiB.
@@ -65,7 +66,7 @@ fn class_of(bytes: usize) -> Option<usize> {
     })
 }
 
-/// A handle to a blob: `(class, slot index, generation)` in 8 bytes.
+/// A handle to a blob: a slot index and a generation, in 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlobHandle(u64);
 
@@ -79,20 +80,12 @@ impl BlobHandle {
         Self(bits)
     }
 
-    /// The handle of a class's object. Class caches hold at most `INDEX_MASK + 1` slots, so the
-    /// index leaves the class bits free.
-    fn new(class: usize, handle: Handle<BlobLen>) -> Self {
-        let bits = handle.to_bits();
-        debug_assert!(bits as u32 <= INDEX_MASK && class < NUM_CLASSES);
-        Self(bits | ((class as u64) << CLASS_SHIFT))
+    fn of(handle: Handle<BlobLen>) -> Self {
+        Self(handle.to_bits())
     }
 
-    fn split(self) -> (usize, Handle<BlobLen>) {
-        let index = self.0 as u32;
-        (
-            (index >> CLASS_SHIFT) as usize,
-            Handle::from_bits(self.0 & !u64::from(!INDEX_MASK)),
-        )
+    fn inner(self) -> Handle<BlobLen> {
+        Handle::from_bits(self.0)
     }
 }
 
@@ -140,6 +133,8 @@ unsafe fn blob_at<'a>(addr: usize) -> &'a [u8] {
 pub struct BlobCache {
     /// One cache per class, made when its first blob arrives.
     classes: Box<[OnceLock<Class>]>,
+    /// The handle table the classes share.
+    table: SlotTable,
     collector: Collector,
     /// The collector's identity and the tag, shared by the classes (one guard serves them all).
     epoch: usize,
@@ -152,6 +147,7 @@ impl BlobCache {
     pub fn new() -> Result<Self, CacheError> {
         Ok(Self {
             classes: (0..NUM_CLASSES).map(|_| OnceLock::new()).collect(),
+            table: SlotTable::new(crate::MAX_OBJECTS).ok_or(CacheError::OutOfMemory)?,
             collector: Collector::new(),
             epoch: next_epoch_id(),
             tag: next_tag()?,
@@ -178,7 +174,7 @@ impl BlobCache {
         let made = Class::with_tail(
             self.collector.clone(),
             (self.epoch, self.tag),
-            INDEX_MASK as usize + 1,
+            self.table.share(),
             class_bytes(class),
         );
         // Another thread may have made it meanwhile: then ours is dropped unused (or our failure
@@ -196,16 +192,22 @@ impl BlobCache {
         let cache = self.class_or_make(class)?;
         // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
         let handle = unsafe { cache.insert_with(|block| write_blob(block, value))? };
-        Ok(BlobHandle::new(class, handle))
+        Ok(BlobHandle::of(handle))
     }
 
     /// The bytes a handle names, or `None` (stale, removed, evicted, foreign).
     pub fn get<'g>(&'g self, handle: BlobHandle, guard: &'g Guard) -> Option<&'g [u8]> {
-        let (class, handle) = handle.split();
-        let addr = self.classes.get(class)?.get()?.address_of(handle, guard)?;
+        guard.check(self.epoch);
+        let addr = read_slot(&self.table, tag_bits(self.tag), handle.inner())?;
         // SAFETY: a published blob; the epoch keeps it (and any old copy) unchanged while `guard` is
         // pinned.
         Some(unsafe { blob_at(addr) })
+    }
+
+    /// The class that owns a handle's live blob, with its number, or `None` (stale, foreign).
+    fn owner(&self, handle: BlobHandle, guard: &Guard) -> Option<(usize, &Class)> {
+        let class = class_of(LEN_BYTES + self.get(handle, guard)?.len())?;
+        Some((class, self.classes[class].get()?))
     }
 
     /// Replaces a value. In place (same handle) when it fits the same class; otherwise the value moves
@@ -216,19 +218,16 @@ impl BlobCache {
         guard: &Guard,
         value: &[u8],
     ) -> Result<Option<BlobHandle>, CacheError> {
-        let (class, inner) = handle.split();
-        let Some(cache) = self.classes.get(class).and_then(OnceLock::get) else {
+        let Some((class, cache)) = self.owner(handle, guard) else {
             return Ok(None);
         };
+        let inner = handle.inner();
         if class_of(LEN_BYTES + value.len()) == Some(class) {
             // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
             let replaced = unsafe {
                 cache.update_with(inner, guard, |_| (), |(), block| write_blob(block, value))?
             };
             return Ok(replaced.then_some(handle));
-        }
-        if cache.address_of(inner, guard).is_none() {
-            return Ok(None);
         }
         let new = self.insert(value)?;
         if !self.remove(handle, guard) {
@@ -240,9 +239,10 @@ impl BlobCache {
 
     /// Removes a value (freed after the epoch). False for a stale handle.
     pub fn remove(&self, handle: BlobHandle, guard: &Guard) -> bool {
-        let (class, handle) = handle.split();
-        (self.classes.get(class).and_then(OnceLock::get))
-            .is_some_and(|c| c.remove_at(handle, guard, |_| ()).is_some())
+        // The owner found from a blob that is then removed (or replaced) first can only refuse the
+        // handle: the slot's generation has moved on.
+        self.owner(handle, guard)
+            .is_some_and(|(_, c)| c.remove_at(handle.inner(), guard, |_| ()).is_some())
     }
 
     /// Footprint compaction of every class (`budget` applies to each class in turn).
@@ -280,10 +280,10 @@ impl BlobCache {
             return 0;
         };
         let mut evicted = 0;
-        for (index, class) in self.made() {
+        for (_, class) in self.made() {
             let report = class.evict_in_arena(guard, arena, |handle, addr| {
                 // SAFETY: a live blob of this class, valid during the callback.
-                on_evict(BlobHandle::new(index, handle), unsafe { blob_at(addr) });
+                on_evict(BlobHandle::of(handle), unsafe { blob_at(addr) });
             });
             evicted += report.map_or(0, |r| r.evicted);
         }
@@ -313,7 +313,7 @@ impl BlobCache {
             slabs: 0,
             resident_bytes: 0,
             fragmentation: 1.0,
-            table_bytes: 0,
+            table_bytes: self.table.committed() * size_of::<crate::slot::Slot>(),
             counters: Default::default(),
         };
         total.counters.released_bytes = self.released.load(Ordering::Relaxed);
@@ -327,7 +327,6 @@ impl BlobCache {
             total.counters.moved_bytes += s.counters.moved_bytes;
             total.counters.refused_moves += s.counters.refused_moves;
             total.counters.callback_panics += s.counters.callback_panics;
-            total.table_bytes += s.table_bytes;
             total.counters.evicted_objects += s.counters.evicted_objects;
             total.counters.retired_slots += s.counters.retired_slots;
             total.counters.compaction_nanos += s.counters.compaction_nanos;
@@ -366,12 +365,5 @@ mod tests {
             assert!(block - bytes.max(1) < slack.max(16), "{bytes} B in {block}");
         }
         assert_eq!(class_of(MAX_BLOB_BYTES + LEN_BYTES + 1), None);
-    }
-
-    #[test]
-    fn handles_keep_the_class_apart_from_the_slot() {
-        let handle = Handle::<BlobLen>::from_bits((0xabcd_u64 << 32) | u64::from(INDEX_MASK));
-        let blob = BlobHandle::new(NUM_CLASSES - 1, handle);
-        assert_eq!(blob.split(), (NUM_CLASSES - 1, handle));
     }
 }

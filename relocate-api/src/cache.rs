@@ -12,12 +12,13 @@
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
-use crate::table::SlotTable;
+use crate::table::{SlotTable, CHUNK_SLOTS};
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, LocalHandle};
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
+use std::ops::Range;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -89,6 +90,15 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// Panics unless this guard is of the collector whose identity is `epoch`.
+    #[inline]
+    pub(crate) fn check(&self, epoch: usize) {
+        assert!(
+            self.epoch == epoch,
+            "relocate-api: a guard from another cache's reader was passed to this cache"
+        );
+    }
+
     /// Unpins and pins again, so that the epoch (and reclamation) can move on; references read under
     /// the guard end here (they borrow it).
     pub fn repin(&mut self) {
@@ -104,6 +114,20 @@ impl Guard {
     pub(crate) fn flush(&self) {
         self.inner.flush();
     }
+}
+
+/// The address of the object `handle` names in `table`, if the handle carries the tag of
+/// `tag_bits` (a cache's [`tag_bits`]) and its object's generation; valid while a guard of the
+/// table's collector is pinned.
+#[inline]
+pub(crate) fn read_slot<T>(table: &SlotTable, tag_bits: u32, handle: Handle<T>) -> Option<usize> {
+    // `read` checks the tag with the generation: xor-ing out ours leaves another's high bits set.
+    table.for_read(handle.index)?.read(handle.gen ^ tag_bits)
+}
+
+/// A tag as it sits in the high bits of a handle's generation.
+pub(crate) fn tag_bits(tag: u32) -> u32 {
+    tag << GEN_COUNTER_BITS
 }
 
 /// The next collector identity; never reused (a `usize` counter does not wrap in practice).
@@ -148,9 +172,35 @@ pub(crate) struct Inner {
     /// The vacant slots ready for reuse, linked through the slots themselves: index + 1 of the first
     /// (0: none); each vacant slot's [`Slot::free_link`] names the next the same way.
     free_head: u32,
-    pub(crate) next_index: u32,
+    /// The runs of table slots this cache has claimed, in order, adjacent runs merged: every slot it
+    /// ever used lies in them (the table may be shared, see `table`).
+    claimed: Vec<Range<u32>>,
+    /// The claimed slots never used yet (the end of the last run).
+    fresh: Range<u32>,
     pub(crate) live: usize,
     pub(crate) counters: Counters,
+}
+
+impl Inner {
+    /// A slot never used before, claiming `claim_slots` more from `table` when none is left.
+    fn fresh_slot(&mut self, table: &SlotTable, claim_slots: usize) -> Option<u32> {
+        if self.fresh.is_empty() {
+            let run = table.claim(claim_slots)?;
+            match self.claimed.last_mut() {
+                Some(last) if last.end == run.start => last.end = run.end,
+                _ => self.claimed.push(run.clone()),
+            }
+            self.fresh = run;
+        }
+        let index = self.fresh.start;
+        self.fresh.start += 1;
+        Some(index)
+    }
+
+    /// Every slot index this cache has claimed.
+    fn claimed_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.claimed.iter().flat_map(Range::clone)
+    }
 }
 
 /// Running totals kept under the cache lock.
@@ -185,8 +235,8 @@ pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<
 ///
 /// A slot serves 2^15 generations and is then retired for good (a reused generation could let a
 /// stale handle name a new object), so a cache accepts at least `MAX_OBJECTS × 2^15` = 2^43 inserts
-/// in its life, and a byte-blob class (2^25 slots) 2^40; beyond that, inserts fail with
-/// `OutOfMemory`, and each retired slot keeps its 8 bytes.
+/// in its life (a [`crate::BlobCache`] as many, over all its size classes, which share one table);
+/// beyond that, inserts fail with `OutOfMemory`, and each retired slot keeps its 8 bytes.
 pub const MAX_OBJECTS: usize = 1 << 28;
 
 /// How many caches (a [`crate::BlobCache`] counts once) a process can make in its life: each takes a
@@ -218,6 +268,8 @@ thread_local! {
 /// A cache of `T` on movable slabs, relocated by `R` (bytewise by default).
 pub struct RelocCache<T, R = BitwiseMove> {
     pub(crate) table: SlotTable,
+    /// Slots claimed from the table at a time.
+    claim_slots: usize,
     pub(crate) inner: Mutex<Inner>,
     pub(crate) retired: Arc<Retired>,
     collector: ManuallyDrop<Collector>,
@@ -245,21 +297,23 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
     }
 
     /// A cache whose objects are a `T` followed by bytes, `object_bytes` in all, sharing `collector`
-    /// and its identity `epoch`, and `tag`, with its siblings: the byte-blob classes. Moves copy
-    /// every byte, so only bytewise moves are offered, and `T` must not need dropping (see
+    /// and its identity `epoch`, `tag` and `table` with its siblings: the byte-blob classes. Moves
+    /// copy every byte, so only bytewise moves are offered, and `T` must not need dropping (see
     /// `with_parts`).
     pub(crate) fn with_tail(
         collector: Collector,
         (epoch, tag): (usize, u32),
-        max_objects: usize,
+        table: SlotTable,
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         const { assert!(!std::mem::needs_drop::<T>()) };
+        // Siblings claim small runs, so that a class with few objects holds few slots.
+        const SIBLING_CLAIM_SLOTS: usize = 256;
         Self::with_parts(
             BitwiseMove,
             collector,
             (epoch, tag),
-            max_objects,
+            (table, SIBLING_CLAIM_SLOTS),
             object_bytes,
         )
     }
@@ -268,37 +322,40 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// A cache whose moves go through `relocator`.
     pub fn with_relocator(relocator: R) -> Result<Self, CacheError> {
+        let table = SlotTable::new(MAX_OBJECTS).ok_or(CacheError::OutOfMemory)?;
         Self::with_parts(
             relocator,
             Collector::new(),
             (next_epoch_id(), next_tag()?),
-            MAX_OBJECTS,
+            (table, CHUNK_SLOTS),
             size_of::<T>(),
         )
     }
 
     /// A cache of objects of `object_bytes` (at least `size_of::<T>()`) that may share `collector`
-    /// (whose identity is `epoch`) and its `tag` with others. A shared collector is only for types
-    /// without drop glue: a sibling may keep the collector, and so this cache's pending deferred
-    /// functions, alive after this cache is dropped. Siblings sharing a tag must never be handed each
-    /// other's handles (the byte-blob classes keep the class in the handle).
+    /// (whose identity is `epoch`), its `tag` and its `table` (from which it claims `claim_slots` at a
+    /// time) with others. A shared collector is only for types without drop glue: a sibling may keep
+    /// the collector, and so this cache's pending deferred functions, alive after this cache is
+    /// dropped. Siblings sharing a tag must share the table too, and must never be handed each
+    /// other's handles: the byte-blob classes find a handle's class from its object's length first.
     fn with_parts(
         relocator: R,
         collector: Collector,
         (epoch, tag): (usize, u32),
-        max_objects: usize,
+        (table, claim_slots): (SlotTable, usize),
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
         let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
-        let table = SlotTable::new(max_objects).ok_or(CacheError::OutOfMemory)?;
         Ok(Self {
             table,
+            claim_slots,
             inner: Mutex::new(Inner {
                 heap,
                 free_head: 0,
-                next_index: 0,
+                claimed: Vec::new(),
+                fresh: 0..0,
                 live: 0,
                 counters: Counters::default(),
             }),
@@ -307,7 +364,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             epoch,
             relocator,
             object_bytes,
-            tag_bits: tag << GEN_COUNTER_BITS,
+            tag_bits: tag_bits(tag),
             _type: PhantomData,
         })
     }
@@ -326,10 +383,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     #[inline]
     pub(crate) fn check_guard(&self, guard: &Guard) {
-        assert!(
-            guard.epoch == self.epoch,
-            "relocate-api: a guard from another cache's reader was passed to this cache"
-        );
+        guard.check(self.epoch);
     }
 
     /// The slot and generation counter a handle names, if it was made by this cache.
@@ -392,17 +446,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let index = match inner.free_head.checked_sub(1) {
             Some(index) => index,
             None => {
-                let index = inner.next_index;
-                if index == u32::MAX || self.table.get_or_grow(index).is_none() {
-                    return Err(CacheError::OutOfMemory);
-                }
-                inner.next_index += 1;
+                let index = (inner.fresh_slot(&self.table, self.claim_slots))
+                    .ok_or(CacheError::OutOfMemory)?;
                 // A fresh slot: make it the head of the free list, taken off again just below.
                 inner.free_head = index + 1;
                 index
             }
         };
-        let slot = self.table.get(index).expect("slot exists below next_index");
+        let slot = self.table.get(index).expect("claimed slots are accessible");
         let Some(block) = alloc_block(&mut inner.heap, index) else {
             return Err(CacheError::OutOfMemory);
         };
@@ -432,10 +483,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     #[inline]
     pub(crate) fn address_of(&self, handle: Handle<T>, guard: &Guard) -> Option<usize> {
         self.check_guard(guard);
-        // `read` checks the tag with the generation: xor-ing out ours leaves another's high bits set.
-        self.table
-            .for_read(handle.index)?
-            .read(handle.gen ^ self.tag_bits)
+        read_slot(&self.table, self.tag_bits, handle)
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
@@ -625,12 +673,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         T: Relocatable,
     {
         self.check_guard(guard);
-        let end = self
+        let claimed = self
             .inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .next_index;
-        for index in 0..end {
+            .claimed
+            .clone();
+        for index in claimed.into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
@@ -681,7 +730,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 impl<T, R> Drop for RelocCache<T, R> {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        for index in 0..inner.next_index {
+        for index in inner.claimed_slots() {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };

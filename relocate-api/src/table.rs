@@ -1,11 +1,15 @@
 //! The handle table: slots that never move, in one reservation of address space.
 //!
 //! The table reserves `max_slots` slots (8 bytes each) and as many pin counters (4 bytes each) as
-//! read-only address space when the cache is made, and makes them writable `CHUNK_SLOTS` at a time as
-//! handles are first used. Nothing is ever copied or unmapped while the table lives, so a reader that
-//! found a slot can keep using it without any lock. Fresh pages are zero, and an all-zero slot is
-//! vacant; pin counters are only ever touched by caches that pin, so for the others they stay
+//! read-only address space when it is made, and makes them writable `CHUNK_SLOTS` at a time as caches
+//! [`claim`](SlotTable::claim) slots. Nothing is ever copied or unmapped while the table lives, so a
+//! reader that found a slot can keep using it without any lock. Fresh pages are zero, and an all-zero
+//! slot is vacant; pin counters are only ever touched by caches that pin, so for the others they stay
 //! non-resident.
+//!
+//! A table can be shared ([`SlotTable::share`]) by caches that share a tag, as the byte-blob classes
+//! do: each claims runs of slots and only ever uses its own, so the index space (and with it the
+//! generations, see `MAX_OBJECTS`) is one for all of them, not split between them.
 //!
 //! Readers ([`SlotTable::for_read`]) check an index only against `max_slots`, a field that never
 //! changes, not against the committed part (an atomic that growth writes): a slot above it reads as
@@ -19,31 +23,50 @@
 //! `handles` benchmark, huge pages for the table made no measurable difference to `get`).
 
 use crate::slot::{PinGate, Pins, Slot};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Slots made accessible at a time: 128 KiB of slots and 64 KiB of pins, whole pages for every page
 /// size up to 64 KiB.
-const CHUNK_SLOTS: usize = 16 << 10;
+pub(crate) const CHUNK_SLOTS: usize = 16 << 10;
+
+/// A handle to a table: the reservation's fixed geometry, copied so that a read needs no indirection,
+/// and the state every sharer of the table sees.
 pub(crate) struct SlotTable {
     /// The reservation: `max_slots` slots, then `max_slots` pin counters.
+    base: *mut u8,
+    max_slots: usize,
+    shared: Arc<Reservation>,
+}
+
+struct Reservation {
     base: *mut u8,
     max_slots: usize,
     /// Slots below this index are writable (`Release` after `mprotect`, `Acquire` by writers that
     /// look a slot up; readers do not read it).
     committed: AtomicUsize,
+    /// Slots below this index belong to some cache; claims (and so growth) are serialised by it.
+    claimed: Mutex<usize>,
     /// Open once any slot has been pinned: until then a move never reads (or faults in) a pin count.
     gate: PinGate,
 }
 
-// SAFETY: the table only hands out shared references to atomics in memory it owns until drop.
+// SAFETY: the table only hands out shared references to atomics in memory it owns until the last
+// sharer drops it; `base` and `max_slots` never change.
 unsafe impl Send for SlotTable {}
-// SAFETY: as above; growth is serialised by the caller and published through `committed`.
+// SAFETY: as above; growth is serialised by `claimed` and published through `committed`.
 unsafe impl Sync for SlotTable {}
+// SAFETY: as for `SlotTable`.
+unsafe impl Send for Reservation {}
+// SAFETY: as for `SlotTable`.
+unsafe impl Sync for Reservation {}
 
 impl SlotTable {
     /// A table for up to `max_slots` slots, or `None` if the address space cannot be reserved.
     pub(crate) fn new(max_slots: usize) -> Option<Self> {
         let max_slots = max_slots.next_multiple_of(CHUNK_SLOTS);
+        debug_assert!(max_slots <= 1 << 32);
         // SAFETY: an anonymous private mapping chosen by the kernel; no existing memory is touched.
         let base = unsafe {
             libc::mmap(
@@ -58,12 +81,27 @@ impl SlotTable {
         if base == libc::MAP_FAILED {
             return None;
         }
+        let base = base.cast::<u8>();
         Some(Self {
-            base: base.cast(),
+            base,
             max_slots,
-            committed: AtomicUsize::new(0),
-            gate: PinGate::new(),
+            shared: Arc::new(Reservation {
+                base,
+                max_slots,
+                committed: AtomicUsize::new(0),
+                claimed: Mutex::new(0),
+                gate: PinGate::new(),
+            }),
         })
+    }
+
+    /// Another handle to the same table (for a cache that shares its index space).
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            base: self.base,
+            max_slots: self.max_slots,
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     fn reserved_bytes(max_slots: usize) -> usize {
@@ -92,7 +130,7 @@ impl SlotTable {
     /// The slot at `index`, if it has been made writable (wait-free).
     #[inline]
     pub(crate) fn get(&self, index: u32) -> Option<&Slot> {
-        if index as usize >= self.committed.load(Ordering::Acquire) {
+        if index as usize >= self.shared.committed.load(Ordering::Acquire) {
             return None;
         }
         // SAFETY: below `committed`, the slot is accessible, zero-initialised memory that lives as long
@@ -106,7 +144,7 @@ impl SlotTable {
     pub(crate) fn prefetch(&self, index: u32) {
         if let Some(slot) = self.get(index) {
             alloc_core::os::prefetch((slot as *const Slot).cast());
-            if self.gate.is_open() {
+            if self.shared.gate.is_open() {
                 alloc_core::os::prefetch((self.pins(index) as *const Pins).cast());
             }
         }
@@ -114,37 +152,41 @@ impl SlotTable {
 
     /// The table's pin gate (see `slot`).
     pub(crate) fn pin_gate(&self) -> &PinGate {
-        &self.gate
+        &self.shared.gate
     }
 
     /// The pin counter of the slot at `index`, which `get` returned.
     #[inline]
     pub(crate) fn pins(&self, index: u32) -> &Pins {
-        debug_assert!((index as usize) < self.committed.load(Ordering::Relaxed));
+        debug_assert!((index as usize) < self.shared.committed.load(Ordering::Relaxed));
         // SAFETY: as in `get`: the counters of committed slots are accessible and zero-initialised.
         unsafe { &*self.pins_base().cast::<Pins>().add(index as usize) }
     }
 
-    /// Slots accessible now.
+    /// Slots accessible now (in the whole table, whoever claimed them).
     pub(crate) fn committed(&self) -> usize {
-        self.committed.load(Ordering::Acquire)
+        self.shared.committed.load(Ordering::Acquire)
     }
 
-    /// The slot at `index`, making its chunk accessible if needed. Callers serialise growth (the
-    /// cache's lock). `None` when the table is full or memory is exhausted.
-    pub(crate) fn get_or_grow(&self, index: u32) -> Option<&Slot> {
-        let committed = self.committed.load(Ordering::Relaxed);
-        let index = index as usize;
-        if index >= committed {
-            if index >= self.max_slots {
-                return None;
-            }
-            let end = (index + 1)
-                .next_multiple_of(CHUNK_SLOTS)
-                .min(self.max_slots);
-            let slots = committed * size_of::<Slot>()..end * size_of::<Slot>();
-            let pins = committed * size_of::<Pins>()..end * size_of::<Pins>();
-            // SAFETY: both ranges lie inside the reservation (`end <= max_slots`) and are page
+    /// Claims the next `want` slots (fewer at the end of the table) for one cache, making them
+    /// accessible first. `None` when the table is full or memory is exhausted.
+    pub(crate) fn claim(&self, want: usize) -> Option<Range<u32>> {
+        let mut claimed = self
+            .shared
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let start = *claimed;
+        let end = (start + want.max(1)).min(self.max_slots);
+        if start == end {
+            return None;
+        }
+        let committed = self.shared.committed.load(Ordering::Relaxed);
+        if end > committed {
+            let grown = end.next_multiple_of(CHUNK_SLOTS).min(self.max_slots);
+            let slots = committed * size_of::<Slot>()..grown * size_of::<Slot>();
+            let pins = committed * size_of::<Pins>()..grown * size_of::<Pins>();
+            // SAFETY: both ranges lie inside the reservation (`grown <= max_slots`) and are page
             // aligned (multiples of `CHUNK_SLOTS`); making them accessible touches no live memory.
             let ok = unsafe {
                 protect(self.base.add(slots.start), slots.len())
@@ -153,9 +195,10 @@ impl SlotTable {
             if !ok {
                 return None;
             }
-            self.committed.store(end, Ordering::Release);
+            self.shared.committed.store(grown, Ordering::Release);
         }
-        self.get(index as u32)
+        *claimed = end;
+        Some(start as u32..end as u32)
     }
 }
 
@@ -179,10 +222,10 @@ unsafe fn protect(addr: *mut u8, bytes: usize) -> bool {
     unsafe { libc::mprotect(addr.cast(), bytes, libc::PROT_READ | libc::PROT_WRITE) == 0 }
 }
 
-impl Drop for SlotTable {
+impl Drop for Reservation {
     fn drop(&mut self) {
-        // SAFETY: the whole reservation, mapped in `new`; no reader outlives the table.
-        unsafe { libc::munmap(self.base.cast(), Self::reserved_bytes(self.max_slots)) };
+        // SAFETY: the whole reservation, mapped in `new`; no reader outlives the last sharer.
+        unsafe { libc::munmap(self.base.cast(), SlotTable::reserved_bytes(self.max_slots)) };
     }
 }
 
@@ -194,23 +237,25 @@ mod tests {
     fn slots_appear_a_chunk_at_a_time_and_stay_put() {
         let table = SlotTable::new(3 * CHUNK_SLOTS).expect("reservation");
         assert!(table.get(0).is_none());
-        let first = table.get_or_grow(0).expect("grow") as *const Slot;
+        assert_eq!(table.claim(5), Some(0..5));
+        let first = table.get(0).expect("claimed") as *const Slot;
         assert_eq!(table.committed(), CHUNK_SLOTS);
         assert!(table.get(CHUNK_SLOTS as u32 - 1).is_some());
         assert!(table.get(CHUNK_SLOTS as u32).is_none());
-        let far = table.get_or_grow(2 * CHUNK_SLOTS as u32 + 5).expect("grow");
-        assert_eq!(far.generation(), 0);
+        let far = 5..2 * CHUNK_SLOTS as u32 + 6;
+        assert_eq!(table.claim(far.len()), Some(far.clone()));
+        assert_eq!(table.get(far.end - 1).expect("claimed").generation(), 0);
         assert_eq!(table.committed(), 3 * CHUNK_SLOTS);
         assert_eq!(table.get(0).map(|s| s as *const Slot), Some(first));
-        assert!(table.get_or_grow(3 * CHUNK_SLOTS as u32).is_none(), "full");
+        let rest = far.end..3 * CHUNK_SLOTS as u32;
+        assert_eq!(
+            table.claim(usize::MAX >> 1),
+            Some(rest),
+            "the last run is cut short"
+        );
+        assert_eq!(table.claim(1), None, "full");
         assert!(table.get(u32::MAX).is_none());
         // Readers may look past the committed part: those slots read as vacant.
-        assert_eq!(
-            table
-                .for_read(2 * CHUNK_SLOTS as u32 + 5)
-                .map(|s| s.read(0)),
-            Some(None)
-        );
         let uncommitted = SlotTable::new(4 * CHUNK_SLOTS).expect("reservation");
         assert_eq!(
             uncommitted
@@ -223,5 +268,23 @@ mod tests {
         let pins = table.pins(7);
         pins.fetch_add(1, Ordering::Relaxed);
         assert_eq!(table.pins(7).load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn sharers_claim_disjoint_runs_of_one_table() {
+        let table = SlotTable::new(CHUNK_SLOTS).expect("reservation");
+        let other = table.share();
+        assert_eq!(table.claim(100), Some(0..100));
+        assert_eq!(other.claim(100), Some(100..200));
+        // Both see the same slots: what one writes, the other reads.
+        let slot = other.get(150).expect("claimed");
+        slot.publish_new(0x1000);
+        assert_eq!(table.for_read(150).and_then(|s| s.read(0)), Some(0x1000));
+        drop(table);
+        assert_eq!(
+            other.get(150).map(Slot::address),
+            Some(0x1000),
+            "kept by the last sharer"
+        );
     }
 }

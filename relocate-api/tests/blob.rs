@@ -192,3 +192,41 @@ fn a_handle_from_another_blob_cache_is_refused() {
         assert_eq!(a.get(ha, &ga), Some(value(1, len).as_slice()));
     }
 }
+
+/// The size classes share one handle table: each claims runs of slots from it, so blobs of every
+/// class get distinct slots of one index space (the whole generation space of a cache), which
+/// `stats` counts once. A handle needs no class to be read, removed or refused.
+#[test]
+fn size_classes_share_one_handle_table() {
+    let cache = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let lens = (0..15).map(|p| (1usize << p) - 1).chain([MAX_BLOB_BYTES]);
+    let handles: Vec<(usize, BlobHandle)> = lens
+        .map(|len| (len, cache.insert(&value(len as u64, len)).unwrap()))
+        .collect();
+    let mut indices: Vec<u32> = handles.iter().map(|(_, h)| h.to_bits() as u32).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len(), handles.len(), "distinct slots: {indices:?}");
+    assert!(
+        indices.iter().all(|&i| (i as usize) < handles.len() * 256),
+        "runs of one table: {indices:?}"
+    );
+    assert_eq!(
+        cache.stats().table_bytes,
+        (16 << 10) * 8,
+        "one chunk of one table"
+    );
+    for (len, handle) in handles {
+        assert_eq!(
+            cache.get(handle, &guard),
+            Some(value(len as u64, len).as_slice())
+        );
+        assert!(cache.remove(handle, &guard));
+        assert_eq!(cache.get(handle, &guard), None);
+        assert!(!cache.remove(handle, &guard), "{len} B: removed twice");
+        assert_eq!(cache.replace(handle, &guard, b"x").unwrap(), None);
+    }
+    assert_eq!(cache.stats().live_objects, 0);
+}

@@ -337,7 +337,11 @@ impl ArenaPool {
                     self.unlink(kind, arena);
                     let committed = meta_units(kind) + (header.dirty_units.count_ones() as usize);
                     crate::checked::unregister_chunk(arena as usize);
-                    os::unmap(arena.cast(), ARENA_BYTES);
+                    match kind {
+                        ArenaKind::Normal => os::unmap(arena.cast(), ARENA_BYTES),
+                        // SAFETY: a movable arena is a piece of the region, and this one is empty.
+                        ArenaKind::Movable => unsafe { crate::region::unmap_piece(arena.cast()) },
+                    }
                     crate::stats::sub_mapped(ARENA_BYTES);
                     crate::stats::sub_committed(committed << UNIT_SHIFT);
                     released += ARENA_BYTES;
@@ -452,7 +456,10 @@ fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {
 }
 
 fn map_arena(kind: ArenaKind) -> Option<*mut ArenaMeta> {
-    let base = os::map_aligned(ARENA_BYTES, ARENA_BYTES);
+    let base = match kind {
+        ArenaKind::Normal => os::map_aligned(ARENA_BYTES, ARENA_BYTES),
+        ArenaKind::Movable => crate::region::map_piece(),
+    };
     if base.is_null() {
         return None;
     }

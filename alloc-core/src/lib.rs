@@ -11,7 +11,7 @@
 //! | layer | module | owns |
 //! |---|---|---|
 //! | platform | `os` | mmap/munmap/madvise, page size, aligned reservations |
-//! | arenas | `arena` | 2 MiB arenas, units, the arena pool, decommit policy |
+//! | arenas | `arena`, `region` | 2 MiB arenas, units, the arena pool, decommit policy; the one reservation movable arenas are carved from |
 //! | size classes | `size_class` | the const class table |
 //! | slabs | `slab`, `remote` | out-of-line descriptors, free lists, lock-free remote frees |
 //! | heaps | `heap`, `pool` | per-thread heaps, abandonment and adoption, the shared slab pool |
@@ -45,6 +45,8 @@ pub mod movable;
 pub mod os;
 #[cfg(not(loom))]
 mod pool;
+#[cfg(not(loom))]
+mod region;
 #[cfg(not(loom))]
 pub mod size_class;
 #[cfg(not(loom))]

@@ -132,6 +132,46 @@ pub(crate) fn map_aligned(bytes: usize, align: usize) -> *mut u8 {
     raw.wrapping_add(head)
 }
 
+/// Reserves `bytes` of address space that holds no memory and costs no commit charge (`PROT_NONE`),
+/// at `hint` if that range is free (else where the kernel likes). Null on failure.
+pub(crate) fn reserve(hint: usize, bytes: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping without MAP_FIXED never replaces an existing mapping; the
+    // hint is only a hint. The result is checked against MAP_FAILED before use.
+    let addr = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            bytes,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        addr.cast()
+    }
+}
+
+/// Replaces a part of one of our reservations with fresh memory: zeroed and writable (`writable`),
+/// or inaccessible again, its pages freed. False on failure; the range may then be unmapped (a failed
+/// `MAP_FIXED` can leave a hole), so the caller must not use it again.
+///
+/// # Safety
+/// `addr..addr + bytes` is page-aligned, lies in a reservation of ours, and holds nothing live.
+pub(crate) unsafe fn map_over(addr: *mut u8, bytes: usize, writable: bool) -> bool {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_NONE
+    };
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED;
+    // SAFETY: the caller's contract: MAP_FIXED replaces only a range of our own reservation that
+    // holds nothing live.
+    unsafe { libc::mmap(addr.cast(), bytes, prot, flags, -1, 0) != libc::MAP_FAILED }
+}
+
 /// Returns a mapping (or part of one) to the kernel.
 pub(crate) fn unmap(addr: *mut u8, bytes: usize) {
     if bytes == 0 {

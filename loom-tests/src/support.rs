@@ -203,6 +203,7 @@ impl Objects {
         let object = Box::into_raw(Box::new(Object {
             words: UnsafeCell::new([value, checksum(value)]),
         }));
+        relocate_api::slot::use_window_of(object as usize);
         self.lock().push((object, false));
         object as usize
     }

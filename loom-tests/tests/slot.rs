@@ -150,7 +150,10 @@ fn read_vs_move() {
         // Two gets, a yield apart, so that the move can be published between them (a read is one
         // load, and loom does not preempt a thread right after it yielded).
         thread::yield_now();
-        let first_read = s.slot.read(s.gen).expect("the object is never removed");
+        let first_read = s
+            .slot
+            .read(u64::from(s.gen))
+            .expect("the object is never removed");
         thread::yield_now();
         let after_publish = published.published.load(Relaxed);
         assert_eq!(
@@ -158,13 +161,16 @@ fn read_vs_move() {
             VALUE,
             "the reader saw the wrong value"
         );
-        let second_read = s.slot.read(s.gen).expect("the object is never removed");
+        let second_read = s
+            .slot
+            .read(u64::from(s.gen))
+            .expect("the object is never removed");
         assert_eq!(
             s.objects.read(second_read),
             VALUE,
             "the reader saw the wrong value"
         );
-        assert_eq!(s.slot.read(s.gen.wrapping_add(1)), None);
+        assert_eq!(s.slot.read(u64::from(s.gen.wrapping_add(1))), None);
 
         let new = mover.join().unwrap();
         assert_ne!(new, s.first);
@@ -176,7 +182,7 @@ fn read_vs_move() {
         }
 
         // After the move, with every reader done.
-        assert_eq!(s.slot.read(s.gen), Some(new));
+        assert_eq!(s.slot.read(u64::from(s.gen)), Some(new));
         assert_eq!(s.objects.read(new), VALUE);
         s.objects.free(s.first);
         s.objects.assert_freed_all_but(&[new]);
@@ -282,7 +288,7 @@ fn write_vs_move() {
         };
 
         // No update lost: the slot holds the writer's value, in the writer's object or its copy.
-        assert_eq!(s.slot.read(s.gen), Some(live));
+        assert_eq!(s.slot.read(u64::from(s.gen)), Some(live));
         assert_eq!(s.objects.read(live), VALUE + 1, "the update was lost");
         s.objects.assert_freed_all_but(&[live]);
         assert_eq!(s.objects.allocated(), if moved.is_some() { 3 } else { 2 });
@@ -315,7 +321,7 @@ fn remove_vs_move() {
         assert_eq!(s.objects.read(removed), VALUE);
         s.objects.free(removed);
         // A read after the remove, on the remover's thread: the handle is stale.
-        assert_eq!(s.slot.read(s.gen), None);
+        assert_eq!(s.slot.read(u64::from(s.gen)), None);
 
         let moved = mover.join().unwrap();
         REMOVE_MOVE_REFUSED.record(moved.is_none());
@@ -330,8 +336,8 @@ fn remove_vs_move() {
         let next = s.gen.wrapping_add(1);
         assert_eq!(s.slot.generation(), next);
         assert_eq!(s.slot.address(), 0);
-        assert_eq!(s.slot.read(s.gen), None);
-        assert_eq!(s.slot.read(next), None);
+        assert_eq!(s.slot.read(u64::from(s.gen)), None);
+        assert_eq!(s.slot.read(u64::from(next)), None);
         assert_eq!(s.slot.begin_write(next), None);
         assert_eq!(s.slot.begin_remove(s.gen), None);
         s.objects.assert_freed_all_but(&[]);
@@ -374,7 +380,7 @@ fn pin_vs_move() {
         PIN_WAITED.record(started_during_move);
         PIN_AFTER_MOVE.record(moved == Some(addr));
         let current = moved.unwrap_or(s.first);
-        assert_eq!(s.slot.read(s.gen), Some(current));
+        assert_eq!(s.slot.read(u64::from(s.gen)), Some(current));
         // The pinned write is in the live copy: never lost to a copy taken before it.
         assert_eq!(
             s.objects.read(current),
@@ -420,14 +426,14 @@ fn stale_read_vs_reuse() {
 
         // A reader holding the old handle, then (if it was handed over yet) the new one.
         thread::yield_now();
-        let stale = s.slot.read(s.gen);
+        let stale = s.slot.read(u64::from(s.gen));
         if let Some(addr) = stale {
             assert_eq!(addr, s.first, "an old handle resolved to another object");
             assert_eq!(s.objects.read(addr), VALUE);
         }
         let fresh = match handed_over.load(loom::sync::atomic::Ordering::Acquire) {
             0 => None,
-            next => Some(s.slot.read(next as u32 - 1).expect("a new handle resolves")),
+            next => Some(s.slot.read(next as u64 - 1).expect("a new handle resolves")),
         };
 
         let (next, reused) = remover.join().unwrap();
@@ -440,8 +446,8 @@ fn stale_read_vs_reuse() {
         STALE_READ_OLD.record(stale.is_some());
         READ_REUSED.record(fresh.is_some());
 
-        assert_eq!(s.slot.read(s.gen), None);
-        assert_eq!(s.slot.read(next), Some(reused));
+        assert_eq!(s.slot.read(u64::from(s.gen)), None);
+        assert_eq!(s.slot.read(u64::from(next)), Some(reused));
         s.objects.free(s.first);
         s.objects.assert_freed_all_but(&[reused]);
     });

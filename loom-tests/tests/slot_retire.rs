@@ -86,7 +86,10 @@ fn retire_waits_for_readers() {
             thread::spawn(move || {
                 let local = collector.register();
                 let guard = local.pin();
-                let addr = s.slot.read(s.gen).expect("the object is never removed");
+                let addr = s
+                    .slot
+                    .read(u64::from(s.gen))
+                    .expect("the object is never removed");
                 thread::yield_now();
                 let after_publish = s.published.load(Relaxed);
                 assert_eq!(s.objects.read(addr), VALUE);
@@ -136,7 +139,7 @@ fn retire_waits_for_readers() {
         FREED_WHILE_RUNNING.record(freed_while_running);
         HELD_OLD_THEN_FREED.record(held_old && freed_while_running);
 
-        assert_eq!(shared.slot.read(shared.gen), Some(new));
+        assert_eq!(shared.slot.read(u64::from(shared.gen)), Some(new));
         assert_eq!(shared.objects.read(new), VALUE);
         shared.objects.assert_freed_all_but(&[new]);
     });

@@ -9,7 +9,7 @@
 //! `retired`, and the next operation that holds `inner` returns it to the movable heap. Deferred
 //! functions never take `inner`, so they may run on any thread at any time without deadlock.
 
-use crate::handle::Handle;
+use crate::handle::{Handle, INDEX_BITS};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
 use crate::table::{SlotTable, CHUNK_SLOTS};
@@ -120,14 +120,16 @@ impl Guard {
 /// `tag_bits` (a cache's [`tag_bits`]) and its object's generation; valid while a guard of the
 /// table's collector is pinned.
 #[inline]
-pub(crate) fn read_slot<T>(table: &SlotTable, tag_bits: u32, handle: Handle<T>) -> Option<usize> {
+pub(crate) fn read_slot<T>(table: &SlotTable, tag_bits: u64, handle: Handle<T>) -> Option<usize> {
     // `read` checks the tag with the generation: xor-ing out ours leaves another's high bits set.
-    table.for_read(handle.index)?.read(handle.gen ^ tag_bits)
+    table
+        .for_read(handle.index())?
+        .read(handle.gen() ^ tag_bits)
 }
 
 /// A tag as it sits in the high bits of a handle's generation.
-pub(crate) fn tag_bits(tag: u32) -> u32 {
-    tag << GEN_COUNTER_BITS
+pub(crate) fn tag_bits(tag: u32) -> u64 {
+    u64::from(tag) << GEN_COUNTER_BITS
 }
 
 /// The next collector identity; never reused (a `usize` counter does not wrap in practice).
@@ -233,16 +235,16 @@ pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<
 /// How many objects a [`RelocCache`] can hold at once (its handle table is reserved for this many
 /// slots up front: 3 GiB of address space, of which only the slots in use become memory).
 ///
-/// A slot serves 2^15 generations and is then retired for good (a reused generation could let a
-/// stale handle name a new object), so a cache accepts at least `MAX_OBJECTS × 2^15` = 2^43 inserts
+/// A slot serves 2^19 generations and is then retired for good (a reused generation could let a
+/// stale handle name a new object), so a cache accepts at least `MAX_OBJECTS × 2^19` = 2^47 inserts
 /// in its life (a [`crate::BlobCache`] as many, over all its size classes, which share one table);
 /// beyond that, inserts fail with `OutOfMemory`, and each retired slot keeps its 8 bytes.
-pub const MAX_OBJECTS: usize = 1 << 28;
+pub const MAX_OBJECTS: usize = 1 << INDEX_BITS;
 
 /// How many caches (a [`crate::BlobCache`] counts once) a process can make in its life: each takes a
 /// tag that is never reused. A handle carries its cache's tag, which is how a handle from another
 /// cache is refused.
-pub const MAX_CACHES: usize = (1 << (32 - GEN_COUNTER_BITS)) - 1;
+pub const MAX_CACHES: usize = (1 << (64 - INDEX_BITS - GEN_COUNTER_BITS)) - 1;
 
 static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
 
@@ -280,7 +282,7 @@ pub struct RelocCache<T, R = BitwiseMove> {
     /// `T` header followed by bytes (see [`RelocCache::with_tail`]); a move copies all of them.
     pub(crate) object_bytes: usize,
     /// The cache's tag in the high bits of every generation it hands out.
-    tag_bits: u32,
+    tag_bits: u64,
     _type: PhantomData<T>,
 }
 
@@ -346,6 +348,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
+        // Slots store addresses within the movable window, so it must be fixed before any block.
+        if !alloc_core::movable::reserve_movable_region() {
+            return Err(CacheError::OutOfMemory);
+        }
         let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         Ok(Self {
@@ -390,15 +396,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     #[inline]
     pub(crate) fn resolve(&self, handle: Handle<T>) -> Option<(&Slot, u32)> {
         // With this cache's tag the xor leaves the counter alone; with another tag, high bits.
-        let counter = handle.gen ^ self.tag_bits;
-        if counter > GEN_COUNTER_MASK {
+        let counter = handle.gen() ^ self.tag_bits;
+        if counter > u64::from(GEN_COUNTER_MASK) {
             return None;
         }
-        Some((self.table.get(handle.index)?, counter))
+        Some((self.table.get(handle.index())?, counter as u32))
     }
 
     pub(crate) fn handle_for(&self, index: u32, counter: u32) -> Handle<T> {
-        Handle::new(index, self.tag_bits | counter)
+        Handle::new(index, self.tag_bits | u64::from(counter))
     }
 
     /// Takes the cache lock, refusing calls from inside this cache's own relocation callback.
@@ -496,7 +502,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ) -> Option<U> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
-        let pins = self.table.pins(handle.index);
+        let pins = self.table.pins(handle.index());
         let addr = slot.pin(self.table.pin_gate(), pins, counter)?;
         struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
@@ -562,7 +568,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let new_value = make(old);
         std::mem::forget(restore);
         let block = match self.lock() {
-            Ok(mut inner) => alloc_block(&mut inner.heap, handle.index),
+            Ok(mut inner) => alloc_block(&mut inner.heap, handle.index()),
             Err(e) => {
                 slot.finish_write(old);
                 return Err(e);
@@ -606,7 +612,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let addr = slot.begin_remove(counter)?;
         let result = f(addr);
         self.retire(guard, addr, true);
-        self.release_slot(handle.index, slot, 1);
+        self.release_slot(handle.index(), slot, 1);
         Some(result)
     }
 
@@ -620,7 +626,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         // SAFETY: the block belongs to this heap and nothing can reference it any more.
         unsafe { inner.heap.free(NonNull::new_unchecked(addr as *mut u8)) };
         drop(inner);
-        self.release_slot(handle.index, slot, 1);
+        self.release_slot(handle.index(), slot, 1);
         Some(value)
     }
 
@@ -762,8 +768,8 @@ mod tests {
         assert_eq!(take_tag(&counter), None, "exhaustion is permanent");
         // The largest tag still leaves the counter's bits to the generation.
         assert_eq!(
-            (MAX_CACHES as u32) << GEN_COUNTER_BITS >> GEN_COUNTER_BITS,
-            MAX_CACHES as u32
+            tag_bits(MAX_CACHES as u32) << INDEX_BITS >> INDEX_BITS >> GEN_COUNTER_BITS,
+            MAX_CACHES as u64
         );
     }
 }

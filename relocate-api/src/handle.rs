@@ -3,32 +3,46 @@
 use core::fmt;
 use core::marker::PhantomData;
 
-/// A handle to an object in a [`crate::RelocCache`]: a slot index and a generation whose high bits are
-/// the cache's tag. A handle whose object was removed or evicted (stale), or that comes from another
-/// cache, resolves to `None`; it is never dereferenced.
+/// A handle to an object in a [`crate::RelocCache`]: a slot index (the low [`INDEX_BITS`] bits) and
+/// above it a generation whose high bits are the cache's tag. A handle whose object was removed or
+/// evicted (stale), or that comes from another cache, resolves to `None`; it is never dereferenced.
 pub struct Handle<T> {
-    pub(crate) index: u32,
-    pub(crate) gen: u32,
+    bits: u64,
     _type: PhantomData<fn() -> T>,
 }
 
+/// Bits of a handle's slot index: a table holds at most `2^INDEX_BITS` slots ([`crate::MAX_OBJECTS`]).
+pub(crate) const INDEX_BITS: u32 = 28;
+
 impl<T> Handle<T> {
-    pub(crate) fn new(index: u32, gen: u32) -> Self {
-        Self {
-            index,
-            gen,
-            _type: PhantomData,
-        }
+    /// The handle of slot `index` (below `2^INDEX_BITS`) and generation `gen` (tag included).
+    pub(crate) fn new(index: u32, gen: u64) -> Self {
+        debug_assert!(index >> INDEX_BITS == 0 && gen >> (64 - INDEX_BITS) == 0);
+        Self::from_bits((gen << INDEX_BITS) | u64::from(index))
+    }
+
+    #[inline]
+    pub(crate) fn index(self) -> u32 {
+        (self.bits & ((1 << INDEX_BITS) - 1)) as u32
+    }
+
+    /// The generation, with the tag in its high bits.
+    #[inline]
+    pub(crate) fn gen(self) -> u64 {
+        self.bits >> INDEX_BITS
     }
 
     /// The handle as one `u64` (for storing in other structures).
     pub fn to_bits(self) -> u64 {
-        (u64::from(self.gen) << 32) | u64::from(self.index)
+        self.bits
     }
 
     /// A handle from [`Self::to_bits`]. Any value is safe to use: a wrong one resolves to `None`.
     pub fn from_bits(bits: u64) -> Self {
-        Self::new(bits as u32, (bits >> 32) as u32)
+        Self {
+            bits,
+            _type: PhantomData,
+        }
     }
 }
 
@@ -42,7 +56,7 @@ impl<T> Copy for Handle<T> {}
 
 impl<T> PartialEq for Handle<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.index == other.index && self.gen == other.gen
+        self.bits == other.bits
     }
 }
 
@@ -56,7 +70,7 @@ impl<T> core::hash::Hash for Handle<T> {
 
 impl<T> fmt::Debug for Handle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Handle({}v{:#x})", self.index, self.gen)
+        write!(f, "Handle({}v{:#x})", self.index(), self.gen())
     }
 }
 

@@ -4,13 +4,15 @@
 //! A slot is one 64-bit word, so that a read is one load and the table costs 8 bytes per handle:
 //!
 //! ```text
-//!   63        49   48   47                          3   2       1       0
-//!  | generation | LIVE |  address (blocks are 8-aligned) |   -   | WRITING | MOVING |
+//!   63        45   44   43                                3   2       1       0
+//!  | generation | LIVE |  address in the movable window     |   -   | WRITING | MOVING |
 //! ```
 //!
-//! The generation and `LIVE` are the top 16 bits, so a read checks both (and, with the cache's tag
-//! folded into the expected generation, that the handle is the cache's own) with one shift and one
-//! compare. A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
+//! Every movable block lies in alloc-core's movable window (`2^44` bytes at a fixed base, see
+//! `alloc_core::movable`) and is 8-aligned, so the slot keeps bits 3..43 of its address and the window
+//! base supplies the rest; the bits that saves give the generation 19 bits. The generation and `LIVE`
+//! are the top 20 bits, so a read checks both (and, with the cache's tag folded into the expected
+//! generation, that the handle is the cache's own) with one shift and one compare. A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
 //! [`Slot::free_link`]). Its generation is the one the next object will get: removal bumps it in the
 //! same store that clears `LIVE`, so no state pairs an old generation with a new object or a new
 //! generation with an old one. A *pin* count, for types that may not be read during a move (interior
@@ -43,27 +45,58 @@
 //!   and so its load of the word, come later in the `SeqCst` order than the mover's CAS, and the
 //!   pinner sees `MOVING` and waits.
 
-use crate::sync::{backoff, fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{
+    backoff, fence, movable_window_base, AtomicBool, AtomicU32, AtomicU64, Ordering,
+    MOVABLE_WINDOW_BITS,
+};
 
 pub(crate) const MOVING: u64 = 1;
 pub(crate) const WRITING: u64 = 2;
-const LIVE_SHIFT: u32 = 48;
+const LIVE_SHIFT: u32 = MOVABLE_WINDOW_BITS;
 pub(crate) const LIVE: u64 = 1 << LIVE_SHIFT;
 const HELD: u64 = MOVING | WRITING;
 
 /// Bits of the generation counter kept in the slot (and in the low bits of a handle's generation;
 /// the bits above are the cache's tag).
-pub(crate) const GEN_COUNTER_BITS: u32 = 15;
+pub(crate) const GEN_COUNTER_BITS: u32 = 64 - GEN_SHIFT;
 pub(crate) const GEN_COUNTER_MASK: u32 = (1 << GEN_COUNTER_BITS) - 1;
 const GEN_SHIFT: u32 = LIVE_SHIFT + 1;
 const GEN_BITS: u64 = (GEN_COUNTER_MASK as u64) << GEN_SHIFT;
-/// The address bits: 8-aligned addresses below 2^48 (user space on x86-64 and AArch64).
+/// The address bits a slot keeps: bits 3..43 (blocks are 8-aligned; the window base is the rest).
 pub(crate) const ADDR_MASK: u64 = ((1 << LIVE_SHIFT) - 1) & !7;
 
-/// Whether `addr` can be stored in a slot (8-aligned, below 2^48). Blocks from alloc-core's movable
-/// heap always can; the cache checks anyway rather than corrupt a generation.
+/// Whether `addr` can be stored in a slot: 8-aligned, in the movable window, and not its base.
+/// Blocks from alloc-core's movable heap always can; the cache checks anyway rather than corrupt a
+/// generation.
 pub(crate) fn storable(addr: usize) -> bool {
-    addr as u64 & !ADDR_MASK == 0 && addr != 0
+    let offset = addr as u64 & ((1 << LIVE_SHIFT) - 1);
+    offset & !ADDR_MASK == 0 && offset != 0 && addr - offset as usize == movable_window_base()
+}
+
+/// For the loom models, whose objects come from the system allocator: the window of the first
+/// object a model stores is the window from then on; panics if `addr` lies outside it.
+#[cfg(loom)]
+pub fn use_window_of(addr: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let window = addr & !((1 << LIVE_SHIFT) - 1);
+    let chosen = crate::sync::LOOM_WINDOW.compare_exchange(0, window | 1, Relaxed, Relaxed);
+    let chosen = chosen.map_or_else(|w| w & !1, |_| window);
+    assert_eq!(
+        window, chosen,
+        "{addr:#x} lies outside the models' movable window"
+    );
+}
+
+/// The address bits of `addr` a slot keeps.
+#[inline]
+fn stored(addr: usize) -> u64 {
+    addr as u64 & ADDR_MASK
+}
+
+/// The address a slot word holds.
+#[inline]
+fn address_in(word: u64) -> usize {
+    (word & ADDR_MASK) as usize | movable_window_base()
 }
 
 /// The pin count of one slot.
@@ -130,19 +163,19 @@ impl Slot {
     /// relaxed atomic loads are allowed; the `Acquire` fence after a match makes the object's
     /// contents, written before its publication, visible (it is free on x86-64).
     #[inline]
-    pub fn read(&self, gen: u32) -> Option<usize> {
+    pub fn read(&self, gen: u64) -> Option<usize> {
         let word = self.word.load(Ordering::Relaxed);
-        if word >> LIVE_SHIFT != (u64::from(gen) << 1) | 1 {
+        if word >> LIVE_SHIFT != (gen << 1) | 1 {
             return None;
         }
         fence(Ordering::Acquire);
-        Some((word & ADDR_MASK) as usize)
+        Some(address_in(word))
     }
 
     /// The generation and address of the live object, if any, from one load.
     pub fn snapshot(&self) -> Option<(u32, usize)> {
         let word = self.word.load(Ordering::Acquire);
-        (word & LIVE != 0).then_some((gen_of(word), (word & ADDR_MASK) as usize))
+        (word & LIVE != 0).then_some((gen_of(word), address_in(word)))
     }
 
     /// The live object's address, or 0 if vacant.
@@ -157,7 +190,7 @@ impl Slot {
         let word = self.word.load(Ordering::Relaxed);
         debug_assert_eq!(word & LIVE, 0);
         self.word
-            .store((word & GEN_BITS) | LIVE | addr as u64, Ordering::Release);
+            .store((word & GEN_BITS) | LIVE | stored(addr), Ordering::Release);
     }
 
     /// The free-slot link a vacant slot holds (0 if none was set).
@@ -173,7 +206,7 @@ impl Slot {
         let word = self.word.load(Ordering::Relaxed);
         debug_assert_eq!(word & LIVE, 0);
         self.word.store(
-            (word & GEN_BITS) | (u64::from(link) << 3),
+            (word & GEN_BITS) | (u64::from(link) << 3 & ADDR_MASK),
             Ordering::Relaxed,
         );
     }
@@ -217,7 +250,7 @@ impl Slot {
                 .compare_exchange_weak(word, word | bit, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                return Some((word & ADDR_MASK) as usize);
+                return Some(address_in(word));
             }
         }
     }
@@ -229,14 +262,14 @@ impl Slot {
         let word = self.word.load(Ordering::Relaxed);
         debug_assert_ne!(word & HELD, 0);
         self.word
-            .store((word & GEN_BITS) | LIVE | addr as u64, Ordering::Release);
+            .store((word & GEN_BITS) | LIVE | stored(addr), Ordering::Release);
     }
 
     /// Marks the live object at `addr` as moving if nobody holds it and nobody has it pinned (`pins`
     /// is this slot's pin count, read only if its table's `gate` is open). Never waits.
     pub fn try_isolate(&self, gate: &PinGate, pins: &Pins, addr: usize) -> bool {
         let word = self.word.load(Ordering::Relaxed);
-        if word & !GEN_BITS != LIVE | addr as u64 {
+        if word & !GEN_BITS != LIVE | stored(addr) {
             return false;
         }
         if self
@@ -278,7 +311,7 @@ impl Slot {
                     Self::unpin(pins);
                     return None;
                 }
-                return Some((word & ADDR_MASK) as usize);
+                return Some(address_in(word));
             }
             Self::unpin(pins);
             backoff(&mut spins);
@@ -310,38 +343,45 @@ mod tests {
         assert_eq!(std::mem::size_of::<Slot>(), 8);
     }
 
+    /// The movable window's base, fixed from here on.
+    fn window() -> usize {
+        assert!(alloc_core::movable::reserve_movable_region());
+        movable_window_base()
+    }
+
     #[test]
     fn life_cycle_and_generations() {
+        let w = window();
         let (slot, gate, pins) = (Slot::new(), PinGate::new(), Pins::new(0));
         assert_eq!(slot.read(0), None);
-        slot.publish_new(0x1000);
-        assert_eq!(slot.read(0), Some(0x1000));
+        slot.publish_new(w | 0x1000);
+        assert_eq!(slot.read(0), Some(w | 0x1000));
         assert_eq!(slot.read(1), None);
-        for foreign_tag in [1, 7, u32::MAX >> GEN_COUNTER_BITS] {
+        for foreign_tag in [1, 7, crate::MAX_CACHES as u64] {
             let gen = foreign_tag << GEN_COUNTER_BITS;
             assert_eq!(slot.read(gen), None, "another cache's handle never matches");
         }
-        assert_eq!(slot.snapshot(), Some((0, 0x1000)));
-        assert!(slot.try_isolate(&gate, &pins, 0x1000));
+        assert_eq!(slot.snapshot(), Some((0, w | 0x1000)));
+        assert!(slot.try_isolate(&gate, &pins, w | 0x1000));
         assert_eq!(
             slot.read(0),
-            Some(0x1000),
+            Some(w | 0x1000),
             "readers keep the old copy while it moves"
         );
-        assert!(!slot.try_isolate(&gate, &pins, 0x1000), "isolated once");
-        slot.publish_move(0x2008);
-        assert_eq!(slot.read(0), Some(0x2008));
+        assert!(!slot.try_isolate(&gate, &pins, w | 0x1000), "isolated once");
+        slot.publish_move(w | 0x2008);
+        assert_eq!(slot.read(0), Some(w | 0x2008));
         assert!(
-            !slot.try_isolate(&gate, &pins, 0x1000),
+            !slot.try_isolate(&gate, &pins, w | 0x1000),
             "a stale address is refused"
         );
-        assert_eq!(slot.pin(&gate, &pins, 0), Some(0x2008));
+        assert_eq!(slot.pin(&gate, &pins, 0), Some(w | 0x2008));
         assert!(
-            !slot.try_isolate(&gate, &pins, 0x2008),
+            !slot.try_isolate(&gate, &pins, w | 0x2008),
             "a pinned object is refused"
         );
         Slot::unpin(&pins);
-        assert_eq!(slot.begin_remove(0), Some(0x2008));
+        assert_eq!(slot.begin_remove(0), Some(w | 0x2008));
         assert_eq!(slot.read(0), None);
         assert_eq!(slot.read(1), None, "vacant under the next generation");
         assert_eq!(slot.generation(), 1);
@@ -349,27 +389,32 @@ mod tests {
         assert_eq!(slot.free_link(), 12345);
         assert_eq!(slot.read(1), None, "a free link is not an address");
         assert_eq!(slot.begin_write(1), None);
-        slot.publish_new(0x3000);
-        assert_eq!(slot.read(1), Some(0x3000));
+        slot.publish_new(w | 0x3000);
+        assert_eq!(slot.read(1), Some(w | 0x3000));
         assert_eq!(slot.read(0), None);
     }
 
     #[test]
     fn the_generation_wraps_within_its_bits() {
         assert_eq!(next_generation(GEN_COUNTER_MASK), 0);
+        let w = window();
         let slot = Slot::new();
         slot.word
             .store(with_gen(GEN_COUNTER_MASK), Ordering::Relaxed);
-        slot.publish_new(0x40);
-        assert_eq!(slot.begin_remove(GEN_COUNTER_MASK), Some(0x40));
+        slot.publish_new(w | 0x40);
+        assert_eq!(slot.begin_remove(GEN_COUNTER_MASK), Some(w | 0x40));
         assert_eq!(slot.generation(), 0);
     }
 
     #[test]
-    fn only_small_aligned_addresses_are_storable() {
-        assert!(storable(0x7fff_ffff_fff8));
+    fn only_aligned_addresses_in_the_window_are_storable() {
+        let w = window();
+        assert!(storable(w | 0x0fff_ffff_fff8));
+        assert!(storable(w | 8));
+        assert!(!storable(w), "the window base is never a block");
+        assert!(!storable(w | 0x1004));
+        assert!(!storable((w | 0x1000) ^ (1 << 44)), "outside the window");
         assert!(!storable(0x8000_0000_0000_0000));
-        assert!(!storable(0x1004));
         assert!(!storable(0));
     }
 }

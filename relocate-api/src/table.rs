@@ -208,7 +208,7 @@ pub(crate) struct ReadOnlySlot<'t>(&'t Slot);
 impl ReadOnlySlot<'_> {
     /// See [`Slot::read`].
     #[inline]
-    pub(crate) fn read(&self, gen: u32) -> Option<usize> {
+    pub(crate) fn read(&self, gen: u64) -> Option<usize> {
         self.0.read(gen)
     }
 }
@@ -277,13 +277,15 @@ mod tests {
         assert_eq!(table.claim(100), Some(0..100));
         assert_eq!(other.claim(100), Some(100..200));
         // Both see the same slots: what one writes, the other reads.
+        assert!(alloc_core::movable::reserve_movable_region());
+        let addr = alloc_core::movable::movable_window_base() | 0x1000;
         let slot = other.get(150).expect("claimed");
-        slot.publish_new(0x1000);
-        assert_eq!(table.for_read(150).and_then(|s| s.read(0)), Some(0x1000));
+        slot.publish_new(addr);
+        assert_eq!(table.for_read(150).and_then(|s| s.read(0)), Some(addr));
         drop(table);
         assert_eq!(
             other.get(150).map(Slot::address),
-            Some(0x1000),
+            Some(addr),
             "kept by the last sharer"
         );
     }

@@ -153,7 +153,7 @@ fn foreign_and_forged_handles_resolve_to_none() {
     assert_eq!(a.get(hb, &ga), None, "a handle from another cache resolved");
     // With this cache's own tag and generation: indices past the slots in use (slots that read as
     // vacant, or past the reservation) resolve to nothing.
-    let own = ha.to_bits() & !u64::from(u32::MAX);
+    let own = ha.to_bits() & !(relocate_api::MAX_OBJECTS as u64 - 1);
     for bits in [
         0u64,
         u64::MAX,
@@ -163,7 +163,6 @@ fn foreign_and_forged_handles_resolve_to_none() {
         own | 1,
         own | 5_000_000,
         own | (relocate_api::MAX_OBJECTS as u64 - 1),
-        own | relocate_api::MAX_OBJECTS as u64,
         own | u64::from(u32::MAX),
     ] {
         assert_eq!(
@@ -347,20 +346,21 @@ fn calls_from_inside_a_callback_are_refused() {
     );
 }
 
-/// A slot serves 2^15 generations, then is retired rather than wrap: no handle ever made can name a
+/// A slot serves 2^19 generations, then is retired rather than wrap: no handle ever made can name a
 /// later object, however often slots are reused.
 #[test]
 fn a_slot_is_retired_before_its_generation_wraps() {
     let cache: RelocCache<u64> = RelocCache::new().unwrap();
     let reader = cache.reader();
     let mut guard = reader.pin();
-    let index = |h: Handle<u64>| h.to_bits() as u32;
+    const GENERATIONS: u64 = 1 << 19;
+    let index = |h: Handle<u64>| h.to_bits() & (relocate_api::MAX_OBJECTS as u64 - 1);
     let first = cache.insert(0).unwrap();
     let mut seen = std::collections::HashSet::new();
     assert!(seen.insert(first.to_bits()));
     assert!(cache.remove(first, &guard));
     let mut reuses = 0;
-    for value in 1..=70_000u64 {
+    for value in 1..=2 * GENERATIONS + 4464 {
         let handle = cache.insert(value).unwrap();
         assert!(
             seen.insert(handle.to_bits()),
@@ -376,9 +376,10 @@ fn a_slot_is_retired_before_its_generation_wraps() {
             guard.repin();
         }
     }
-    // Generations 1..=32767 after the first object's 0; then the slot is never handed out again.
-    assert_eq!(reuses, (1 << 15) - 1);
-    // 70,001 objects, one at a time: two slots served 2^15 each and were retired, a third serves on.
+    // Generations 1..2^19 after the first object's 0; then the slot is never handed out again.
+    assert_eq!(reuses, GENERATIONS - 1);
+    // 2^20 + 4,465 objects, one at a time: two slots served 2^19 each and were retired, a third
+    // serves on.
     assert_eq!(cache.stats().counters.retired_slots, 2);
     assert_eq!(cache.get(first, &guard), None);
     let after = cache.insert(1).unwrap();

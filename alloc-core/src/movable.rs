@@ -21,16 +21,15 @@
 //! is returned to its arena at once, and an arena whose units are all free is unmapped by `purge` or
 //! after the decommit delay.
 //!
-//! Movable arenas are carved from one reservation (`region`), so every movable block's address is
-//! [`movable_window_base`] plus an offset below `2^MOVABLE_WINDOW_BITS`: a handle slot can store the
-//! offset alone.
+//! Movable arenas are carved from one reservation (`region`) below `2^MOVABLE_ADDRESS_BITS`, so a
+//! handle slot can store a movable block's address in that many bits.
 
 use crate::arena::{
     self, ArenaKind, ArenaMeta, BACKMAP_COLUMNS, BACKMAP_GRANULE, BACKMAP_OFFSET,
     LIVE_BITMAP_OFFSET, LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
-pub use crate::region::{movable_window_base, reserve_movable_region, MOVABLE_WINDOW_BITS};
+pub use crate::region::{reserve_movable_region, MOVABLE_ADDRESS_BITS};
 use crate::size_class::{class_of, ClassInfo, MAX_SLAB_UNITS, MAX_SMALL_BYTES, UNIT_BYTES};
 use crate::slab::{Slab, FLAG_DRAINING, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};

@@ -176,9 +176,19 @@ fn checksum(value: u64) -> u64 {
 pub struct Objects {
     /// Every object of the execution, with whether it was freed.
     blocks: std::sync::Mutex<Vec<(*mut Object, bool)>>,
+    /// Where the objects live: a mapping below 16 TiB, where a slot can hold their addresses as it
+    /// holds movable blocks' (see `relocate_api::slot`); objects are carved from it in order.
+    pool: *mut Object,
 }
 
-// SAFETY: the raw pointers are the `Objects`' own boxes; the list is behind a mutex, and the objects'
+/// Objects one execution can make.
+const POOL_OBJECTS: usize = 64;
+
+fn pool_bytes() -> usize {
+    (POOL_OBJECTS * size_of::<Object>()).next_multiple_of(1 << 16)
+}
+
+// SAFETY: the raw pointers are into the `Objects`' own pool; the list is behind a mutex, and the objects'
 // words are reached only through loom `UnsafeCell` accessors, which loom checks.
 unsafe impl Send for Objects {}
 // SAFETY: as for `Send`.
@@ -193,18 +203,51 @@ impl Default for Objects {
 impl Objects {
     /// An empty heap.
     pub fn new() -> Self {
+        // Models run on several test threads at once: each tries hints in turn from a shared counter
+        // (a std atomic, bookkeeping outside the model) until the kernel honours one.
+        static NEXT_HINT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let pool = (0..1024)
+            .find_map(|_| {
+                let k = NEXT_HINT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (1 << 16);
+                let hint = (1usize << 39) + k * pool_bytes();
+                // SAFETY: an anonymous private mapping with a hint never replaces an existing one.
+                let pool = unsafe {
+                    libc::mmap(
+                        hint as *mut libc::c_void,
+                        pool_bytes(),
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if pool == libc::MAP_FAILED || pool as usize + pool_bytes() <= 1 << 44 {
+                    return (pool != libc::MAP_FAILED).then_some(pool);
+                }
+                // SAFETY: the mapping just made, unused.
+                unsafe { libc::munmap(pool, pool_bytes()) };
+                None
+            })
+            .expect("no room for the models' objects below 16 TiB");
         Self {
             blocks: std::sync::Mutex::new(Vec::new()),
+            pool: pool.cast(),
         }
     }
 
     /// A new object holding `value`; its address.
     pub fn alloc(&self, value: u64) -> usize {
-        let object = Box::into_raw(Box::new(Object {
-            words: UnsafeCell::new([value, checksum(value)]),
-        }));
-        relocate_api::slot::use_window_of(object as usize);
-        self.lock().push((object, false));
+        let mut blocks = self.lock();
+        assert!(blocks.len() < POOL_OBJECTS, "a model made too many objects");
+        // SAFETY: the pool holds `POOL_OBJECTS` objects, and this slot of it is unused.
+        let object = unsafe { self.pool.add(blocks.len()) };
+        // SAFETY: as above; writing initialises it.
+        unsafe {
+            object.write(Object {
+                words: UnsafeCell::new([value, checksum(value)]),
+            })
+        };
+        blocks.push((object, false));
         object as usize
     }
 
@@ -282,9 +325,11 @@ impl Objects {
 impl Drop for Objects {
     fn drop(&mut self) {
         for &(object, _) in self.lock().iter() {
-            // SAFETY: each pointer came from `Box::into_raw` in `alloc` and is freed once, here; no
-            // reference into it outlives `self`.
-            drop(unsafe { Box::from_raw(object) });
+            // SAFETY: each object was initialised in `alloc` and is dropped once, here; no reference
+            // into it outlives `self`.
+            unsafe { ptr::drop_in_place(object) };
         }
+        // SAFETY: the pool mapped in `new`; every object in it was dropped above.
+        unsafe { libc::munmap(self.pool.cast(), pool_bytes()) };
     }
 }

@@ -122,9 +122,7 @@ impl Guard {
 #[inline]
 pub(crate) fn read_slot<T>(table: &SlotTable, tag_bits: u64, handle: Handle<T>) -> Option<usize> {
     // `read` checks the tag with the generation: xor-ing out ours leaves another's high bits set.
-    table
-        .for_read(handle.index())?
-        .read(handle.gen() ^ tag_bits)
+    table.for_read(handle.index()).read(handle.gen() ^ tag_bits)
 }
 
 /// A tag as it sits in the high bits of a handle's generation.
@@ -348,7 +346,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
-        // Slots store addresses within the movable window, so it must be fixed before any block.
+        // Fail here, not at the first insert, if movable memory cannot be had (see `slot`).
         if !alloc_core::movable::reserve_movable_region() {
             return Err(CacheError::OutOfMemory);
         }

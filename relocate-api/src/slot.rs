@@ -5,12 +5,12 @@
 //!
 //! ```text
 //!   63        45   44   43                                3   2       1       0
-//!  | generation | LIVE |  address in the movable window     |   -   | WRITING | MOVING |
+//!  | generation | LIVE |  address (8-aligned, below 2^44)   |   -   | WRITING | MOVING |
 //! ```
 //!
-//! Every movable block lies in alloc-core's movable window (`2^44` bytes at a fixed base, see
-//! `alloc_core::movable`) and is 8-aligned, so the slot keeps bits 3..43 of its address and the window
-//! base supplies the rest; the bits that saves give the generation 19 bits. The generation and `LIVE`
+//! Every movable block is 8-aligned and lies below 16 TiB (alloc-core carves movable arenas from one
+//! reservation there, see `alloc_core::movable`), so 41 bits hold its address and the generation gets
+//! 19. The generation and `LIVE`
 //! are the top 20 bits, so a read checks both (and, with the cache's tag folded into the expected
 //! generation, that the handle is the cache's own) with one shift and one compare. A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
 //! [`Slot::free_link`]). Its generation is the one the next object will get: removal bumps it in the
@@ -46,13 +46,12 @@
 //!   pinner sees `MOVING` and waits.
 
 use crate::sync::{
-    backoff, fence, movable_window_base, AtomicBool, AtomicU32, AtomicU64, Ordering,
-    MOVABLE_WINDOW_BITS,
+    backoff, fence, AtomicBool, AtomicU32, AtomicU64, Ordering, MOVABLE_ADDRESS_BITS,
 };
 
 pub(crate) const MOVING: u64 = 1;
 pub(crate) const WRITING: u64 = 2;
-const LIVE_SHIFT: u32 = MOVABLE_WINDOW_BITS;
+const LIVE_SHIFT: u32 = MOVABLE_ADDRESS_BITS;
 pub(crate) const LIVE: u64 = 1 << LIVE_SHIFT;
 const HELD: u64 = MOVING | WRITING;
 
@@ -62,32 +61,16 @@ pub(crate) const GEN_COUNTER_BITS: u32 = 64 - GEN_SHIFT;
 pub(crate) const GEN_COUNTER_MASK: u32 = (1 << GEN_COUNTER_BITS) - 1;
 const GEN_SHIFT: u32 = LIVE_SHIFT + 1;
 const GEN_BITS: u64 = (GEN_COUNTER_MASK as u64) << GEN_SHIFT;
-/// The address bits a slot keeps: bits 3..43 (blocks are 8-aligned; the window base is the rest).
+/// The address bits: 8-aligned addresses below 2^44 (where alloc-core puts every movable block).
 pub(crate) const ADDR_MASK: u64 = ((1 << LIVE_SHIFT) - 1) & !7;
 
-/// Whether `addr` can be stored in a slot: 8-aligned, in the movable window, and not its base.
-/// Blocks from alloc-core's movable heap always can; the cache checks anyway rather than corrupt a
-/// generation.
+/// Whether `addr` can be stored in a slot (8-aligned, below 2^44). Blocks from alloc-core's movable
+/// heap always can; the cache checks anyway rather than corrupt a generation.
 pub(crate) fn storable(addr: usize) -> bool {
-    let offset = addr as u64 & ((1 << LIVE_SHIFT) - 1);
-    offset & !ADDR_MASK == 0 && offset != 0 && addr - offset as usize == movable_window_base()
+    addr as u64 & !ADDR_MASK == 0 && addr != 0
 }
 
-/// For the loom models, whose objects come from the system allocator: the window of the first
-/// object a model stores is the window from then on; panics if `addr` lies outside it.
-#[cfg(loom)]
-pub fn use_window_of(addr: usize) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let window = addr & !((1 << LIVE_SHIFT) - 1);
-    let chosen = crate::sync::LOOM_WINDOW.compare_exchange(0, window | 1, Relaxed, Relaxed);
-    let chosen = chosen.map_or_else(|w| w & !1, |_| window);
-    assert_eq!(
-        window, chosen,
-        "{addr:#x} lies outside the models' movable window"
-    );
-}
-
-/// The address bits of `addr` a slot keeps.
+/// The address bits of `addr` a slot keeps (all of them, for a storable address).
 #[inline]
 fn stored(addr: usize) -> u64 {
     addr as u64 & ADDR_MASK
@@ -96,7 +79,7 @@ fn stored(addr: usize) -> u64 {
 /// The address a slot word holds.
 #[inline]
 fn address_in(word: u64) -> usize {
-    (word & ADDR_MASK) as usize | movable_window_base()
+    (word & ADDR_MASK) as usize
 }
 
 /// The pin count of one slot.
@@ -343,45 +326,38 @@ mod tests {
         assert_eq!(std::mem::size_of::<Slot>(), 8);
     }
 
-    /// The movable window's base, fixed from here on.
-    fn window() -> usize {
-        assert!(alloc_core::movable::reserve_movable_region());
-        movable_window_base()
-    }
-
     #[test]
     fn life_cycle_and_generations() {
-        let w = window();
         let (slot, gate, pins) = (Slot::new(), PinGate::new(), Pins::new(0));
         assert_eq!(slot.read(0), None);
-        slot.publish_new(w | 0x1000);
-        assert_eq!(slot.read(0), Some(w | 0x1000));
+        slot.publish_new(0x1000);
+        assert_eq!(slot.read(0), Some(0x1000));
         assert_eq!(slot.read(1), None);
         for foreign_tag in [1, 7, crate::MAX_CACHES as u64] {
             let gen = foreign_tag << GEN_COUNTER_BITS;
             assert_eq!(slot.read(gen), None, "another cache's handle never matches");
         }
-        assert_eq!(slot.snapshot(), Some((0, w | 0x1000)));
-        assert!(slot.try_isolate(&gate, &pins, w | 0x1000));
+        assert_eq!(slot.snapshot(), Some((0, 0x1000)));
+        assert!(slot.try_isolate(&gate, &pins, 0x1000));
         assert_eq!(
             slot.read(0),
-            Some(w | 0x1000),
+            Some(0x1000),
             "readers keep the old copy while it moves"
         );
-        assert!(!slot.try_isolate(&gate, &pins, w | 0x1000), "isolated once");
-        slot.publish_move(w | 0x2008);
-        assert_eq!(slot.read(0), Some(w | 0x2008));
+        assert!(!slot.try_isolate(&gate, &pins, 0x1000), "isolated once");
+        slot.publish_move(0x2008);
+        assert_eq!(slot.read(0), Some(0x2008));
         assert!(
-            !slot.try_isolate(&gate, &pins, w | 0x1000),
+            !slot.try_isolate(&gate, &pins, 0x1000),
             "a stale address is refused"
         );
-        assert_eq!(slot.pin(&gate, &pins, 0), Some(w | 0x2008));
+        assert_eq!(slot.pin(&gate, &pins, 0), Some(0x2008));
         assert!(
-            !slot.try_isolate(&gate, &pins, w | 0x2008),
+            !slot.try_isolate(&gate, &pins, 0x2008),
             "a pinned object is refused"
         );
         Slot::unpin(&pins);
-        assert_eq!(slot.begin_remove(0), Some(w | 0x2008));
+        assert_eq!(slot.begin_remove(0), Some(0x2008));
         assert_eq!(slot.read(0), None);
         assert_eq!(slot.read(1), None, "vacant under the next generation");
         assert_eq!(slot.generation(), 1);
@@ -389,31 +365,28 @@ mod tests {
         assert_eq!(slot.free_link(), 12345);
         assert_eq!(slot.read(1), None, "a free link is not an address");
         assert_eq!(slot.begin_write(1), None);
-        slot.publish_new(w | 0x3000);
-        assert_eq!(slot.read(1), Some(w | 0x3000));
+        slot.publish_new(0x3000);
+        assert_eq!(slot.read(1), Some(0x3000));
         assert_eq!(slot.read(0), None);
     }
 
     #[test]
     fn the_generation_wraps_within_its_bits() {
         assert_eq!(next_generation(GEN_COUNTER_MASK), 0);
-        let w = window();
         let slot = Slot::new();
         slot.word
             .store(with_gen(GEN_COUNTER_MASK), Ordering::Relaxed);
-        slot.publish_new(w | 0x40);
-        assert_eq!(slot.begin_remove(GEN_COUNTER_MASK), Some(w | 0x40));
+        slot.publish_new(0x40);
+        assert_eq!(slot.begin_remove(GEN_COUNTER_MASK), Some(0x40));
         assert_eq!(slot.generation(), 0);
     }
 
     #[test]
-    fn only_aligned_addresses_in_the_window_are_storable() {
-        let w = window();
-        assert!(storable(w | 0x0fff_ffff_fff8));
-        assert!(storable(w | 8));
-        assert!(!storable(w), "the window base is never a block");
-        assert!(!storable(w | 0x1004));
-        assert!(!storable((w | 0x1000) ^ (1 << 44)), "outside the window");
+    fn only_aligned_addresses_below_16_tib_are_storable() {
+        assert!(storable(0x0fff_ffff_fff8));
+        assert!(storable(8));
+        assert!(!storable(0x1000 | (1 << 44)), "above 16 TiB");
+        assert!(!storable(0x1004));
         assert!(!storable(0x8000_0000_0000_0000));
         assert!(!storable(0));
     }

@@ -6,27 +6,12 @@ pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ord
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// The high address bits every movable block shares (see `alloc_core::movable`); slots store the rest.
-/// Under loom, where no movable memory exists, the models' addresses are stored whole.
-#[inline]
-pub(crate) fn movable_window_base() -> usize {
-    #[cfg(not(loom))]
-    return alloc_core::movable::movable_window_base();
-    #[cfg(loom)]
-    return LOOM_WINDOW.load(std::sync::atomic::Ordering::Relaxed) & !1;
-}
-
-/// Under loom, the models' objects come from the system allocator, and the first object's window is
-/// the window (see `slot::use_window_of`); bit 0 marks it chosen. A plain atomic, outside the model.
-#[cfg(loom)]
-pub(crate) static LOOM_WINDOW: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
-
-/// Bits of a movable block's offset in its window.
+/// Movable blocks lie below `2^MOVABLE_ADDRESS_BITS` (see `alloc_core::movable`), so slots keep that
+/// many address bits (the loom models place their objects there too).
 #[cfg(not(loom))]
-pub(crate) const MOVABLE_WINDOW_BITS: u32 = alloc_core::movable::MOVABLE_WINDOW_BITS;
+pub(crate) const MOVABLE_ADDRESS_BITS: u32 = alloc_core::movable::MOVABLE_ADDRESS_BITS;
 #[cfg(loom)]
-pub(crate) const MOVABLE_WINDOW_BITS: u32 = 44;
+pub(crate) const MOVABLE_ADDRESS_BITS: u32 = 44;
 
 /// Waiting for a writer or mover of one object: spin briefly, then yield.
 pub(crate) fn backoff(spins: &mut u32) {

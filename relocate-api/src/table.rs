@@ -1,7 +1,7 @@
 //! The handle table: slots that never move, in one reservation of address space.
 //!
-//! The table reserves `max_slots` slots (8 bytes each) and as many pin counters (4 bytes each) as
-//! read-only address space when it is made, and makes them writable `CHUNK_SLOTS` at a time as caches
+//! The table reserves `RESERVED_SLOTS` slots (8 bytes each, every index a handle can hold) and as many
+//! pin counters (4 bytes each) as read-only address space when it is made, and makes them writable `CHUNK_SLOTS` at a time as caches
 //! [`claim`](SlotTable::claim) slots. Nothing is ever copied or unmapped while the table lives, so a
 //! reader that found a slot can keep using it without any lock. Fresh pages are zero, and an all-zero
 //! slot is vacant; pin counters are only ever touched by caches that pin, so for the others they stay
@@ -11,9 +11,11 @@
 //! do: each claims runs of slots and only ever uses its own, so the index space (and with it the
 //! generations, see `MAX_OBJECTS`) is one for all of them, not split between them.
 //!
-//! Readers ([`SlotTable::for_read`]) check an index only against `max_slots`, a field that never
-//! changes, not against the committed part (an atomic that growth writes): a slot above it reads as
-//! zero, vacant, from the kernel's shared zero page, which is not counted as resident. (A forged
+//! Readers ([`SlotTable::for_read`]) do not check an index at all: every index a handle can hold lies
+//! in the reservation (the index is masked to its bits), and the committed part (an atomic that growth
+//! writes) is for writers: a slot above it reads as zero, vacant, from the kernel's shared zero page,
+//! which is not counted as resident. No load and no branch for the bound, in the `get` loop that
+//! counts every instruction. (A forged
 //! handle can so make the kernel map the zero page at an unused index: page tables, at most 8 bytes
 //! per 4 KiB of reservation, about 6 MiB for a whole `RelocCache` table.) Whatever writes to a slot
 //! (or a pin count) finds it with [`SlotTable::get`], bounded by the committed part.
@@ -22,6 +24,7 @@
 //! the first slot used in it, and the table's resident size is part of the cache's footprint (in the
 //! `handles` benchmark, huge pages for the table made no measurable difference to `get`).
 
+use crate::handle::INDEX_BITS;
 use crate::slot::{PinGate, Pins, Slot};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,19 +33,21 @@ use std::sync::{Arc, Mutex};
 /// Slots made accessible at a time: 128 KiB of slots and 64 KiB of pins, whole pages for every page
 /// size up to 64 KiB.
 pub(crate) const CHUNK_SLOTS: usize = 16 << 10;
+/// Slots every table reserves: one for each index a handle can hold.
+const RESERVED_SLOTS: usize = 1 << INDEX_BITS;
 
 /// A handle to a table: the reservation's fixed geometry, copied so that a read needs no indirection,
 /// and the state every sharer of the table sees.
 pub(crate) struct SlotTable {
-    /// The reservation: `max_slots` slots, then `max_slots` pin counters.
+    /// The reservation: `RESERVED_SLOTS` slots, then as many pin counters.
     base: *mut u8,
+    /// Slots that may be claimed (`RESERVED_SLOTS` but in tests).
     max_slots: usize,
     shared: Arc<Reservation>,
 }
 
 struct Reservation {
     base: *mut u8,
-    max_slots: usize,
     /// Slots below this index are writable (`Release` after `mprotect`, `Acquire` by writers that
     /// look a slot up; readers do not read it).
     committed: AtomicUsize,
@@ -63,15 +68,16 @@ unsafe impl Send for Reservation {}
 unsafe impl Sync for Reservation {}
 
 impl SlotTable {
-    /// A table for up to `max_slots` slots, or `None` if the address space cannot be reserved.
+    /// A table for up to `max_slots` slots (at most `RESERVED_SLOTS`), or `None` if the address
+    /// space cannot be reserved.
     pub(crate) fn new(max_slots: usize) -> Option<Self> {
         let max_slots = max_slots.next_multiple_of(CHUNK_SLOTS);
-        debug_assert!(max_slots <= 1 << 32);
+        assert!(max_slots <= RESERVED_SLOTS);
         // SAFETY: an anonymous private mapping chosen by the kernel; no existing memory is touched.
         let base = unsafe {
             libc::mmap(
                 core::ptr::null_mut(),
-                Self::reserved_bytes(max_slots),
+                Self::reserved_bytes(),
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -87,7 +93,6 @@ impl SlotTable {
             max_slots,
             shared: Arc::new(Reservation {
                 base,
-                max_slots,
                 committed: AtomicUsize::new(0),
                 claimed: Mutex::new(0),
                 gate: PinGate::new(),
@@ -104,27 +109,23 @@ impl SlotTable {
         }
     }
 
-    fn reserved_bytes(max_slots: usize) -> usize {
-        max_slots * (size_of::<Slot>() + size_of::<Pins>())
+    fn reserved_bytes() -> usize {
+        RESERVED_SLOTS * (size_of::<Slot>() + size_of::<Pins>())
     }
 
     fn pins_base(&self) -> *mut u8 {
         // SAFETY: the pin counters start right after the slots, inside the reservation.
-        unsafe { self.base.add(self.max_slots * size_of::<Slot>()) }
+        unsafe { self.base.add(RESERVED_SLOTS * size_of::<Slot>()) }
     }
 
-    /// The slot at `index` for reading only, if it lies in the reservation (wait-free). Above the
+    /// The slot at `index` (masked to a handle's index bits) for reading only (wait-free). Above the
     /// committed part it reads as vacant.
     #[inline]
-    pub(crate) fn for_read(&self, index: u32) -> Option<ReadOnlySlot<'_>> {
-        if index as usize >= self.max_slots {
-            return None;
-        }
+    pub(crate) fn for_read(&self, index: u32) -> ReadOnlySlot<'_> {
+        let index = index as usize & (RESERVED_SLOTS - 1);
         // SAFETY: inside the reservation, which is readable (zero where not yet committed) for the
         // table's life; `Slot` is one `AtomicU64`, valid for any bits.
-        Some(ReadOnlySlot(unsafe {
-            &*self.base.cast::<Slot>().add(index as usize)
-        }))
+        ReadOnlySlot(unsafe { &*self.base.cast::<Slot>().add(index) })
     }
 
     /// The slot at `index`, if it has been made writable (wait-free).
@@ -225,7 +226,7 @@ unsafe fn protect(addr: *mut u8, bytes: usize) -> bool {
 impl Drop for Reservation {
     fn drop(&mut self) {
         // SAFETY: the whole reservation, mapped in `new`; no reader outlives the last sharer.
-        unsafe { libc::munmap(self.base.cast(), SlotTable::reserved_bytes(self.max_slots)) };
+        unsafe { libc::munmap(self.base.cast(), SlotTable::reserved_bytes()) };
     }
 }
 
@@ -255,15 +256,12 @@ mod tests {
         );
         assert_eq!(table.claim(1), None, "full");
         assert!(table.get(u32::MAX).is_none());
-        // Readers may look past the committed part: those slots read as vacant.
+        // Readers may look past the committed part, and past the slots that may be claimed, to the
+        // end of the reservation: those slots read as vacant.
         let uncommitted = SlotTable::new(4 * CHUNK_SLOTS).expect("reservation");
-        assert_eq!(
-            uncommitted
-                .for_read(3 * CHUNK_SLOTS as u32)
-                .map(|s| s.read(0)),
-            Some(None)
-        );
-        assert!(uncommitted.for_read(4 * CHUNK_SLOTS as u32).is_none());
+        for index in [0, 3 * CHUNK_SLOTS as u32, 4 * CHUNK_SLOTS as u32, u32::MAX] {
+            assert_eq!(uncommitted.for_read(index).read(0), None);
+        }
         assert!(uncommitted.get(0).is_none());
         let pins = table.pins(7);
         pins.fetch_add(1, Ordering::Relaxed);
@@ -277,11 +275,10 @@ mod tests {
         assert_eq!(table.claim(100), Some(0..100));
         assert_eq!(other.claim(100), Some(100..200));
         // Both see the same slots: what one writes, the other reads.
-        assert!(alloc_core::movable::reserve_movable_region());
-        let addr = alloc_core::movable::movable_window_base() | 0x1000;
+        let addr = 0x1000;
         let slot = other.get(150).expect("claimed");
         slot.publish_new(addr);
-        assert_eq!(table.for_read(150).and_then(|s| s.read(0)), Some(addr));
+        assert_eq!(table.for_read(150).read(0), Some(addr));
         drop(table);
         assert_eq!(
             other.get(150).map(Slot::address),

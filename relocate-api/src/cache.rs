@@ -15,7 +15,7 @@ use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
 use crate::table::{SlotTable, CHUNK_SLOTS};
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, LocalHandle};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
@@ -60,7 +60,7 @@ pub struct Reader<'c> {
     _cache: PhantomData<&'c ()>,
 }
 
-impl Reader<'_> {
+impl<'c> Reader<'c> {
     pub(crate) fn new(local: LocalHandle, epoch: usize) -> Self {
         Self {
             local,
@@ -69,11 +69,15 @@ impl Reader<'_> {
         }
     }
 
-    /// Pins the current epoch: objects read under the guard stay valid until it is dropped.
-    pub fn pin(&self) -> Guard {
+    /// Pins the current epoch: objects read under the guard stay valid until it is dropped. The guard
+    /// lives no longer than the cache (it may outlive the reader): removed objects it holds back are
+    /// dropped, and their blocks freed, once it is gone, which must be before the cache's memory is.
+    pub fn pin(&self) -> Guard<'c> {
         Guard {
             inner: self.local.pin(),
             epoch: self.epoch,
+            batch: RefCell::new(None),
+            _cache: PhantomData,
         }
     }
 }
@@ -84,12 +88,114 @@ impl Reader<'_> {
 /// It carries its collector's identity, a number no other collector has, so a cache checks that a
 /// guard protects its own memory with one comparison; a guard of another cache is refused with a
 /// panic (it would not hold back that cache's reclamation).
-pub struct Guard {
+///
+/// Objects removed under a guard are handed to the epoch in batches: when the guard
+/// is dropped or re-pinned, or every `BATCH_BLOCKS` removals. A guard lives no longer than its cache,
+/// so every batch is handed over while the cache's memory is there:
+///
+/// ```compile_fail
+/// let cache: relocate_api::RelocCache<String> = relocate_api::RelocCache::new().unwrap();
+/// let guard = cache.reader().pin();
+/// drop(cache); // error: the guard borrows the cache
+/// drop(guard);
+/// ```
+pub struct Guard<'c> {
     inner: crossbeam_epoch::Guard,
     epoch: usize,
+    /// Blocks removed under this guard, not yet handed to the epoch.
+    batch: RefCell<Option<Batch>>,
+    _cache: PhantomData<&'c ()>,
 }
 
-impl Guard {
+/// Blocks a guard's removals retired for one cache, handed to the epoch together: one deferred
+/// function and one lock of the cache's `Retired` per batch, not per block. Handing a block over later
+/// than its removal is safe: a deferred function runs only once every guard pinned when it was
+/// deferred is gone, which includes every guard pinned when the block was removed.
+struct Batch {
+    retired: Arc<Retired>,
+    /// Drops the value in a block (`None` for types without drop glue); the same for the whole batch,
+    /// whose blocks are all one cache's.
+    drop_value: Option<unsafe fn(usize)>,
+    blocks: [usize; BATCH_BLOCKS],
+    len: usize,
+}
+
+/// Blocks per batch.
+const BATCH_BLOCKS: usize = 32;
+
+impl Batch {
+    fn defer(self, guard: &crossbeam_epoch::Guard) {
+        guard.defer(move || {
+            let blocks = &self.blocks[..self.len];
+            if let Some(drop_value) = self.drop_value {
+                for &block in blocks {
+                    // SAFETY: each block holds a `T` that is no longer reachable (its epoch has
+                    // passed) and is dropped exactly once, here; a cache of a `T` with drop glue owns
+                    // its collector, and no guard outlives the cache, so this runs before the cache's
+                    // heap returns the block's slab.
+                    unsafe { drop_value(block) };
+                }
+            }
+            self.retired.push_all(blocks);
+        });
+    }
+}
+
+/// Drops the `T` at `block` (a [`Batch`]'s `drop_value`).
+///
+/// # Safety
+/// `block` holds a valid `T` that nothing reads or drops again.
+unsafe fn drop_block<T>(block: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { ptr::drop_in_place(block as *mut T) };
+}
+
+impl Guard<'_> {
+    /// Retires `block` of the cache whose retired list is `retired`: after the epoch, its value is
+    /// dropped (by `drop_value`, if any) and the block queued to be freed.
+    pub(crate) fn retire(
+        &self,
+        retired: &Arc<Retired>,
+        drop_value: Option<unsafe fn(usize)>,
+        block: usize,
+    ) {
+        let mut batch = self.batch.borrow_mut();
+        let full = match &mut *batch {
+            Some(open) if Arc::ptr_eq(&open.retired, retired) => {
+                open.blocks[open.len] = block;
+                open.len += 1;
+                open.len == BATCH_BLOCKS
+            }
+            other => {
+                let mut first = Batch {
+                    retired: Arc::clone(retired),
+                    drop_value,
+                    blocks: [0; BATCH_BLOCKS],
+                    len: 1,
+                };
+                first.blocks[0] = block;
+                // Another cache's batch (a byte-blob class's sibling) goes to the epoch now.
+                if let Some(previous) = other.replace(first) {
+                    previous.defer(&self.inner);
+                }
+                false
+            }
+        };
+        if full {
+            if let Some(full) = batch.take() {
+                full.defer(&self.inner);
+            }
+        }
+    }
+
+    /// Hands the open batch, if any, to the epoch.
+    fn defer_batch(&self) {
+        let open = self.batch.borrow_mut().take();
+        if let Some(open) = open {
+            open.defer(&self.inner);
+        }
+    }
+
     /// Panics unless this guard is of the collector whose identity is `epoch`.
     #[inline]
     pub(crate) fn check(&self, epoch: usize) {
@@ -102,6 +208,7 @@ impl Guard {
     /// Unpins and pins again, so that the epoch (and reclamation) can move on; references read under
     /// the guard end here (they borrow it).
     pub fn repin(&mut self) {
+        self.defer_batch();
         self.inner.repin();
     }
 
@@ -112,7 +219,14 @@ impl Guard {
 
     /// Hands this thread's deferred functions to the collector and runs those whose epoch passed.
     pub(crate) fn flush(&self) {
+        self.defer_batch();
         self.inner.flush();
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.defer_batch();
     }
 }
 
@@ -147,9 +261,9 @@ pub(crate) struct Retired {
 }
 
 impl Retired {
-    fn push(&self, block: usize) {
+    fn push_all(&self, new: &[usize]) {
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        blocks.push(block);
+        blocks.extend_from_slice(new);
         self.queued.store(blocks.len(), Ordering::Relaxed);
     }
 
@@ -578,7 +692,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         write(new_value, block);
         slot.finish_write(block.as_ptr() as usize);
-        self.retire(guard, old, true);
+        self.retire(guard, old);
         Ok(true)
     }
 
@@ -609,7 +723,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let (slot, counter) = self.resolve(handle)?;
         let addr = slot.begin_remove(counter)?;
         let result = f(addr);
-        self.retire(guard, addr, true);
+        self.retire(guard, addr);
         self.release_slot(handle.index(), slot, 1);
         Some(result)
     }
@@ -642,19 +756,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         }
     }
 
-    /// Retires a block a reader may still hold: after the epoch, optionally drops the `T` in it, then
-    /// queues it to be freed.
-    pub(crate) fn retire(&self, guard: &Guard, addr: usize, drop_value: bool) {
-        let retired = Arc::clone(&self.retired);
-        guard.defer(move || {
-            if drop_value && std::mem::needs_drop::<T>() {
-                // SAFETY: the block holds a `T` that is no longer reachable (its epoch has passed) and
-                // is dropped exactly once, here (a cache of such a `T` owns its collector, so this
-                // runs before the cache's heap returns the block's slab).
-                unsafe { ptr::drop_in_place(addr as *mut T) };
-            }
-            retired.push(addr);
-        });
+    /// Retires the block of an object a reader may still hold: after the epoch, drops the `T` in it,
+    /// then queues it to be freed.
+    pub(crate) fn retire(&self, guard: &Guard, addr: usize) {
+        let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
+        guard.retire(&self.retired, drop_value, addr);
     }
 
     /// Retires the old copies of moved objects (never dropped: the live copy moved on) in one deferred
@@ -665,9 +771,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         }
         let retired = Arc::clone(&self.retired);
         guard.defer(move || {
-            for addr in blocks {
-                retired.push(addr);
-            }
+            retired.push_all(&blocks);
         });
     }
 

@@ -244,6 +244,11 @@ fn take_returns_the_value_and_drops_happen_once() {
         }
         cache.compact(&guard, Budget::Unlimited).unwrap();
     }
+    // The guard handed its removals (59, past one batch) to the epoch when it was dropped: once the
+    // epoch moves on, the old and removed values are dropped, with the cache still alive.
+    cache.flush(&cache.reader());
+    assert_eq!(DROPS.load(Ordering::SeqCst), 1 + 49 + 10);
+    assert_eq!(cache.len(), 89);
     drop(cache);
     // 100 values inserted + 49 made by updates, each dropped exactly once.
     assert_eq!(DROPS.load(Ordering::SeqCst), 149);

@@ -156,7 +156,7 @@ struct Reloc {
 /// A reader of the relocating cache: its guard is re-pinned every [`REPIN_EVERY`] gets, so the
 /// epoch (and retired memory) can move on while it reads.
 struct RelocSession<'a> {
-    guard: Guard,
+    guard: Guard<'a>,
     _reader: Reader<'a>,
     gets: u32,
 }

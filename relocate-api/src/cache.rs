@@ -118,13 +118,30 @@ struct Batch {
     drop_value: Option<unsafe fn(usize)>,
     blocks: [usize; BATCH_BLOCKS],
     len: usize,
+    /// The vacant slots of the removed objects: handed back when the batch is (they need no epoch:
+    /// their generation moved on when they were emptied), to be reused after the cache's next lock.
+    slots: [u32; BATCH_BLOCKS],
+    slot_len: usize,
 }
 
 /// Blocks per batch.
 const BATCH_BLOCKS: usize = 32;
 
 impl Batch {
+    /// Adds a block (and a slot); the batch has room (it is handed over when full).
+    fn add(&mut self, block: usize, slot: Option<u32>) {
+        self.blocks[self.len] = block;
+        self.len += 1;
+        if let Some(slot) = slot {
+            self.slots[self.slot_len] = slot;
+            self.slot_len += 1;
+        }
+    }
+
     fn defer(self, guard: &crossbeam_epoch::Guard) {
+        if self.slot_len > 0 {
+            self.retired.push(&[], &self.slots[..self.slot_len]);
+        }
         guard.defer(move || {
             let blocks = &self.blocks[..self.len];
             if let Some(drop_value) = self.drop_value {
@@ -136,7 +153,7 @@ impl Batch {
                     unsafe { drop_value(block) };
                 }
             }
-            self.retired.push_all(blocks);
+            self.retired.push(blocks, &[]);
         });
     }
 }
@@ -152,18 +169,19 @@ unsafe fn drop_block<T>(block: usize) {
 
 impl Guard<'_> {
     /// Retires `block` of the cache whose retired list is `retired`: after the epoch, its value is
-    /// dropped (by `drop_value`, if any) and the block queued to be freed.
+    /// dropped (by `drop_value`, if any) and the block queued to be freed. A removal hands back the
+    /// object's vacant `slot` with it.
     pub(crate) fn retire(
         &self,
         retired: &Arc<Retired>,
         drop_value: Option<unsafe fn(usize)>,
         block: usize,
+        slot: Option<u32>,
     ) {
         let mut batch = self.batch.borrow_mut();
         let full = match &mut *batch {
             Some(open) if Arc::ptr_eq(&open.retired, retired) => {
-                open.blocks[open.len] = block;
-                open.len += 1;
+                open.add(block, slot);
                 open.len == BATCH_BLOCKS
             }
             other => {
@@ -171,9 +189,11 @@ impl Guard<'_> {
                     retired: Arc::clone(retired),
                     drop_value,
                     blocks: [0; BATCH_BLOCKS],
-                    len: 1,
+                    len: 0,
+                    slots: [0; BATCH_BLOCKS],
+                    slot_len: 0,
                 };
-                first.blocks[0] = block;
+                first.add(block, slot);
                 // Another cache's batch (a byte-blob class's sibling) goes to the epoch now.
                 if let Some(previous) = other.replace(first) {
                     previous.defer(&self.inner);
@@ -250,34 +270,48 @@ pub(crate) fn next_epoch_id() -> usize {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Blocks whose epoch has passed, waiting to be returned to the heap.
+/// What removals hand back to the cache, waiting for its lock: blocks whose epoch has passed (to
+/// return to the heap) and the vacant slots of removed objects (to link into the free list).
 #[derive(Default)]
 pub(crate) struct Retired {
-    blocks: Mutex<Vec<usize>>,
-    /// How many blocks wait: a hint, written under the lock, that lets `take` skip the lock when
-    /// nothing waits (every insert and update takes the cache lock, and checks here). A stale zero
-    /// only delays freeing to a later call.
+    lists: Mutex<RetiredLists>,
+    /// How many blocks and slots wait: a hint, written under the lock, that lets `take` skip the lock
+    /// when nothing waits (every insert and update takes the cache lock, and checks here). A stale
+    /// zero only delays them to a later call.
     queued: AtomicUsize,
 }
 
+#[derive(Default)]
+pub(crate) struct RetiredLists {
+    blocks: Vec<usize>,
+    slots: Vec<u32>,
+}
+
+impl RetiredLists {
+    fn len(&self) -> usize {
+        self.blocks.len() + self.slots.len()
+    }
+}
+
 impl Retired {
-    fn push_all(&self, new: &[usize]) {
-        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        blocks.extend_from_slice(new);
-        self.queued.store(blocks.len(), Ordering::Relaxed);
+    fn push(&self, blocks: &[usize], slots: &[u32]) {
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        lists.blocks.extend_from_slice(blocks);
+        lists.slots.extend_from_slice(slots);
+        self.queued.store(lists.len(), Ordering::Relaxed);
     }
 
     fn len(&self) -> usize {
-        self.blocks.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lists.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn take(&self) -> Vec<usize> {
+    fn take(&self) -> RetiredLists {
         if self.queued.load(Ordering::Relaxed) == 0 {
-            return Vec::new();
+            return RetiredLists::default();
         }
-        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         self.queued.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *blocks)
+        std::mem::take(&mut *lists)
     }
 }
 
@@ -291,7 +325,8 @@ pub(crate) struct Inner {
     claimed: Vec<Range<u32>>,
     /// The claimed slots never used yet (the end of the last run).
     fresh: Range<u32>,
-    pub(crate) live: usize,
+    /// Objects inserted, less those taken (see [`RelocCache::live`]).
+    inserted: usize,
     pub(crate) counters: Counters,
 }
 
@@ -309,6 +344,17 @@ impl Inner {
         let index = self.fresh.start;
         self.fresh.start += 1;
         Some(index)
+    }
+
+    /// Returns a vacant slot to the free list, unless its generation counter wrapped (then it is
+    /// retired for good, so no old handle can ever name a new object).
+    fn release_slot(&mut self, index: u32, slot: &Slot) {
+        if slot.generation() != 0 {
+            slot.set_free_link(self.free_head);
+            self.free_head = index + 1;
+        } else {
+            self.counters.retired_slots += 1;
+        }
     }
 
     /// Every slot index this cache has claimed.
@@ -386,6 +432,8 @@ pub struct RelocCache<T, R = BitwiseMove> {
     claim_slots: usize,
     pub(crate) inner: Mutex<Inner>,
     pub(crate) retired: Arc<Retired>,
+    /// Objects removed (see [`RelocCache::live`]).
+    removed: AtomicUsize,
     collector: ManuallyDrop<Collector>,
     /// The collector's identity, carried by every guard of it.
     epoch: usize,
@@ -474,10 +522,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 free_head: 0,
                 claimed: Vec::new(),
                 fresh: 0..0,
-                live: 0,
+                inserted: 0,
                 counters: Counters::default(),
             }),
             retired: Arc::default(),
+            removed: AtomicUsize::new(0),
             collector: ManuallyDrop::new(collector),
             epoch,
             relocator,
@@ -525,11 +574,25 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             return Err(CacheError::Reentrant);
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for block in self.retired.take() {
+        if self.retired.queued.load(Ordering::Relaxed) != 0 {
+            self.take_back(&mut inner);
+        }
+        Ok(inner)
+    }
+
+    /// Frees the retired blocks and links the vacant slots that removals handed back (lock held).
+    #[inline(never)]
+    fn take_back(&self, inner: &mut Inner) {
+        let retired = self.retired.take();
+        for block in retired.blocks {
             // SAFETY: retired blocks were allocated by this heap and their epoch has passed.
             unsafe { inner.heap.free(NonNull::new_unchecked(block as *mut u8)) };
         }
-        Ok(inner)
+        for index in retired.slots {
+            if let Some(slot) = self.table.get(index) {
+                inner.release_slot(index, slot);
+            }
+        }
     }
 
     /// Runs `f` with this thread marked as inside a callback of this cache.
@@ -577,7 +640,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         inner.free_head = slot.free_link();
         init(block);
-        inner.live += 1;
+        inner.inserted += 1;
         let counter = slot.generation();
         slot.publish_new(block.as_ptr() as usize);
         Ok(self.handle_for(index, counter))
@@ -723,8 +786,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let (slot, counter) = self.resolve(handle)?;
         let addr = slot.begin_remove(counter)?;
         let result = f(addr);
-        self.retire(guard, addr);
-        self.release_slot(handle.index(), slot, 1);
+        self.removed.fetch_add(1, Ordering::Relaxed);
+        let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
+        guard.retire(&self.retired, drop_value, addr, Some(handle.index()));
         Some(result)
     }
 
@@ -737,30 +801,22 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the block belongs to this heap and nothing can reference it any more.
         unsafe { inner.heap.free(NonNull::new_unchecked(addr as *mut u8)) };
-        drop(inner);
-        self.release_slot(handle.index(), slot, 1);
+        inner.inserted -= 1;
+        inner.release_slot(handle.index(), slot);
         Some(value)
     }
 
-    /// Returns a slot to the free list, unless its generation counter wrapped (then it is retired for
-    /// good, so no old handle can ever name a new object).
-    /// `removed` objects leave the live count with it.
-    pub(crate) fn release_slot(&self, index: u32, slot: &Slot, removed: usize) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.live -= removed;
-        if slot.generation() != 0 {
-            slot.set_free_link(inner.free_head);
-            inner.free_head = index + 1;
-        } else {
-            inner.counters.retired_slots += 1;
-        }
+    /// Objects in the cache: those inserted (less those taken) that were not removed since. Removals
+    /// count without the lock; the lock holder's `inserted` counts every object a removal can name.
+    pub(crate) fn live(&self, inner: &Inner) -> usize {
+        inner.inserted - self.removed.load(Ordering::Relaxed)
     }
 
     /// Retires the block of an object a reader may still hold: after the epoch, drops the `T` in it,
     /// then queues it to be freed.
     pub(crate) fn retire(&self, guard: &Guard, addr: usize) {
         let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
-        guard.retire(&self.retired, drop_value, addr);
+        guard.retire(&self.retired, drop_value, addr, None);
     }
 
     /// Retires the old copies of moved objects (never dropped: the live copy moved on) in one deferred
@@ -771,7 +827,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         }
         let retired = Arc::clone(&self.retired);
         guard.defer(move || {
-            retired.push_all(&blocks);
+            retired.push(&blocks, &[]);
         });
     }
 
@@ -802,7 +858,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Number of live objects.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).live
+        self.live(&self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -453,9 +453,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             .heap
             .slabs()
             .fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)));
-        let live_bytes = inner.live * self.object_bytes.max(1);
+        let live = self.live(&inner);
+        let live_bytes = live * self.object_bytes.max(1);
         CacheStats {
-            live_objects: inner.live,
+            live_objects: live,
             live_bytes,
             slabs,
             resident_bytes: resident,

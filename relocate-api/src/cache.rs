@@ -2,12 +2,15 @@
 //!
 //! Concurrency, in one paragraph: reads are wait-free (`get` checks the slot's generation and loads its
 //! address, under an epoch guard of this cache's own collector). Everything that allocates or frees
-//! blocks (insert, compaction, the freeing of retired blocks) holds the cache's `inner` lock; updates,
-//! removes and moves of one object are serialised by that object's slot (see `slot`). Memory that a
-//! pinned reader might still hold (an old copy after a move or an update, a removed object) is retired
-//! through the epoch: a deferred function (drops the old value if it must and) queues the block on
-//! `retired`, and the next operation that holds `inner` returns it to the movable heap. Deferred
-//! functions never take `inner`, so they may run on any thread at any time without deadlock.
+//! blocks or slots (insert, compaction, the freeing of retired blocks, the linking of vacant slots)
+//! holds the cache's `inner` lock; updates, removes and moves of one object are serialised by that
+//! object's slot (see `slot`), and a remove takes no lock at all. Memory that a pinned reader might
+//! still hold (an old copy after a move or an update, a removed object) is retired through the epoch:
+//! the guard collects a batch of such blocks (and the vacant slots of removed objects), hands the
+//! slots to `retired` and the blocks to one deferred function that (drops the old values if it must
+//! and) queues them on `retired`; the next operation that holds `inner` returns the blocks to the
+//! movable heap and links the slots into the free list. Deferred functions never take `inner`, so they
+//! may run on any thread at any time without deadlock.
 
 use crate::handle::{Handle, INDEX_BITS};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};

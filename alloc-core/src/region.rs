@@ -7,11 +7,12 @@
 //! (about 15 % in a scratch `get` loop over 1M objects).
 //!
 //! The region is reserved on the first movable arena, inaccessible (`PROT_NONE`: no memory, no commit
-//! charge): `REGION_BYTES`, or half as much as often as the kernel refuses, down to `MIN_REGION_BYTES`,
+//! charge): `REGION_BYTES` (but at most a sixteenth of the address space), or half as much as often as
+//! the kernel refuses, down to `MIN_REGION_BYTES`,
 //! at one of a few hints below 16 TiB (on x86-64 and AArch64 Linux, mappings go near the top of the
 //! address space unless asked, so this range is free; with a smaller address space everything is below
 //! it). If no placement works (a sanitizer's shadow memory can fill that range), movable memory cannot
-//! be had and making a relocating cache fails. An arena is a 2 MiB piece mapped writable over the
+//! be had and making a relocating cache fails (each later attempt tries again). An arena is a 2 MiB piece mapped writable over the
 //! reservation, and is given back by mapping the piece inaccessible again, which frees its pages.
 //! Freed pieces wait on a stack (in a mapping of its own, touched only as deep as it gets) and are
 //! reused before untouched ones.
@@ -39,8 +40,6 @@ struct Region {
     /// Stack of freed piece numbers (`(piece - start) / ARENA_BYTES`), `free_len` deep.
     free: *mut u32,
     free_len: usize,
-    /// Reserving failed: movable arenas cannot be had.
-    failed: bool,
 }
 
 // SAFETY: the raw pointer is a mapping owned by the region, only touched under the lock.
@@ -52,7 +51,6 @@ static REGION: SpinLock<Region> = SpinLock::new(Region {
     next: 0,
     free: ptr::null_mut(),
     free_len: 0,
-    failed: false,
 });
 
 /// Reserves the region now if it is not yet (idempotent). False if it cannot be had: then no movable
@@ -109,17 +107,19 @@ pub(crate) unsafe fn unmap_piece(piece: *mut u8) {
 }
 
 impl Region {
-    /// Whether the region is reserved, reserving it on the first call.
+    /// Whether the region is reserved, reserving it now if not. A refusal is not final: a later call
+    /// tries again (the kernel may have had a passing shortage).
     fn ready(&mut self) -> bool {
-        if self.start == 0 && !self.failed && !self.reserve() {
-            self.failed = true;
-        }
-        !self.failed
+        self.start != 0 || self.reserve()
     }
 
-    /// Reserves the region and the free stack; false if the kernel refuses every size.
+    /// Reserves the region and the free stack; false if the kernel refuses every size. The region
+    /// takes at most a sixteenth of the address space (judged from where the stack lies, near its top),
+    /// so that on a small one (39-bit AArch64: 512 GiB) it leaves room for everything else.
     fn reserve(&mut self) -> bool {
-        let mut bytes = REGION_BYTES;
+        let local = 0u8;
+        let address_space = (core::ptr::addr_of!(local) as usize).next_power_of_two();
+        let mut bytes = REGION_BYTES.min(address_space / 16).max(MIN_REGION_BYTES);
         while bytes >= MIN_REGION_BYTES {
             if let Some(base) = reserve_low(bytes) {
                 let pieces = bytes / ARENA_BYTES;
@@ -127,7 +127,8 @@ impl Region {
                 let stack = os::map_aligned(stack_bytes, os::page_size());
                 if stack.is_null() {
                     os::unmap(base as *mut u8, bytes);
-                    return false;
+                    bytes /= 2;
+                    continue;
                 }
                 self.start = base.next_multiple_of(ARENA_BYTES);
                 self.end = (base + bytes) & !(ARENA_BYTES - 1);

@@ -263,15 +263,15 @@ impl Objects {
             .iter()
             .any(|&(object, _)| object as usize == addr);
         assert!(known, "{addr:#x} is not an object of this model");
-        // SAFETY: `addr` is one of our boxes, which stay allocated until `self` is dropped.
+        // SAFETY: `addr` is one of our objects, whose pool stays mapped until `self` is dropped.
         unsafe { &*(addr as *const Object) }
     }
 
     /// Reads the object at `addr`, as a reader through `&T` would; panics unless it is whole and live.
     pub fn read(&self, addr: usize) -> u64 {
         let words = self.object(addr).words.with(|p| {
-            // SAFETY: loom checks this access against every write to the object; `p` points into a
-            // box we own.
+            // SAFETY: loom checks this access against every write to the object; `p` points into
+            // our pool.
             unsafe { *p }
         });
         assert_ne!(words, POISON, "read a freed object at {addr:#x}");
@@ -283,7 +283,7 @@ impl Objects {
     pub fn write(&self, addr: usize, value: u64) {
         self.object(addr).words.with_mut(|p| {
             // SAFETY: loom checks this access against every other access to the object; `p` points
-            // into a box we own.
+            // into our pool.
             unsafe { *p = [value, checksum(value)] }
         });
     }

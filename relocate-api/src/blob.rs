@@ -13,7 +13,9 @@
 //! each class claims runs of slots that stay its own. A [`BlobHandle`] is a class's handle as it is:
 //! reading it needs no class, and the class that owns it is the class of its blob's length (a blob
 //! keeps its class for life: `replace` with a length of another class makes a new blob). So the
-//! classes together have the whole index space and its generations ([`crate::MAX_OBJECTS`]).
+//! classes together have the whole index space and its generations ([`crate::MAX_OBJECTS`]). A class
+//! keeps the runs it claimed (its vacant slots wait for its own next blobs), so at most 2^28 slots
+//! over the classes' peaks, each class counted at its own largest size, can be in use.
 //! Compaction, evacuation and eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{
@@ -204,7 +206,10 @@ impl BlobCache {
         Some(unsafe { blob_at(addr) })
     }
 
-    /// The class that owns a handle's live blob, with its number, or `None` (stale, foreign).
+    /// The class that owns a handle's live blob, with its number, or `None` (stale, foreign). A slot
+    /// belongs to the class that claimed it for life, and only that class stores blobs in it, all of
+    /// a length of that class: so the class of the blob's length is the slot's. (Handing a handle to
+    /// another class would free its block into the wrong heap.)
     fn owner(&self, handle: BlobHandle, guard: &Guard) -> Option<(usize, &Class)> {
         let class = class_of(LEN_BYTES + self.get(handle, guard)?.len())?;
         Some((class, self.classes[class].get()?))

@@ -4,7 +4,7 @@
 //! address, under an epoch guard of this cache's own collector). Everything that allocates or frees
 //! blocks or slots (insert, compaction, the freeing of retired blocks, the linking of vacant slots)
 //! holds the cache's `inner` lock; updates, removes and moves of one object are serialised by that
-//! object's slot (see `slot`), and a remove takes no lock at all. Memory that a pinned reader might
+//! object's slot (see `slot`), and a remove never takes `inner` (only, once per batch, `retired`'s). Memory that a pinned reader might
 //! still hold (an old copy after a move or an update, a removed object) is retired through the epoch:
 //! the guard collects a batch of such blocks (and the vacant slots of removed objects), hands the
 //! slots to `retired` and the blocks to one deferred function that (drops the old values if it must
@@ -92,8 +92,9 @@ impl<'c> Reader<'c> {
 /// guard protects its own memory with one comparison; a guard of another cache is refused with a
 /// panic (it would not hold back that cache's reclamation).
 ///
-/// Objects removed under a guard are handed to the epoch in batches: when the guard
-/// is dropped or re-pinned, or every `BATCH_BLOCKS` removals. A guard lives no longer than its cache,
+/// Objects removed (and old copies replaced) under a guard are handed to the epoch in batches: when
+/// the guard is dropped, re-pinned or flushed, when it turns to another cache (a byte-blob class's
+/// sibling), or every `BATCH_BLOCKS` blocks. A guard lives no longer than its cache,
 /// so every batch is handed over while the cache's memory is there:
 ///
 /// ```compile_fail
@@ -788,11 +789,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
         let addr = slot.begin_remove(counter)?;
-        let result = f(addr);
+        // Account for the removal before `f` runs, so that a panicking `f` loses nothing: the block
+        // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
+        // guard is gone.
         self.removed.fetch_add(1, Ordering::Relaxed);
         let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
         guard.retire(&self.retired, drop_value, addr, Some(handle.index()));
-        Some(result)
+        Some(f(addr))
     }
 
     /// Removes the object and gives it back by value. Needs `&mut self`: no reader can hold it.
@@ -871,10 +874,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Lets the epoch advance (the calling thread must not be pinned elsewhere) and frees every block
     /// whose readers are gone, so emptied slabs go back to their arenas.
     ///
-    /// The collector runs a bounded number of retired batches (64 blocks each) per flush, and only once
-    /// the epoch has advanced twice past them (which can take a while to start), so this flushes until
-    /// `QUIET_ROUNDS` rounds in a row retire nothing more. Other threads that stay pinned hold the epoch back; then it returns after a bounded
-    /// number of rounds with those blocks still waiting.
+    /// The collector runs a bounded number of deferred functions (each a batch of retired blocks) per
+    /// flush, and only once the epoch has advanced twice past them (which can take a while to start),
+    /// so this flushes until `QUIET_ROUNDS` rounds in a row retire nothing more. Other threads that
+    /// stay pinned hold the epoch back; then it returns after a bounded number of rounds with those
+    /// blocks still waiting. Batches still open in other threads' guards wait for those guards.
     pub fn flush(&self, reader: &Reader<'_>) {
         const QUIET_ROUNDS: usize = 256;
         let mut quiet_rounds = 0;

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Every movable block is 8-aligned and lies below 16 TiB (alloc-core carves movable arenas from one
-//! reservation there, see `alloc_core::movable`), so 41 bits hold its address and the generation gets
-//! 19. The generation and `LIVE`
+//! reservation there, see `alloc_core::movable`), so bits 3..43 of the word hold its address and the
+//! generation gets the 19 bits above `LIVE`. The generation and `LIVE`
 //! are the top 20 bits, so a read checks both (and, with the cache's tag folded into the expected
 //! generation, that the handle is the cache's own) with one shift and one compare. A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
 //! [`Slot::free_link`]). Its generation is the one the next object will get: removal bumps it in the
@@ -27,8 +27,8 @@
 //!     `-----------------'                            `--abort_move--------> addr|LIVE
 //! ```
 //!
-//! - Readers never write the slot: one `Acquire` load gives the generation, `LIVE` and the address at
-//!   once. An object they reach stays valid until their epoch guard is dropped, because every old
+//! - Readers never write the slot: one load (and an `Acquire` fence once it matches) gives the
+//!   generation, `LIVE` and the address at once. An object they reach stays valid until their epoch guard is dropped, because every old
 //!   address is retired through the epoch (a move, an update or a remove never frees memory a pinned
 //!   reader may hold).
 //! - Writers, removers and movers take the object by a CAS on the word from a state with neither

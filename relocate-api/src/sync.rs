@@ -12,6 +12,9 @@ pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ord
 pub(crate) const MOVABLE_ADDRESS_BITS: u32 = alloc_core::movable::MOVABLE_ADDRESS_BITS;
 #[cfg(loom)]
 pub(crate) const MOVABLE_ADDRESS_BITS: u32 = 44;
+// The loom copy above must match alloc-core's (which is not built under loom).
+#[cfg(not(loom))]
+const _: () = assert!(MOVABLE_ADDRESS_BITS == 44);
 
 /// Waiting for a writer or mover of one object: spin briefly, then yield.
 pub(crate) fn backoff(spins: &mut u32) {

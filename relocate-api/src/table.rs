@@ -17,7 +17,7 @@
 //! which is not counted as resident. No load and no branch for the bound, in the `get` loop that
 //! counts every instruction. (A forged
 //! handle can so make the kernel map the zero page at an unused index: page tables, at most 8 bytes
-//! per 4 KiB of reservation, about 6 MiB for a whole `RelocCache` table.) Whatever writes to a slot
+//! per 4 KiB of slots, about 4 MiB for a whole table.) Whatever writes to a slot
 //! (or a pin count) finds it with [`SlotTable::get`], bounded by the committed part.
 //!
 //! The table does not ask for transparent huge pages: a huge page makes a whole 2 MiB resident for

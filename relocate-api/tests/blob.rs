@@ -180,9 +180,9 @@ fn a_handle_from_another_blob_cache_is_refused() {
             b.insert(&value(2, len)).unwrap(),
         );
         assert_eq!(
-            ha.to_bits() as u32,
-            hb.to_bits() as u32,
-            "same class and slot"
+            ha.to_bits() & (relocate_api::MAX_OBJECTS as u64 - 1),
+            hb.to_bits() & (relocate_api::MAX_OBJECTS as u64 - 1),
+            "same slot"
         );
         assert_eq!(b.get(ha, &gb), None, "{len} B: a's handle resolved in b");
         assert_eq!(a.get(hb, &ga), None, "{len} B: b's handle resolved in a");
@@ -205,12 +205,16 @@ fn size_classes_share_one_handle_table() {
     let handles: Vec<(usize, BlobHandle)> = lens
         .map(|len| (len, cache.insert(&value(len as u64, len)).unwrap()))
         .collect();
-    let mut indices: Vec<u32> = handles.iter().map(|(_, h)| h.to_bits() as u32).collect();
+    let index_mask = relocate_api::MAX_OBJECTS as u64 - 1;
+    let mut indices: Vec<u64> = handles
+        .iter()
+        .map(|(_, h)| h.to_bits() & index_mask)
+        .collect();
     indices.sort_unstable();
     indices.dedup();
     assert_eq!(indices.len(), handles.len(), "distinct slots: {indices:?}");
     assert!(
-        indices.iter().all(|&i| (i as usize) < handles.len() * 256),
+        indices.iter().all(|&i| i < handles.len() as u64 * 256),
         "runs of one table: {indices:?}"
     );
     assert_eq!(

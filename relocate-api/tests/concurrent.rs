@@ -182,3 +182,113 @@ fn readers_see_whole_objects_while_compaction_and_writers_run() {
         cache.stats()
     );
 }
+
+/// Churn: two threads insert objects and remove their oldest (checking each removed object's content
+/// and that its handle is then stale), so removals on one thread hand slots back in batches that
+/// inserts on both reuse, while a compactor moves objects and a reader resolves handles ever issued,
+/// live or stale. A handle that resolves must name its own object, whole; none may name a newer
+/// object in a reused slot. At the end the live count is exact.
+#[test]
+fn handles_stay_their_own_through_concurrent_insert_and_remove() {
+    let per_thread: u64 = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        200_000
+    };
+    const WINDOW: usize = 1_000;
+    let cache: RelocCache<Object> = RelocCache::new().unwrap();
+    // Every handle ever made, with its object's id (written once, read by the checker).
+    let issued = std::sync::Mutex::new(Vec::<(u64, u64)>::new());
+    let stop = AtomicBool::new(false);
+    let resolved = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let churners: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (cache, issued) = (&cache, &issued);
+                scope.spawn(move || {
+                    let reader = cache.reader();
+                    let mut window = std::collections::VecDeque::new();
+                    let mut guard = reader.pin();
+                    for seq in 0..per_thread {
+                        let id = (t << 32) | seq;
+                        let handle = cache.insert(make(id, 0)).unwrap();
+                        issued.lock().unwrap().push((handle.to_bits(), id));
+                        window.push_back((handle, id));
+                        if window.len() > WINDOW {
+                            let (old, old_id) = window.pop_front().unwrap();
+                            let seen =
+                                cache.remove_with(old, &guard, |o| (o[0], checksum(o) == o[7]));
+                            assert_eq!(seen, Some((old_id, true)), "removed the wrong object");
+                            assert!(
+                                cache.get(old, &guard).is_none(),
+                                "a removed handle resolved"
+                            );
+                        }
+                        if seq % 100 == 0 {
+                            guard.repin();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let compactor = scope.spawn(|| {
+            let reader = cache.reader();
+            let mut moved = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let guard = reader.pin();
+                moved += cache
+                    .compact(&guard, Budget::Objects(2_000))
+                    .unwrap()
+                    .moved_objects;
+            }
+            moved
+        });
+        let checker = scope.spawn(|| {
+            let reader = cache.reader();
+            let mut rng = Rng(0x5eed);
+            while !stop.load(Ordering::Relaxed) {
+                let sample: Vec<(u64, u64)> = {
+                    let issued = issued.lock().unwrap();
+                    if issued.is_empty() {
+                        continue;
+                    }
+                    (0..256)
+                        .map(|_| issued[(rng.next() % issued.len() as u64) as usize])
+                        .collect()
+                };
+                let guard = reader.pin();
+                for (bits, id) in sample {
+                    if let Some(object) = cache.get(Handle::from_bits(bits), &guard) {
+                        assert_eq!(object[0], id, "a handle resolved to another object");
+                        assert_eq!(checksum(object), object[7], "torn object");
+                        resolved.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        for churner in churners {
+            churner.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let moved = compactor.join().unwrap();
+        checker.join().unwrap();
+        eprintln!(
+            "moved {moved}, checker resolved {}",
+            resolved.load(Ordering::Relaxed)
+        );
+    });
+    assert_eq!(cache.len(), 2 * WINDOW);
+    let handles = issued.into_inner().unwrap();
+    let mut slots: Vec<u64> = handles
+        .iter()
+        .map(|&(bits, _)| bits & (relocate_api::MAX_OBJECTS as u64 - 1))
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert!(
+        slots.len() < 4 * WINDOW + 256,
+        "{} slots for {} live objects: removed slots were not reused",
+        slots.len(),
+        2 * WINDOW
+    );
+}

@@ -3,9 +3,10 @@
 use core::fmt;
 use core::marker::PhantomData;
 
-/// A handle to an object in a [`crate::RelocCache`]: a slot index (the low [`INDEX_BITS`] bits) and
-/// above it a generation whose high bits are the cache's tag. A handle whose object was removed or
-/// evicted (stale), or that comes from another cache, resolves to `None`; it is never dereferenced.
+/// A handle to an object in a [`crate::RelocCache`]: a slot index (the low 28 bits, room for
+/// [`crate::MAX_OBJECTS`]) and above it a generation (19 bits) and the cache's tag (17 bits). A
+/// handle whose object was removed or evicted (stale), or that comes from another cache, resolves to
+/// `None`; it is never dereferenced.
 pub struct Handle<T> {
     bits: u64,
     _type: PhantomData<fn() -> T>,

@@ -4,6 +4,7 @@
 
 use relocate_api::{Budget, CacheError, Handle, RelocCache};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// splitmix64: deterministic, no dependency.
 struct Rng(u64);
@@ -210,21 +211,26 @@ fn blocks_are_the_size_of_the_type() {
     assert_eq!(object.map(|(last, addr)| (last, addr % 64)), Some((7, 0)));
 }
 
+/// A value that counts its drops in the counter it names.
+struct Counted(u64, &'static AtomicUsize);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// SAFETY: nothing in the value's own bytes can change through a shared reference (the counter it
+// names lives outside it, so a move copies nothing a reader could write), and no self-reference.
+unsafe impl relocate_api::Relocatable for Counted {}
+
 #[test]
 fn take_returns_the_value_and_drops_happen_once() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     static DROPS: AtomicUsize = AtomicUsize::new(0);
-    struct Counted(#[allow(dead_code)] u64);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            DROPS.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    // SAFETY: no interior mutability, no self-reference.
-    unsafe impl relocate_api::Relocatable for Counted {}
+    let counted = |value| Counted(value, &DROPS);
     let mut cache: RelocCache<Counted> = RelocCache::new().unwrap();
     let handles: Vec<_> = (0..100)
-        .map(|i| cache.insert(Counted(i)).ok().unwrap())
+        .map(|i| cache.insert(counted(i)).ok().unwrap())
         .collect();
     let taken = cache.take(handles[0]).unwrap();
     assert_eq!(taken.0, 0);
@@ -236,7 +242,7 @@ fn take_returns_the_value_and_drops_happen_once() {
         let guard = reader.pin();
         for h in &handles[1..50] {
             assert!(cache
-                .update(*h, &guard, |old| Counted(old.0 + 1000))
+                .update(*h, &guard, |old| counted(old.0 + 1000))
                 .unwrap());
         }
         for h in &handles[50..60] {
@@ -418,19 +424,11 @@ fn slots_come_back_while_a_guard_stays_pinned() {
 /// is dropped once the epoch moves on, and nothing leaks.
 #[test]
 fn a_panicking_remove_function_loses_nothing() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     static DROPS: AtomicUsize = AtomicUsize::new(0);
-    struct Counted(#[allow(dead_code)] u64);
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            DROPS.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    // SAFETY: no interior mutability, no self-reference.
-    unsafe impl relocate_api::Relocatable for Counted {}
+    let counted = |value| Counted(value, &DROPS);
     let cache: RelocCache<Counted> = RelocCache::new().unwrap();
-    let doomed = cache.insert(Counted(1)).ok().unwrap();
-    let kept = cache.insert(Counted(2)).ok().unwrap();
+    let doomed = cache.insert(counted(1)).ok().unwrap();
+    let kept = cache.insert(counted(2)).ok().unwrap();
     let reader = cache.reader();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let guard = reader.pin();

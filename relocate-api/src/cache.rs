@@ -150,10 +150,8 @@ impl Batch {
             let blocks = &self.blocks[..self.len];
             if let Some(drop_value) = self.drop_value {
                 for &block in blocks {
-                    // SAFETY: each block holds a `T` that is no longer reachable (its epoch has
-                    // passed) and is dropped exactly once, here; a cache of a `T` with drop glue owns
-                    // its collector, and no guard outlives the cache, so this runs before the cache's
-                    // heap returns the block's slab.
+                    // SAFETY: an unreachable `T` (its epoch passed), dropped once, here, before the
+                    // cache's heap goes: no guard outlives the cache, whose collector this is.
                     unsafe { drop_value(block) };
                 }
             }
@@ -759,7 +757,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         write(new_value, block);
         slot.finish_write(block.as_ptr() as usize);
-        self.retire(guard, old);
+        self.retire(guard, old, None);
         Ok(true)
     }
 
@@ -793,8 +791,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
         // guard is gone.
         self.removed.fetch_add(1, Ordering::Relaxed);
-        let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
-        guard.retire(&self.retired, drop_value, addr, Some(handle.index()));
+        self.retire(guard, addr, Some(handle.index()));
         Some(f(addr))
     }
 
@@ -819,10 +816,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// Retires the block of an object a reader may still hold: after the epoch, drops the `T` in it,
-    /// then queues it to be freed.
-    pub(crate) fn retire(&self, guard: &Guard, addr: usize) {
+    /// then queues it to be freed. A removal hands back the object's vacant `slot` with it.
+    pub(crate) fn retire(&self, guard: &Guard, addr: usize, slot: Option<u32>) {
         let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
-        guard.retire(&self.retired, drop_value, addr, None);
+        guard.retire(&self.retired, drop_value, addr, slot);
     }
 
     /// Retires the old copies of moved objects (never dropped: the live copy moved on) in one deferred

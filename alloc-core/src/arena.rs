@@ -1,15 +1,19 @@
-//! Arenas: 2 MiB-aligned, 2 MiB regions, found from any address inside them by masking.
+//! Arenas: 2 MiB-aligned, 2 MiB regions, whose metadata is found from any address inside them.
 //!
-//! Layout of an arena (offsets from its base):
+//! Layout of an arena's metadata (offsets from its base):
 //!
 //! ```text
-//! unit 0   [0, 4 KiB)    32 slab descriptors, one per 64 KiB unit (descriptor 0 unused)
+//! unit 0   [0, 4 KiB)    32 slab descriptors, one per 64 KiB unit (descriptor 0 unused in normal arenas)
 //!          [4 KiB, ...)  the arena header (pool bookkeeping)
 //!          [8 KiB, 40 KiB) liveness bitmap: 1 bit per 8-byte granule (movable arenas, `checked`)
 //! units 1..9             movable arenas only: the back-map, one u32 owner per block (rows by block
-//!                        index, columns by data unit; 368 KiB at most, used rows only)
-//! the rest               slabs and spans, each a run of whole units
+//!                        index, columns by data unit; 512 KiB at most, used rows only)
 //! ```
+//!
+//! A normal arena's metadata is its own first unit (found by masking an address to 2 MiB), and its
+//! other 31 units hold slabs and spans. A movable arena's metadata is a piece of its own in the
+//! movable region (see `region`), so all 32 units of its 2 MiB hold slabs and the whole arena can be
+//! one transparent huge page. Either way a descriptor's address masked to 2 MiB is its metadata.
 //!
 //! Nothing about an object is stored next to it: an overflow past its end reaches the next object or
 //! free memory, never metadata. Metadata pages are only touched when used, so an arena that holds a
@@ -45,9 +49,10 @@ const HEADER_OFFSET: usize = 4096;
 pub(crate) const LIVE_BITMAP_OFFSET: usize = 8192;
 /// One liveness bit per granule of this many bytes.
 pub(crate) const LIVE_GRANULE: usize = 8;
-/// Units reserved for metadata at the start of each arena class.
+/// Units of a normal arena reserved for its metadata; a movable arena's metadata (this many units, in
+/// a piece of its own) leaves all its units to slabs.
 const NORMAL_META_UNITS: usize = 1;
-pub(crate) const MOVABLE_META_UNITS: usize = 9;
+const MOVABLE_META_UNITS: usize = 9;
 /// Back-map granule of movable arenas (the smallest movable block).
 pub(crate) const BACKMAP_GRANULE: usize = 16;
 /// The back-map of a movable arena starts at its second unit. It is a table of `u32` entries with one
@@ -55,8 +60,8 @@ pub(crate) const BACKMAP_GRANULE: usize = 16;
 /// is at row `i`, column `c`. Slabs of few large blocks then share a few pages of rows instead of
 /// touching a page each (see `movable`).
 pub(crate) const BACKMAP_OFFSET: usize = UNIT_BYTES;
-/// Back-map columns: the data units of a movable arena.
-pub(crate) const BACKMAP_COLUMNS: usize = UNITS_PER_ARENA - MOVABLE_META_UNITS;
+/// Back-map columns: the data units of a movable arena (all of them).
+pub(crate) const BACKMAP_COLUMNS: usize = UNITS_PER_ARENA;
 /// Back-map rows: the most blocks a movable slab holds (one unit of the smallest movable blocks).
 pub(crate) const BACKMAP_ROWS: usize = UNIT_BYTES / BACKMAP_GRANULE;
 
@@ -77,12 +82,16 @@ pub(crate) enum ArenaKind {
 const KINDS: usize = 2;
 
 /// Transparent huge pages, chosen by `ALLOC_CORE_THP`: `0` never; `always` (or `2`) `MADV_HUGEPAGE` on
-/// every arena when mapped; unset (the default) *dense*: on an arena once all its units are in use.
-/// Why dense by default: with THP in `madvise` mode a hinted arena gets a 2 MiB page on its first touch,
-/// so a sparsely used arena would be resident whole; an arena that filled up is resident anyway and
-/// gains the TLB reach.
+/// every arena when mapped; unset (the default) *growing*: on a movable arena when mapped, unless it is
+/// the first of its kind (the pool maps an arena only when none has room, so a second one means the
+/// relocating caches outgrew 2 MiB), and never on a normal arena.
+/// With THP in `madvise` mode a hinted arena gets a 2 MiB page on its first touch, so it is resident
+/// whole. A movable arena is all slab units (its metadata lives elsewhere), its heaps fill slabs in
+/// order and compaction keeps them dense, so that costs little and saves a page fault per 4 KiB and
+/// most TLB misses. A normal arena carries its metadata unit and slabs of many size classes filled
+/// unevenly: a huge page would make their untouched pages resident.
 const THP_NEVER: u8 = 1;
-const THP_DENSE: u8 = 2;
+const THP_GROWING: u8 = 2;
 const THP_ALWAYS: u8 = 3;
 static THP_POLICY: AtomicU8 = AtomicU8::new(0);
 
@@ -98,7 +107,7 @@ pub(crate) fn read_thp_policy() -> u8 {
     let policy = match os::env_first_byte(b"ALLOC_CORE_THP\0") {
         Some(b'0') | Some(b'n') => THP_NEVER,
         Some(b'a') | Some(b'2') => THP_ALWAYS,
-        _ => THP_DENSE,
+        _ => THP_GROWING,
     };
     THP_POLICY.store(policy, Ordering::Relaxed);
     policy
@@ -123,8 +132,9 @@ pub(crate) struct ArenaHeader {
     dirty_units: u32,
     /// Bit i: unit i reads as zero (never written since mapped or decommitted).
     zero_units: u32,
-    /// `MADV_HUGEPAGE` was applied (policy `THP_DENSE`: once the arena filled up).
-    huge_advised: bool,
+    /// Where the arena's units start: the metadata's own address in a normal arena, a data piece of
+    /// the movable region in a movable one.
+    base: usize,
     /// Oldest time a unit became dirty, or the arena became empty.
     dirty_since_ms: u64,
     next: *mut ArenaMeta,
@@ -141,7 +151,9 @@ pub(crate) struct Units {
 
 impl Units {
     pub(crate) fn start(&self) -> *mut u8 {
-        (self.arena as *mut u8).wrapping_add(self.first << UNIT_SHIFT)
+        // SAFETY: `arena` is a live arena (the caller holds its units).
+        let base = unsafe { (*self.arena).header.base };
+        (base + (self.first << UNIT_SHIFT)) as *mut u8
     }
 }
 
@@ -172,12 +184,20 @@ pub(crate) static POOL: SpinLock<ArenaPool> = SpinLock::new(ArenaPool {
     last_maintenance_ms: 0,
 });
 
-/// The arena metadata for an address inside an arena (or a huge mapping's first 2 MiB).
+/// The arena metadata for an address inside a normal arena (or a huge mapping's first 2 MiB), or for
+/// the address of any arena's descriptor.
 #[inline]
 pub(crate) fn meta_of(addr: usize) -> *mut ArenaMeta {
     (addr & !ARENA_MASK) as *mut ArenaMeta
 }
 
+/// The arena metadata for an address inside a movable arena.
+#[inline]
+pub(crate) fn movable_meta_of(addr: usize) -> *mut ArenaMeta {
+    crate::region::meta_of_data(addr) as *mut ArenaMeta
+}
+
+/// Metadata units of an arena, counted as committed while it is mapped.
 fn meta_units(kind: ArenaKind) -> usize {
     match kind {
         ArenaKind::Normal => NORMAL_META_UNITS,
@@ -185,9 +205,12 @@ fn meta_units(kind: ArenaKind) -> usize {
     }
 }
 
+/// The units that can hold slabs: all but a normal arena's metadata unit.
 fn all_data_units(kind: ArenaKind) -> u32 {
-    let meta = meta_units(kind);
-    (u32::MAX >> meta) << meta
+    match kind {
+        ArenaKind::Normal => u32::MAX << NORMAL_META_UNITS,
+        ArenaKind::Movable => u32::MAX,
+    }
 }
 
 /// Lowest index of a run of `count` set bits in `mask`.
@@ -229,14 +252,14 @@ impl ArenaPool {
         while !arena.is_null() {
             // SAFETY: arenas on the list are mapped and their headers initialised (`map_arena`).
             let header = unsafe { &mut (*arena).header };
-            if arena as usize != avoid {
+            if header.base != avoid {
                 if let Some(first) = find_run(header.free_units, count) {
                     return Some(Self::take(arena, first, count, init));
                 }
             }
             arena = header.next;
         }
-        let arena = map_arena(kind)?;
+        let arena = map_arena(kind, list.arenas)?;
         // SAFETY: `map_arena` returned a mapped, initialised arena that is on no list yet.
         let header = unsafe { &mut (*arena).header };
         header.next = list.head;
@@ -336,13 +359,18 @@ impl ArenaPool {
                 if aged && header.free_units == all_data_units(kind) {
                     self.unlink(kind, arena);
                     let committed = meta_units(kind) + (header.dirty_units.count_ones() as usize);
-                    crate::checked::unregister_chunk(arena as usize);
                     match kind {
-                        ArenaKind::Normal => os::unmap(arena.cast(), ARENA_BYTES),
-                        // SAFETY: a movable arena is a piece of the region, and this one is empty.
-                        ArenaKind::Movable => unsafe { crate::region::unmap_piece(arena.cast()) },
+                        ArenaKind::Normal => {
+                            crate::checked::unregister_chunk(arena as usize);
+                            os::unmap(arena.cast(), ARENA_BYTES);
+                        }
+                        // SAFETY: a movable arena is a piece of the region, and this one is empty;
+                        // its metadata (the header read above) is not touched again.
+                        ArenaKind::Movable => unsafe {
+                            crate::region::unmap_piece(header.base as *mut u8)
+                        },
                     }
-                    crate::stats::sub_mapped(ARENA_BYTES);
+                    crate::stats::sub_mapped(mapped_bytes(kind));
                     crate::stats::sub_committed(committed << UNIT_SHIFT);
                     released += ARENA_BYTES;
                 } else if aged && header.dirty_units != 0 {
@@ -400,11 +428,6 @@ impl ArenaPool {
 }
 
 impl ArenaMeta {
-    /// Whether this chunk is an arena of the given kind (a huge mapping has no magic).
-    pub(crate) fn is_arena_of(&self, kind: ArenaKind) -> bool {
-        self.header.magic == ARENA_MAGIC && self.header.kind == kind
-    }
-
     /// Free units (under the pool lock).
     pub(crate) fn free_units(&self) -> u32 {
         self.header.free_units
@@ -439,15 +462,14 @@ fn decommit_unused_backmap(arena: *mut ArenaMeta) -> usize {
 }
 
 fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {
+    // SAFETY: a live arena (the caller holds the pool lock).
+    let base = unsafe { (*arena).header.base };
     let mut rest = mask;
     let mut bytes = 0;
     while rest != 0 {
         let first = rest.trailing_zeros() as usize;
         let len = (rest >> first).trailing_ones() as usize;
-        os::decommit(
-            (arena as *mut u8).wrapping_add(first << UNIT_SHIFT),
-            len << UNIT_SHIFT,
-        );
+        os::decommit((base + (first << UNIT_SHIFT)) as *mut u8, len << UNIT_SHIFT);
         crate::stats::sub_committed(len << UNIT_SHIFT);
         bytes += len << UNIT_SHIFT;
         rest &= !run_mask(first, len);
@@ -455,34 +477,59 @@ fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {
     bytes
 }
 
-fn map_arena(kind: ArenaKind) -> Option<*mut ArenaMeta> {
-    let base = match kind {
-        ArenaKind::Normal => os::map_aligned(ARENA_BYTES, ARENA_BYTES),
-        ArenaKind::Movable => crate::region::map_piece(),
+/// Address space an arena maps: a movable arena's metadata piece comes with it.
+fn mapped_bytes(kind: ArenaKind) -> usize {
+    match kind {
+        ArenaKind::Normal => ARENA_BYTES,
+        ArenaKind::Movable => 2 * ARENA_BYTES,
+    }
+}
+
+/// Maps a new arena of `kind`; `existing` arenas of that kind are mapped already (all without room).
+fn map_arena(kind: ArenaKind, existing: usize) -> Option<*mut ArenaMeta> {
+    let (base, meta) = match kind {
+        ArenaKind::Normal => {
+            let base = os::map_aligned(ARENA_BYTES, ARENA_BYTES);
+            (base, base.cast::<ArenaMeta>())
+        }
+        ArenaKind::Movable => {
+            let base = crate::region::map_piece();
+            (base, movable_meta_of(base as usize))
+        }
     };
     if base.is_null() {
         return None;
     }
-    if thp_policy() == THP_ALWAYS {
+    let huge = match thp_policy() {
+        THP_ALWAYS => true,
+        THP_GROWING => kind == ArenaKind::Movable && existing > 0,
+        _ => false,
+    };
+    if huge {
+        // Before the first touch, so that the first fault maps the whole arena as one page.
         os::advise_hugepage(base, ARENA_BYTES);
     }
-    crate::stats::add_mapped(ARENA_BYTES);
+    crate::stats::add_mapped(mapped_bytes(kind));
     crate::stats::add_committed(meta_units(kind) << UNIT_SHIFT);
-    let meta = base.cast::<ArenaMeta>();
     let data = all_data_units(kind);
-    // SAFETY: `base` is a fresh, zeroed, writable 2 MiB mapping, large enough for `ArenaMeta`. Zeroed
-    // descriptors are valid free descriptors (every field of `Slab` is valid as all-zero bytes).
+    // SAFETY: `meta` is fresh, zeroed, writable memory large enough for `ArenaMeta` (the arena's first
+    // unit, or its metadata piece). Zeroed descriptors are valid free descriptors (every field of
+    // `Slab` is valid as all-zero bytes).
     unsafe {
         let header = &mut (*meta).header;
         header.magic = ARENA_MAGIC;
         header.kind = kind;
         header.free_units = data;
         header.zero_units = data;
+        header.base = base as usize;
         for desc in (*meta).descs.iter() {
             desc.init_unowned();
         }
     }
-    crate::checked::register_chunk(base as usize);
+    if kind == ArenaKind::Normal {
+        // Only the global allocator's chunks: a movable block handed to it is foreign.
+        crate::checked::register_chunk(base as usize);
+    }
     Some(meta)
 }
 
@@ -498,6 +545,6 @@ mod tests {
         assert_eq!(find_run(u32::MAX << 1, 31), Some(1));
         assert_eq!(run_mask(3, 2), 0b11000);
         assert_eq!(all_data_units(ArenaKind::Normal).count_ones(), 31);
-        assert_eq!(all_data_units(ArenaKind::Movable).count_ones(), 23);
+        assert_eq!(all_data_units(ArenaKind::Movable).count_ones(), 32);
     }
 }

@@ -25,8 +25,8 @@
 //! handle slot can store a movable block's address in that many bits.
 
 use crate::arena::{
-    self, ArenaKind, ArenaMeta, BACKMAP_COLUMNS, BACKMAP_GRANULE, BACKMAP_OFFSET,
-    LIVE_BITMAP_OFFSET, LIVE_GRANULE,
+    self, ArenaKind, BACKMAP_COLUMNS, BACKMAP_GRANULE, BACKMAP_OFFSET, LIVE_BITMAP_OFFSET,
+    LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
 pub use crate::region::{reserve_movable_region, MOVABLE_ADDRESS_BITS};
@@ -103,11 +103,21 @@ pub struct MovableHeap {
 // its own, and nobody else frees into them), so moving the heap moves that ownership with it.
 unsafe impl Send for MovableHeap {}
 
+/// The slab descriptor of a block of a movable slab (or of any address in a live movable arena's unit
+/// that holds a slab).
+fn slab_of(block: usize) -> &'static Slab {
+    let meta = arena::movable_meta_of(block);
+    let unit = (block & arena::ARENA_MASK) >> crate::size_class::UNIT_SHIFT;
+    // SAFETY: callers pass addresses in live movable arenas, whose metadata is mapped while they live
+    // and starts with one descriptor per unit; `unit` is below that.
+    unsafe { (*meta).descs[unit].head() }
+}
+
 fn live_bit(block: usize) -> (&'static AtomicU64, u64) {
-    let meta = block & !arena::ARENA_MASK;
+    let meta = arena::movable_meta_of(block) as usize;
     let granule = (block & arena::ARENA_MASK) / LIVE_GRANULE;
     let word = (meta + LIVE_BITMAP_OFFSET) as *const AtomicU64;
-    // SAFETY: the bitmap lies in the arena's first unit, mapped for the arena's life; the index is
+    // SAFETY: the bitmap lies in the arena's metadata, mapped for the arena's life; the index is
     // below 2 MiB / 8 / 64.
     (unsafe { &*word.add(granule / 64) }, 1u64 << (granule % 64))
 }
@@ -125,8 +135,8 @@ fn set_live(block: usize, live: bool) {
 /// slabs of few large blocks share the pages of the first rows: an arena of 512-byte slabs touches
 /// 12 KiB of back-map in all rather than a page per slab.
 fn backmap_slot(slab_start: usize, index: usize) -> *mut u32 {
-    let meta = slab_start & !arena::ARENA_MASK;
-    let column = ((slab_start - meta) >> crate::size_class::UNIT_SHIFT) - arena::MOVABLE_META_UNITS;
+    let meta = arena::movable_meta_of(slab_start) as usize;
+    let column = (slab_start & arena::ARENA_MASK) >> crate::size_class::UNIT_SHIFT;
     debug_assert!(column < BACKMAP_COLUMNS && index < arena::BACKMAP_ROWS);
     (meta + BACKMAP_OFFSET + (index * BACKMAP_COLUMNS + column) * 4) as *mut u32
 }
@@ -141,8 +151,7 @@ fn index_magic(block_bytes: usize) -> u64 {
 
 /// The back-map entry of a block of a movable slab.
 fn backmap_entry(block: usize) -> *mut u32 {
-    // SAFETY: callers pass blocks of movable slabs, whose chunk starts with a descriptor array.
-    let slab = unsafe { crate::global::slab_of(block) };
+    let slab = slab_of(block);
     let start = slab.start.get() as usize;
     backmap_slot(start, (block - start) / slab.block_bytes.get() as usize)
 }
@@ -305,19 +314,13 @@ impl MovableHeap {
         Some(slab)
     }
 
-    /// The slab descriptor of a block of this heap.
-    fn slab_of(block: usize) -> &'static Slab {
-        // SAFETY: callers pass blocks of this heap, which lie in live movable arenas.
-        unsafe { crate::global::slab_of(block) }
-    }
-
     /// Frees a block. A slab whose last block goes is returned to its arena.
     ///
     /// # Safety
     /// - `block` was allocated by this heap and is not used afterwards.
     pub unsafe fn free(&mut self, block: NonNull<u8>) {
         let addr = block.as_ptr() as usize;
-        let slab = Self::slab_of(addr);
+        let slab = slab_of(addr);
         debug_assert!(slab.is_movable() && slab.block_bytes.get() == self.geometry.block_bytes);
         set_live(addr, false);
         // SAFETY: the caller's contract: the block was handed out from this slab and is ours again.
@@ -484,15 +487,10 @@ pub fn release_free_arenas() -> usize {
         .maintain_kinds(&[ArenaKind::Movable], crate::os::now_ms(), true)
 }
 
-/// Whether `addr` lies in a movable arena (for callers that must tell movable blocks apart).
+/// Whether `addr` lies in a movable arena's part of the address space (for callers that must tell
+/// movable blocks apart; any address may be asked about).
 pub fn is_movable_address(addr: usize) -> bool {
-    let meta = arena::meta_of(addr) as *const ArenaMeta;
-    if addr & arena::ARENA_MASK == 0 {
-        return false;
-    }
-    // SAFETY: callers pass addresses of blocks this allocator handed out, whose chunk starts with
-    // metadata (an arena header, or a huge mapping's descriptors that fail the magic check).
-    unsafe { (*meta).is_arena_of(ArenaKind::Movable) }
+    crate::region::is_data(addr)
 }
 
 #[cfg(test)]

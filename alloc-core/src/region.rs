@@ -8,21 +8,33 @@
 //!
 //! The region is reserved on the first movable arena, inaccessible (`PROT_NONE`: no memory, no commit
 //! charge): `REGION_BYTES` (but at most a sixteenth of the address space), or half as much as often as
-//! the kernel refuses, down to `MIN_REGION_BYTES`,
-//! at one of a few hints below 16 TiB (on x86-64 and AArch64 Linux, mappings go near the top of the
-//! address space unless asked, so this range is free; with a smaller address space everything is below
-//! it). If no placement works (a sanitizer's shadow memory can fill that range), movable memory cannot
-//! be had and making a relocating cache fails (each later attempt tries again). An arena is a 2 MiB piece mapped writable over the
-//! reservation, and is given back by mapping the piece inaccessible again, which frees its pages.
-//! Freed pieces wait on a stack (in a mapping of its own, touched only as deep as it gets) and are
-//! reused before untouched ones.
+//! the kernel refuses, down to `MIN_REGION_BYTES`, at one of a few hints below 16 TiB (on x86-64 and
+//! AArch64 Linux, mappings go near the top of the address space unless asked, so this range is free;
+//! with a smaller address space everything is below it). If no placement works (a sanitizer's shadow
+//! memory can fill that range), movable memory cannot be had and making a relocating cache fails (each
+//! later attempt tries again).
 //!
-//! Invariants: every piece handed out lies in the region, below `2^MOVABLE_ADDRESS_BITS`. All state is
-//! under `REGION`'s lock, which is taken inside the pool lock and takes no other lock.
+//! The region has two halves. An arena's data is a 2 MiB *piece* of the lower half and its metadata
+//! (descriptors, header, liveness bitmap, back-map) the piece at the same offset in the upper half,
+//! `META_OFFSET` bytes on. Out of the data piece, the metadata leaves the whole piece to slabs, and a
+//! piece can be one transparent huge page whose every byte is data: with metadata inside, a huge page
+//! would make the metadata's untouched pages resident too (9 of 32 units). Metadata pieces stay on
+//! 4 KiB pages, resident only as far as they are written. Both pieces are 2 MiB-aligned, so a
+//! descriptor's address masked to 2 MiB is its arena's metadata, as in a normal arena.
+//!
+//! A piece is mapped writable over the reservation (data and metadata together), and is given back by
+//! mapping both inaccessible again, which frees their pages. Freed pieces wait on a stack (in a mapping
+//! of its own, touched only as deep as it gets) and are reused before untouched ones.
+//!
+//! Invariants: every data piece handed out lies in the lower half, below `2^MOVABLE_ADDRESS_BITS`;
+//! `DATA_START`, `DATA_END` and `META_OFFSET` are written once, before the first piece is handed out,
+//! and never change. All other state is under `REGION`'s lock, which is taken inside the pool lock and
+//! takes no other lock.
 
 use crate::lock::SpinLock;
 use crate::os::{self, ARENA_BYTES};
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Every movable block's address is below `2^MOVABLE_ADDRESS_BITS`.
 pub const MOVABLE_ADDRESS_BITS: u32 = 44;
@@ -31,10 +43,18 @@ const ADDRESS_LIMIT: usize = 1 << MOVABLE_ADDRESS_BITS;
 const REGION_BYTES: usize = 1 << 40;
 const MIN_REGION_BYTES: usize = 1 << 30;
 
+/// The lower half (data pieces), and how far above a data piece its metadata piece lies; 0 until the
+/// region is reserved, then fixed.
+static DATA_START: AtomicUsize = AtomicUsize::new(0);
+static DATA_END: AtomicUsize = AtomicUsize::new(0);
+static META_OFFSET: AtomicUsize = AtomicUsize::new(0);
+
 struct Region {
-    /// First piece (2 MiB-aligned) and end of the usable reservation; both 0 until reserved.
+    /// First data piece (2 MiB-aligned) and end of the data half; both 0 until reserved.
     start: usize,
     end: usize,
+    /// From a data piece to its metadata piece (the size of the data half).
+    meta_offset: usize,
     /// Pieces below this address have been handed out at least once.
     next: usize,
     /// Stack of freed piece numbers (`(piece - start) / ARENA_BYTES`), `free_len` deep.
@@ -48,6 +68,7 @@ unsafe impl Send for Region {}
 static REGION: SpinLock<Region> = SpinLock::new(Region {
     start: 0,
     end: 0,
+    meta_offset: 0,
     next: 0,
     free: ptr::null_mut(),
     free_len: 0,
@@ -59,8 +80,24 @@ pub fn reserve_movable_region() -> bool {
     REGION.lock().ready()
 }
 
-/// A fresh, zeroed, writable 2 MiB-aligned piece of the region for an arena; null when the region is
-/// exhausted or cannot be reserved.
+/// Whether `addr` lies in a movable arena's data (a piece of the region's lower half).
+#[inline]
+pub(crate) fn is_data(addr: usize) -> bool {
+    // Acquire pairs with the release that publishes the start after the end; the bounds are written
+    // once, before any piece (so any movable address) exists.
+    let start = DATA_START.load(Ordering::Acquire);
+    addr.wrapping_sub(start) < DATA_END.load(Ordering::Relaxed) - start
+}
+
+/// The metadata piece of the arena holding `addr`, a movable arena's data address.
+#[inline]
+pub(crate) fn meta_of_data(addr: usize) -> usize {
+    debug_assert!(is_data(addr));
+    (addr & !(ARENA_BYTES - 1)) + META_OFFSET.load(Ordering::Relaxed)
+}
+
+/// A fresh, zeroed, writable 2 MiB-aligned data piece of the region for an arena, its metadata piece
+/// (`meta_of_data`) zeroed and writable too; null when the region is exhausted or cannot be reserved.
 pub(crate) fn map_piece() -> *mut u8 {
     let mut region = REGION.lock();
     if !region.ready() {
@@ -77,8 +114,12 @@ pub(crate) fn map_piece() -> *mut u8 {
     } else {
         return ptr::null_mut();
     };
-    // SAFETY: the piece lies in our reservation and holds nothing (never handed out, or freed).
-    if unsafe { os::map_over(piece as *mut u8, ARENA_BYTES, true) } {
+    let meta = piece + region.meta_offset;
+    // SAFETY: both pieces lie in our reservation and hold nothing (never handed out, or freed).
+    if unsafe {
+        os::map_over(piece as *mut u8, ARENA_BYTES, true)
+            && os::map_over(meta as *mut u8, ARENA_BYTES, true)
+    } {
         piece as *mut u8
     } else {
         // A failed MAP_FIXED may have left a hole that another mapping can take: never reuse it.
@@ -93,10 +134,14 @@ pub(crate) fn map_piece() -> *mut u8 {
 pub(crate) unsafe fn unmap_piece(piece: *mut u8) {
     let mut region = REGION.lock();
     debug_assert!((region.start..region.end).contains(&(piece as usize)));
-    // SAFETY: the caller's contract: a piece of our reservation that holds nothing live.
-    if !unsafe { os::map_over(piece, ARENA_BYTES, false) } {
-        // The piece may still be mapped (then drop its pages) or be a hole: never reuse it.
+    let meta = piece.wrapping_add(region.meta_offset);
+    // SAFETY: the caller's contract: a data piece of our reservation that holds nothing live, and its
+    // metadata piece, which nothing reads once the arena is off the pool's lists.
+    if !unsafe { os::map_over(piece, ARENA_BYTES, false) && os::map_over(meta, ARENA_BYTES, false) }
+    {
+        // The pieces may still be mapped (then drop their pages) or be holes: never reuse them.
         os::decommit(piece, ARENA_BYTES);
+        os::decommit(meta, ARENA_BYTES);
         return;
     }
     let number = (piece as usize - region.start) / ARENA_BYTES;
@@ -122,7 +167,7 @@ impl Region {
         let mut bytes = REGION_BYTES.min(address_space / 16).max(MIN_REGION_BYTES);
         while bytes >= MIN_REGION_BYTES {
             if let Some(base) = reserve_low(bytes) {
-                let pieces = bytes / ARENA_BYTES;
+                let pieces = bytes / ARENA_BYTES / 2;
                 let stack_bytes = (pieces * 4).next_multiple_of(os::page_size());
                 let stack = os::map_aligned(stack_bytes, os::page_size());
                 if stack.is_null() {
@@ -130,10 +175,16 @@ impl Region {
                     bytes /= 2;
                     continue;
                 }
-                self.start = base.next_multiple_of(ARENA_BYTES);
-                self.end = (base + bytes) & !(ARENA_BYTES - 1);
+                let start = base.next_multiple_of(ARENA_BYTES);
+                let half = ((base + bytes - start) / 2) & !(ARENA_BYTES - 1);
+                self.start = start;
+                self.end = start + half;
+                self.meta_offset = half;
                 self.next = self.start;
                 self.free = stack.cast();
+                META_OFFSET.store(half, Ordering::Relaxed);
+                DATA_END.store(start + half, Ordering::Relaxed);
+                DATA_START.store(start, Ordering::Release);
                 return true;
             }
             bytes /= 2;
@@ -172,17 +223,29 @@ mod tests {
         assert!(!first.is_null());
         assert!((first as usize) < ADDRESS_LIMIT);
         assert_eq!(first as usize % ARENA_BYTES, 0);
-        // SAFETY: a fresh writable piece.
+        let meta = meta_of_data(first as usize + 12345) as *mut u8;
+        assert_eq!(meta as usize % ARENA_BYTES, 0);
+        assert!(is_data(first as usize) && is_data(first as usize + ARENA_BYTES - 1));
+        assert!(
+            !is_data(meta as usize),
+            "metadata pieces lie outside the data half"
+        );
+        assert!(!is_data(0) && !is_data(usize::MAX));
+        // SAFETY: fresh writable data and metadata pieces.
         unsafe {
             assert_eq!(first.read(), 0);
+            assert_eq!(meta.add(ARENA_BYTES - 1).read(), 0);
             first.write(7);
+            meta.write(7);
             unmap_piece(first);
         }
         let again = map_piece();
         assert!((again as usize) < ADDRESS_LIMIT);
-        // SAFETY: a fresh writable piece (the freed one if no other test took it meanwhile).
+        let meta = meta_of_data(again as usize) as *mut u8;
+        // SAFETY: fresh writable pieces (the freed ones if no other test took them meanwhile).
         unsafe {
             assert_eq!(again.read(), 0, "a reused piece reads as zero");
+            assert_eq!(meta.read(), 0, "a reused metadata piece reads as zero");
             unmap_piece(again);
         }
     }

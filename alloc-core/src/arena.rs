@@ -90,6 +90,11 @@ const KINDS: usize = 2;
 /// order and compaction keeps them dense, so that costs little and saves a page fault per 4 KiB and
 /// most TLB misses. A normal arena carries its metadata unit and slabs of many size classes filled
 /// unevenly: a huge page would make their untouched pages resident.
+/// Decommitting units of a huge-paged arena splits its page: the resident set drops at once, and the
+/// kernel frees the split-off pages when it needs memory (its deferred split); an emptied arena is
+/// unmapped whole. The hint is then withdrawn (`MADV_NOHUGEPAGE`), or khugepaged could collapse the
+/// arena again and make the decommitted units resident; it is given again once every unit of the
+/// arena holds a slab.
 const THP_NEVER: u8 = 1;
 const THP_GROWING: u8 = 2;
 const THP_ALWAYS: u8 = 3;
@@ -135,6 +140,8 @@ pub(crate) struct ArenaHeader {
     /// Where the arena's units start: the metadata's own address in a normal arena, a data piece of
     /// the movable region in a movable one.
     base: usize,
+    /// `MADV_HUGEPAGE` is in force on the arena (see `THP_GROWING`).
+    huge: bool,
     /// Oldest time a unit became dirty, or the arena became empty.
     dirty_since_ms: u64,
     next: *mut ArenaMeta,
@@ -280,6 +287,11 @@ impl ArenaPool {
         debug_assert_eq!(header.free_units & mask, mask);
         header.free_units &= !mask;
         header.dirty_units &= !mask;
+        if header.free_units == 0 && !header.huge && wants_huge_when_full(header.kind) {
+            // Full: khugepaged may now collapse it without making free units resident.
+            os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, true);
+            header.huge = true;
+        }
         let zeroed = header.zero_units & mask == mask;
         crate::stats::add_committed(
             ((header.zero_units & mask).count_ones() as usize) << UNIT_SHIFT,
@@ -374,6 +386,10 @@ impl ArenaPool {
                     crate::stats::sub_committed(committed << UNIT_SHIFT);
                     released += ARENA_BYTES;
                 } else if aged && header.dirty_units != 0 {
+                    if header.huge && thp_policy() != THP_ALWAYS {
+                        os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, false);
+                        header.huge = false;
+                    }
                     released += decommit_units(arena, header.dirty_units);
                     if kind == ArenaKind::Movable {
                         released += decommit_unused_backmap(arena);
@@ -477,6 +493,11 @@ fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {
     bytes
 }
 
+/// Whether an arena of `kind` that fills up gets the huge-page hint back (see `THP_GROWING`).
+fn wants_huge_when_full(kind: ArenaKind) -> bool {
+    kind == ArenaKind::Movable && thp_policy() == THP_GROWING
+}
+
 /// Address space an arena maps: a movable arena's metadata piece comes with it.
 fn mapped_bytes(kind: ArenaKind) -> usize {
     match kind {
@@ -507,7 +528,7 @@ fn map_arena(kind: ArenaKind, existing: usize) -> Option<*mut ArenaMeta> {
     };
     if huge {
         // Before the first touch, so that the first fault maps the whole arena as one page.
-        os::advise_hugepage(base, ARENA_BYTES);
+        os::advise_hugepage(base, ARENA_BYTES, true);
     }
     crate::stats::add_mapped(mapped_bytes(kind));
     crate::stats::add_committed(meta_units(kind) << UNIT_SHIFT);
@@ -522,6 +543,7 @@ fn map_arena(kind: ArenaKind, existing: usize) -> Option<*mut ArenaMeta> {
         header.free_units = data;
         header.zero_units = data;
         header.base = base as usize;
+        header.huge = huge;
         for desc in (*meta).descs.iter() {
             desc.init_unowned();
         }

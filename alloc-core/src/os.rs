@@ -207,10 +207,16 @@ pub(crate) fn remap_to(addr: *mut u8, old_bytes: usize, target: *mut u8, new_byt
     moved != libc::MAP_FAILED
 }
 
-/// Asks for transparent huge pages on a 2 MiB-aligned range (a hint; errors are ignored).
-pub(crate) fn advise_hugepage(addr: *mut u8, bytes: usize) {
-    // SAFETY: madvise with MADV_HUGEPAGE only changes paging policy of a range we mapped.
-    unsafe { libc::madvise(addr.cast(), bytes, libc::MADV_HUGEPAGE) };
+/// Asks for transparent huge pages on a 2 MiB-aligned range, or withdraws the request (a hint; errors
+/// are ignored).
+pub(crate) fn advise_hugepage(addr: *mut u8, bytes: usize, huge: bool) {
+    let advice = if huge {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
+    // SAFETY: madvise with MADV_(NO)HUGEPAGE only changes the paging policy of a range we mapped.
+    unsafe { libc::madvise(addr.cast(), bytes, advice) };
 }
 
 /// Makes a page-aligned range resident and writable in one call (`MADV_POPULATE_WRITE`, Linux 5.14),

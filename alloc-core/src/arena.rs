@@ -55,7 +55,7 @@ const NORMAL_META_UNITS: usize = 1;
 const MOVABLE_META_UNITS: usize = 9;
 /// Back-map granule of movable arenas (the smallest movable block).
 pub(crate) const BACKMAP_GRANULE: usize = 16;
-/// The back-map of a movable arena starts at its second unit. It is a table of `u32` entries with one
+/// The back-map of a movable arena starts at its metadata's second unit. It is a table of `u32` entries with one
 /// row per block index and one column per data unit: entry `i` of the slab starting at data unit `c`
 /// is at row `i`, column `c`. Slabs of few large blocks then share a few pages of rows instead of
 /// touching a page each (see `movable`).
@@ -118,8 +118,9 @@ pub(crate) fn read_thp_policy() -> u8 {
     policy
 }
 
-/// The metadata at the base of every arena (and of every huge mapping, whose descriptors all say
-/// `Huge`, so that a free finds its way by the same masking).
+/// The metadata of every arena: at the base of a normal arena (and of every huge mapping, whose
+/// descriptors all say `Huge`, so that a free finds its way by the same masking), in a piece of its own
+/// for a movable arena.
 #[repr(C)]
 pub(crate) struct ArenaMeta {
     pub(crate) descs: [Slab; UNITS_PER_ARENA],

@@ -5,7 +5,7 @@
 //! per-thread heaps it is an ordinary value with one owner (`&mut self` everywhere): a relocating cache
 //! keeps it behind its own synchronisation and frees through it, never through the global allocator.
 //!
-//! For every block it keeps, out of line in the arena's metadata units:
+//! For every block it keeps, out of line in the arena's metadata (a piece of its own, see `region`):
 //! - the liveness bitmap bit of the block's first 8-byte granule (set while the block is allocated),
 //! - a back-map entry: a `u32` naming the block's owner (e.g. a handle-table index), in a table with a
 //!   row per block index and a column per unit, so the back-map costs 4 bytes per block (a quarter of

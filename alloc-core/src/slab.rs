@@ -1,5 +1,5 @@
 //! Slab descriptors: everything the allocator knows about a slab, a span or a huge mapping, kept out
-//! of line in the arena's first unit (one 128-byte descriptor per 64 KiB unit).
+//! of line in the arena's metadata (one 128-byte descriptor per 64 KiB unit; see `arena`).
 //!
 //! A small slab is a run of 1..4 units cut into blocks of one size class. Its blocks are in exactly one
 //! of these places, which is the counter invariant `check_invariants` recounts:

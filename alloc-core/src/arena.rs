@@ -3,7 +3,7 @@
 //! Layout of an arena's metadata (offsets from its base):
 //!
 //! ```text
-//! unit 0   [0, 4 KiB)    32 slab descriptors, one per 64 KiB unit (descriptor 0 unused in normal arenas)
+//! unit 0   [0, 4 KiB)    32 slab descriptors, one per 64 KiB unit (in a normal arena, 0 is unused)
 //!          [4 KiB, ...)  the arena header (pool bookkeeping)
 //!          [8 KiB, 40 KiB) liveness bitmap: 1 bit per 8-byte granule (movable arenas, `checked`)
 //! units 1..9             movable arenas only: the back-map, one u32 owner per block (rows by block
@@ -55,10 +55,10 @@ const NORMAL_META_UNITS: usize = 1;
 const MOVABLE_META_UNITS: usize = 9;
 /// Back-map granule of movable arenas (the smallest movable block).
 pub(crate) const BACKMAP_GRANULE: usize = 16;
-/// The back-map of a movable arena starts at its metadata's second unit. It is a table of `u32` entries with one
-/// row per block index and one column per data unit: entry `i` of the slab starting at data unit `c`
-/// is at row `i`, column `c`. Slabs of few large blocks then share a few pages of rows instead of
-/// touching a page each (see `movable`).
+/// The back-map of a movable arena starts at its metadata's second unit. It is a table of `u32`
+/// entries with one row per block index and one column per data unit: entry `i` of the slab starting
+/// at data unit `c` is at row `i`, column `c`. Slabs of few large blocks then share a few pages of
+/// rows instead of touching a page each (see `movable`).
 pub(crate) const BACKMAP_OFFSET: usize = UNIT_BYTES;
 /// Back-map columns: the data units of a movable arena (all of them).
 pub(crate) const BACKMAP_COLUMNS: usize = UNITS_PER_ARENA;

@@ -10,12 +10,12 @@
 //! ([`RelocCache::with_tail`]), made when the first blob of its size arrives. All classes share one
 //! epoch collector, so one guard covers every class; one tag, so a `BlobCache` takes one of the
 //! process's [`crate::MAX_CACHES`] tags however many classes it uses; and one handle table, from which
-//! each class claims runs of slots that stay its own. A [`BlobHandle`] is a class's handle as it is:
+//! each class claims runs of slots that stay its own until it gives them back. A [`BlobHandle`] is a class's handle as it is:
 //! reading it needs no class, and the class that owns it is the class of its blob's length (a blob
 //! keeps its class for life: `replace` with a length of another class makes a new blob). So the
 //! classes together have the whole index space and its generations ([`crate::MAX_OBJECTS`]). A class
-//! keeps the runs it claimed (its vacant slots wait for its own next blobs), so at most 2^28 slots
-//! over the classes' peaks, each class counted at its own largest size, can be in use.
+//! keeps the runs it claimed (its vacant slots wait for its own next blobs) until
+//! [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table for any class.
 //! Compaction, evacuation and eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{
@@ -207,9 +207,9 @@ impl BlobCache {
     }
 
     /// The class that owns a handle's live blob, with its number, or `None` (stale, foreign). A slot
-    /// belongs to the class that claimed it for life, and only that class stores blobs in it, all of
-    /// a length of that class: so the class of the blob's length is the slot's. (Handing a handle to
-    /// another class would free its block into the wrong heap.)
+    /// belongs to the class that claimed it until that class gives it back vacant, and only its owner
+    /// stores blobs in it, all of a length of that class: so the class of a live blob's length is the
+    /// slot's. (Handing a handle to another class would free its block into the wrong heap.)
     fn owner(&self, handle: BlobHandle, guard: &Guard) -> Option<(usize, &Class)> {
         let class = class_of(LEN_BYTES + self.get(handle, guard)?.len())?;
         Some((class, self.classes[class].get()?))
@@ -302,6 +302,22 @@ impl BlobCache {
         }
     }
 
+    /// Lets other classes reuse the handle-table slots a class no longer needs: every run of slots
+    /// a class claimed whose slots are all vacant (and freed: `flush` first) goes back to the shared
+    /// table, and the next class to need slots takes it before the table grows. Returns the number
+    /// of slots given back.
+    ///
+    /// Without this a class keeps its runs for its own next blobs, so when the sizes of the values
+    /// drift, the table holds the sum of every class's peak. Removals at random leave few runs
+    /// wholly vacant (a run is 256 slots); a class that empties gives back all but its last run.
+    /// Each class is locked in turn while its claimed slots are scanned (and its free list walked,
+    /// when some run can go), so this is maintenance work, like `release_empty_arenas`.
+    pub fn release_vacant_slots(&self) -> usize {
+        (self.made())
+            .map(|(_, class)| class.give_back_vacant_slots().unwrap_or(0))
+            .sum()
+    }
+
     /// Returns the arenas that compaction or eviction emptied to the OS now, rather than after the
     /// decommit delay. Returns the bytes given back (shared by every movable cache in the process).
     pub fn release_empty_arenas(&self) -> usize {
@@ -334,6 +350,7 @@ impl BlobCache {
             total.counters.callback_panics += s.counters.callback_panics;
             total.counters.evicted_objects += s.counters.evicted_objects;
             total.counters.retired_slots += s.counters.retired_slots;
+            total.counters.returned_slots += s.counters.returned_slots;
             total.counters.compaction_nanos += s.counters.compaction_nanos;
         }
         if total.live_bytes > 0 {

@@ -322,8 +322,9 @@ pub(crate) struct Inner {
     /// The vacant slots ready for reuse, linked through the slots themselves: index + 1 of the first
     /// (0: none); each vacant slot's [`Slot::free_link`] names the next the same way.
     free_head: u32,
-    /// The runs of table slots this cache has claimed, in order, adjacent runs merged: every slot it
-    /// ever used lies in them (the table may be shared, see `table`).
+    /// The runs of table slots this cache has claimed and not given back, in the order claimed, a
+    /// run that continues the last merged into it: every slot it uses lies in them (the table may be
+    /// shared, see `table`).
     claimed: Vec<Range<u32>>,
     /// The claimed slots never used yet (the end of the last run).
     fresh: Range<u32>,
@@ -363,6 +364,100 @@ impl Inner {
     fn claimed_slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.claimed.iter().flat_map(Range::clone)
     }
+
+    /// Gives back to `table` every claimed run of `run` slots (aligned to `run`, as a shared
+    /// table's runs are) that lies wholly on the free list, and returns how many slots that was.
+    ///
+    /// Only slots on the free list count: a vacant slot still waiting in a batch or on `retired`
+    /// will be linked here later, so its run stays; a retired-for-good slot is never on the list,
+    /// so a run with one stays too (its generation must not be handed out again); and so does the
+    /// run with the unused end of the last claim (`fresh`, never listed). A first pass over the
+    /// claimed slots looks for runs with nothing live in them, so that the free list, in random
+    /// order, is walked only when some run may go.
+    fn give_back_vacant_runs(&mut self, table: &SlotTable, run: u32) -> usize {
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut unit_all_vacant = true;
+        for index in self.claimed_slots() {
+            let occupied = table.get(index).is_none_or(|slot| slot.address() != 0);
+            unit_all_vacant &= !occupied;
+            if (index + 1) % run == 0 {
+                if unit_all_vacant {
+                    candidates.push(index / run);
+                }
+                unit_all_vacant = true;
+            }
+        }
+        if candidates.is_empty() {
+            return 0;
+        }
+        // Free-list members per candidate run.
+        candidates.sort_unstable();
+        let mut listed = vec![0u32; candidates.len()];
+        let mut next = self.free_head;
+        while let Some(index) = next.checked_sub(1) {
+            let Some(slot) = table.get(index) else { break };
+            if let Ok(at) = candidates.binary_search(&(index / run)) {
+                listed[at] += 1;
+            }
+            next = slot.free_link();
+        }
+        let going: Vec<u32> = (candidates.iter().zip(&listed))
+            .filter(|&(_, &n)| n == run)
+            .map(|(&unit, _)| unit)
+            .collect();
+        if going.is_empty() {
+            return 0;
+        }
+        let goes = |index: u32| going.binary_search(&(index / run)).is_ok();
+        // Relink the free list without them, in its order.
+        let (mut head, mut last): (u32, Option<&Slot>) = (0, None);
+        let mut next = self.free_head;
+        while let Some(index) = next.checked_sub(1) {
+            let Some(slot) = table.get(index) else { break };
+            next = slot.free_link();
+            if goes(index) {
+                slot.set_free_link(0);
+                continue;
+            }
+            match last {
+                Some(previous) => previous.set_free_link(index + 1),
+                None => head = index + 1,
+            }
+            last = Some(slot);
+        }
+        if let Some(previous) = last {
+            previous.set_free_link(0);
+        }
+        self.free_head = head;
+        self.claimed = (self.claimed.iter())
+            .flat_map(|c| split_out(c.clone(), run, &going))
+            .collect();
+        // Highest first: the table hands out the last given first, so a claimer gets them in order
+        // and merges adjacent ones.
+        for &unit in going.iter().rev() {
+            table.give_back(unit * run..(unit + 1) * run);
+        }
+        going.len() * run as usize
+    }
+}
+
+/// `range` less the runs `units` (of `run` slots each, sorted) that lie in it.
+fn split_out(range: Range<u32>, run: u32, units: &[u32]) -> Vec<Range<u32>> {
+    let mut pieces = Vec::new();
+    let mut start = range.start;
+    for &unit in units {
+        let gone = unit * run..(unit + 1) * run;
+        if gone.start >= range.start && gone.end <= range.end {
+            if start < gone.start {
+                pieces.push(start..gone.start);
+            }
+            start = gone.end;
+        }
+    }
+    if start < range.end {
+        pieces.push(start..range.end);
+    }
+    pieces
 }
 
 /// Running totals kept under the cache lock.
@@ -378,6 +473,9 @@ pub struct Counters {
     /// Slots retired for good because their generation would have wrapped (see [`MAX_OBJECTS`]):
     /// each keeps 8 bytes of handle table.
     pub retired_slots: u64,
+    /// Slots handed back to a table shared with other caches (a [`crate::BlobCache`]'s classes), for
+    /// them to reuse.
+    pub returned_slots: u64,
 }
 
 /// A block for the object of slot `owner`, at an address a slot can hold (always, for alloc-core's
@@ -580,6 +678,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             self.take_back(&mut inner);
         }
         Ok(inner)
+    }
+
+    /// Gives the runs of slots that are wholly vacant back to the table this cache shares (see
+    /// `Inner::give_back_vacant_runs`); returns how many slots that was. Only for the byte-blob
+    /// classes: `for_each` reads the claimed runs outside the lock, and would then visit slots
+    /// another cache took meanwhile.
+    pub(crate) fn give_back_vacant_slots(&self) -> Result<usize, CacheError> {
+        let mut inner = self.lock()?;
+        let given = inner.give_back_vacant_runs(&self.table, self.claim_slots as u32);
+        inner.counters.returned_slots += given as u64;
+        Ok(given)
     }
 
     /// Frees the retired blocks and links the vacant slots that removals handed back (lock held).
@@ -920,6 +1029,18 @@ impl<T, R> Drop for RelocCache<T, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_out_cuts_runs_out_of_ranges() {
+        assert_eq!(split_out(0..1024, 256, &[1, 2]), vec![0..256, 768..1024]);
+        assert_eq!(split_out(0..512, 256, &[0, 1]), Vec::<Range<u32>>::new());
+        assert_eq!(
+            split_out(256..512, 256, &[0, 3]),
+            vec![256..512],
+            "not in it"
+        );
+        assert_eq!(split_out(0..768, 256, &[2]), vec![0..512]);
+    }
 
     #[test]
     fn tags_run_out_rather_than_repeat() {

@@ -9,7 +9,10 @@
 //!
 //! A table can be shared ([`SlotTable::share`]) by caches that share a tag, as the byte-blob classes
 //! do: each claims runs of slots and only ever uses its own, so the index space (and with it the
-//! generations, see `MAX_OBJECTS`) is one for all of them, not split between them.
+//! generations, see `MAX_OBJECTS`) is one for all of them, not split between them. A sharer can
+//! [`give back`](SlotTable::give_back) a run whose slots are all vacant; the next claim by any sharer
+//! takes it before growing the table. Its slots keep their generations, so handles from the old
+//! owner stay stale under the new one.
 //!
 //! Readers ([`SlotTable::for_read`]) do not check an index at all: every index a handle can hold lies
 //! in the reservation (the index is masked to its bits), and the committed part (an atomic that growth
@@ -46,13 +49,20 @@ pub(crate) struct SlotTable {
     shared: Arc<Reservation>,
 }
 
+/// Slots below `end` have been claimed, less the runs given back and not claimed again.
+#[derive(Default)]
+struct Claims {
+    end: usize,
+    returned: Vec<Range<u32>>,
+}
+
 struct Reservation {
     base: *mut u8,
     /// Slots below this index are writable (`Release` after `mprotect`, `Acquire` by writers that
     /// look a slot up; readers do not read it).
     committed: AtomicUsize,
-    /// Slots below this index belong to some cache; claims (and so growth) are serialised by it.
-    claimed: Mutex<usize>,
+    /// Which slots caches have claimed; claims (and so growth) are serialised by it.
+    claims: Mutex<Claims>,
     /// Open once any slot has been pinned: until then a move never reads (or faults in) a pin count.
     gate: PinGate,
 }
@@ -60,7 +70,7 @@ struct Reservation {
 // SAFETY: the table only hands out shared references to atomics in memory it owns until the last
 // sharer drops it; `base` and `max_slots` never change.
 unsafe impl Send for SlotTable {}
-// SAFETY: as above; growth is serialised by `claimed` and published through `committed`.
+// SAFETY: as above; growth is serialised by `claims` and published through `committed`.
 unsafe impl Sync for SlotTable {}
 // SAFETY: as for `SlotTable`.
 unsafe impl Send for Reservation {}
@@ -94,7 +104,7 @@ impl SlotTable {
             shared: Arc::new(Reservation {
                 base,
                 committed: AtomicUsize::new(0),
-                claimed: Mutex::new(0),
+                claims: Mutex::default(),
                 gate: PinGate::new(),
             }),
         })
@@ -169,15 +179,15 @@ impl SlotTable {
         self.shared.committed.load(Ordering::Acquire)
     }
 
-    /// Claims the next `want` slots (fewer at the end of the table) for one cache, making them
-    /// accessible first. `None` when the table is full or memory is exhausted.
+    /// Claims slots for one cache: the run given back last, if any (then of the size it was given back
+    /// with: the sharers all claim alike), else the next `want` slots (fewer at the end of the table),
+    /// made accessible first. `None` when the table is full or memory is exhausted.
     pub(crate) fn claim(&self, want: usize) -> Option<Range<u32>> {
-        let mut claimed = self
-            .shared
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let start = *claimed;
+        let mut claims = self.claims();
+        if let Some(run) = claims.returned.pop() {
+            return Some(run);
+        }
+        let start = claims.end;
         let end = (start + want.max(1)).min(self.max_slots);
         if start == end {
             return None;
@@ -198,8 +208,20 @@ impl SlotTable {
             }
             self.shared.committed.store(grown, Ordering::Release);
         }
-        *claimed = end;
+        claims.end = end;
         Some(start as u32..end as u32)
+    }
+
+    /// Gives back a run that a cache claimed and no longer uses, for the next claim by any sharer.
+    /// Its slots must be vacant and reusable (a generation that has not wrapped to 0), with their free
+    /// links cleared, and the cache must not touch them again: a claim hands them out as fresh.
+    pub(crate) fn give_back(&self, run: Range<u32>) {
+        debug_assert!(run.end as usize <= self.claims().end);
+        self.claims().returned.push(run);
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.shared.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -285,5 +307,20 @@ mod tests {
             Some(addr),
             "kept by the last sharer"
         );
+    }
+
+    #[test]
+    fn runs_given_back_are_claimed_again_last_first_before_the_table_grows() {
+        let table = SlotTable::new(CHUNK_SLOTS).expect("reservation");
+        let other = table.share();
+        for start in [0, 256, 512] {
+            assert_eq!(table.claim(256), Some(start..start + 256));
+        }
+        table.give_back(512..768);
+        table.give_back(256..512);
+        assert_eq!(other.claim(256), Some(256..512));
+        assert_eq!(other.claim(256), Some(512..768));
+        assert_eq!(other.claim(256), Some(768..1024), "then the table grows");
+        assert_eq!(table.committed(), CHUNK_SLOTS);
     }
 }

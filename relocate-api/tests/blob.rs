@@ -234,3 +234,249 @@ fn size_classes_share_one_handle_table() {
     }
     assert_eq!(cache.stats().live_objects, 0);
 }
+
+#[test]
+fn a_class_gives_its_vacant_slot_runs_to_the_next_class() {
+    // 20,000 slots are claimed in runs of 256: 79 runs, the last with 224 slots never used.
+    const N: usize = 20_000;
+    const RUN: usize = 256;
+    let cache = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let small: Vec<BlobHandle> = (0..N)
+        .map(|i| cache.insert(&value(i as u64, 100)).unwrap())
+        .collect();
+    let index_mask = relocate_api::MAX_OBJECTS as u64 - 1;
+    assert!(small.iter().all(|h| (h.to_bits() & index_mask) < N as u64));
+    {
+        let guard = reader.pin();
+        // The first small blob stays, and keeps its run.
+        for &handle in &small[1..] {
+            assert!(cache.remove(handle, &guard));
+        }
+    }
+    cache.flush(&reader);
+    let given = cache.release_vacant_slots();
+    assert_eq!(given, 77 * RUN, "every run but the first and the last");
+    assert_eq!(cache.stats().counters.returned_slots, given as u64);
+    assert_eq!(cache.release_vacant_slots(), 0, "nothing left to give");
+
+    // Another class takes the given runs before the table grows: 19,712 slots given, then two
+    // new runs from the end of the table.
+    let large: Vec<(u64, BlobHandle)> = (0..N as u64)
+        .map(|i| (i, cache.insert(&value(i + N as u64, 1000)).unwrap()))
+        .collect();
+    let mut indices: Vec<u64> = large
+        .iter()
+        .map(|(_, h)| h.to_bits() & index_mask)
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len(), N, "distinct slots");
+    assert!(indices
+        .iter()
+        .all(|&i| (RUN as u64..79 * RUN as u64 + 2 * RUN as u64).contains(&i)));
+    assert_eq!(
+        cache.stats().table_bytes,
+        (32 << 10) * 8,
+        "two chunks of table (three without the runs given back)"
+    );
+    let guard = reader.pin();
+    assert_eq!(cache.get(small[0], &guard), Some(value(0, 100).as_slice()));
+    for &handle in &small[1..] {
+        assert_eq!(
+            cache.get(handle, &guard),
+            None,
+            "stale in the slot's new class"
+        );
+        assert!(!cache.remove(handle, &guard));
+        assert_eq!(cache.replace(handle, &guard, b"x").unwrap(), None);
+    }
+    for &(i, handle) in &large {
+        assert_eq!(
+            cache.get(handle, &guard),
+            Some(value(i + N as u64, 1000).as_slice())
+        );
+    }
+    // The large blobs move and go back like any others.
+    cache.compact(&guard, Budget::Unlimited).unwrap();
+    for &(i, handle) in &large {
+        assert_eq!(
+            cache.get(handle, &guard),
+            Some(value(i + N as u64, 1000).as_slice())
+        );
+        assert!(cache.remove(handle, &guard));
+    }
+    drop(guard);
+    cache.flush(&reader);
+    // The large class gives back the 77 runs it was given and the first of its two new ones.
+    assert_eq!(cache.release_vacant_slots(), 78 * RUN);
+    assert_eq!(cache.stats().live_objects, 1);
+    let guard = reader.pin();
+    assert_eq!(cache.get(small[0], &guard), Some(value(0, 100).as_slice()));
+}
+
+/// Random inserts, replaces and removes whose value sizes drift from class to class, with slot runs
+/// given back (and compaction) along the way: every blob reads back as the model says, every removed
+/// handle stays stale, and the table grows no further than the live blobs need.
+#[test]
+fn drifting_sizes_reuse_slots_given_back_and_match_a_model() {
+    let cache = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let mut model: HashMap<BlobHandle, Vec<u8>> = HashMap::new();
+    let mut stale: Vec<BlobHandle> = Vec::new();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut peak_live = 0;
+    let mut given = 0;
+    for phase in 0..12u64 {
+        // Each phase stores values of one band of sizes (a few classes) and removes most others.
+        let base = 16 + (phase % 6) as usize * 700;
+        let mut guard = reader.pin();
+        // The last band mostly goes: a few of its blobs stay, scattered over its runs.
+        let old: Vec<BlobHandle> = model.keys().copied().collect();
+        for (i, h) in old.into_iter().enumerate() {
+            if i % 500 != 0 {
+                assert!(cache.remove(h, &guard));
+                model.remove(&h);
+                stale.push(h);
+            }
+        }
+        for step in 0..16_000u64 {
+            if step % 256 == 0 {
+                guard.repin();
+            }
+            let handles_len = model.len();
+            match next() % 8 {
+                0..=4 => {
+                    let v = value(phase << 32 | step, base + (next() % 40) as usize);
+                    let h = cache.insert(&v).unwrap();
+                    assert_eq!(cache.get(h, &guard), Some(v.as_slice()));
+                    assert!(
+                        model.insert(h, v).is_none(),
+                        "a live handle was handed out again"
+                    );
+                }
+                5..=6 if handles_len > 0 => {
+                    let h = *model
+                        .keys()
+                        .nth((next() % handles_len as u64) as usize)
+                        .unwrap();
+                    assert_eq!(cache.get(h, &guard), model.get(&h).map(Vec::as_slice));
+                    assert!(cache.remove(h, &guard));
+                    model.remove(&h);
+                    stale.push(h);
+                }
+                7 if handles_len > 0 => {
+                    let h = *model
+                        .keys()
+                        .nth((next() % handles_len as u64) as usize)
+                        .unwrap();
+                    let v = value(!step, base + (next() % 40) as usize);
+                    let new = cache.replace(h, &guard, &v).unwrap().unwrap();
+                    model.remove(&h);
+                    if new != h {
+                        stale.push(h);
+                    }
+                    model.insert(new, v);
+                }
+                _ => {}
+            }
+            peak_live = peak_live.max(model.len());
+        }
+        if phase % 2 == 1 {
+            cache.compact(&guard, Budget::Objects(2_000)).unwrap();
+        }
+        drop(guard);
+        cache.flush(&reader);
+        given += cache.release_vacant_slots();
+        let guard = reader.pin();
+        for (h, v) in &model {
+            assert_eq!(cache.get(*h, &guard), Some(v.as_slice()));
+        }
+        for h in &stale {
+            assert_eq!(cache.get(*h, &guard), None, "a removed handle resolved");
+        }
+        assert_eq!(cache.stats().live_objects, model.len());
+    }
+    assert!(given > 0);
+    assert_eq!(cache.stats().counters.returned_slots, given as u64);
+    // Without giving back, each band's classes would keep their own peaks' slots: 49,152 table
+    // slots here (three chunks of 16,384) for a peak of about 6,300 live blobs; with it, one chunk.
+    let table_slots = cache.stats().table_bytes / 8;
+    assert!(
+        table_slots <= (peak_live * 2).next_multiple_of(16 << 10),
+        "{table_slots} table slots for a peak of {peak_live} live blobs"
+    );
+}
+
+/// Slot runs given back while other threads insert, read and remove in other classes (and in the
+/// class giving them back): every blob reads back whole, every removed handle stays stale.
+#[test]
+fn slots_given_back_while_other_threads_store_and_read() {
+    const ROUNDS: u64 = if cfg!(debug_assertions) { 6 } else { 30 };
+    const PER_ROUND: u64 = 3_000;
+    let cache = BlobCache::new().unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let giver = scope.spawn(|| {
+            let reader = cache.reader();
+            let mut given = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                cache.flush(&reader);
+                given += cache.release_vacant_slots();
+            }
+            given
+        });
+        let workers: Vec<_> = (0..2u64)
+            .map(|worker| {
+                let cache = &cache;
+                scope.spawn(move || {
+                    let reader = cache.reader();
+                    let mut stale = Vec::new();
+                    for round in 0..ROUNDS {
+                        // Sizes drift from round to round, and the two workers use other classes.
+                        let len = 20 + (round % 5) as usize * 300 + worker as usize * 150;
+                        let seed = |i: u64| worker << 48 | round << 24 | i;
+                        let mut guard = reader.pin();
+                        let live: Vec<(u64, BlobHandle)> = (0..PER_ROUND)
+                            .map(|i| (i, cache.insert(&value(seed(i), len)).unwrap()))
+                            .collect();
+                        for (n, &(i, h)) in live.iter().enumerate() {
+                            if n % 256 == 0 {
+                                guard.repin();
+                            }
+                            assert_eq!(cache.get(h, &guard), Some(value(seed(i), len).as_slice()));
+                            if i % 1_000 != 0 {
+                                assert!(cache.remove(h, &guard));
+                                stale.push(h);
+                            }
+                        }
+                        for &h in stale.iter().rev().take(500) {
+                            assert_eq!(cache.get(h, &guard), None, "a removed handle resolved");
+                        }
+                    }
+                    stale.len()
+                })
+            })
+            .collect();
+        for worker in workers {
+            assert!(worker.join().unwrap() > 0);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let given = giver.join().unwrap();
+        let reader = cache.reader();
+        cache.flush(&reader);
+        let rest = cache.release_vacant_slots();
+        assert!(given + rest > 0, "the emptied rounds' runs went back");
+        assert_eq!(cache.stats().counters.returned_slots, (given + rest) as u64);
+    });
+    assert_eq!(
+        cache.stats().live_objects,
+        (ROUNDS * 2 * PER_ROUND.div_ceil(1_000)) as usize
+    );
+}

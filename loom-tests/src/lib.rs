@@ -2,7 +2,8 @@
 //!
 //! The models live in `tests/`, one file per protocol, and are compiled only under `--cfg loom`, when
 //! `alloc_core::remote` and `alloc_core::lock` are built on loom's atomics (through alloc-core's
-//! `sync` shim), and so is `relocate_api::slot` (through relocate-api's `sync` shim): the models drive
+//! `sync` shim), and so are `relocate_api::slot` and `relocate_api::retire` (through relocate-api's
+//! `sync` shim): the models drive
 //! the real list, lock and slot code, not a copy of it. A plain `cargo test --workspace` compiles them
 //! to nothing. The epoch model (`tests/slot_retire.rs`) also needs crossbeam-epoch on loom's atomics,
 //! which it is under `--cfg crossbeam_loom` (with its `loom` feature, which this crate turns on under
@@ -13,7 +14,7 @@
 //!     cargo test -p loom-tests --release
 //! ```
 //!
-//! (With `--cfg loom` alone every model but `slot_retire` runs.)
+//! (With `--cfg loom` alone every model but `slot_retire` and `batch_retire` runs.)
 //!
 //! | file | protocol | what the model proves |
 //! |---|---|---|
@@ -23,6 +24,7 @@
 //! | `tests/spin_lock.rs` | `SpinLock` | mutual exclusion, and each critical section happens-before the next |
 //! | `tests/slot.rs` | relocate-api's `Slot`: `read`, `begin_write`/`finish_write`, `begin_remove`, `pin`, `publish_new` vs. `try_isolate`/`publish_move` | a reader racing a move sees a whole object (old or new copy) and the right generation; a writer and the mover hold an object one at a time and no update is lost; a remove racing a move ends removed (generation bumped, nothing resolves, no block leaked or freed twice); a pinned object is never moved and its in-place write is never lost; a stale handle never resolves to the slot's next object |
 //! | `tests/slot_retire.rs` | a move's old block retired through crossbeam-epoch (`guard.defer`) while a pinned reader holds it | the reader never reads a freed block, and the old block is freed exactly once (needs `--cfg crossbeam_loom`) |
+//! | `tests/batch_retire.rs` | relocate-api's `retire`: a removal's block and slot in an `OpenBatch`, handed over with the guard, through the epoch to `Retired` and the next take | the slot is reusable at once and the old generation then resolves to the removed object or nothing; the block waits for the reader, is dropped once before it is queued, and comes back exactly once, whichever thread runs the deferred function (needs `--cfg crossbeam_loom`) |
 //!
 //! This library holds what the models share (under `cfg(loom)` only): test blocks and the remote-free
 //! path, and the slot models' object heap `Objects` (`support`), a model runner with a default

@@ -14,11 +14,12 @@
 
 use crate::handle::{Handle, INDEX_BITS};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
+use crate::retire::{OpenBatch, Retired};
 use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
 use crate::table::{SlotTable, CHUNK_SLOTS};
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, LocalHandle};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
@@ -79,7 +80,7 @@ impl<'c> Reader<'c> {
         Guard {
             inner: self.local.pin(),
             epoch: self.epoch,
-            batch: RefCell::new(None),
+            batch: OpenBatch::default(),
             _cache: PhantomData,
         }
     }
@@ -107,57 +108,8 @@ pub struct Guard<'c> {
     inner: crossbeam_epoch::Guard,
     epoch: usize,
     /// Blocks removed under this guard, not yet handed to the epoch.
-    batch: RefCell<Option<Batch>>,
+    batch: OpenBatch,
     _cache: PhantomData<&'c ()>,
-}
-
-/// Blocks a guard's removals retired for one cache, handed to the epoch together: one deferred
-/// function and one lock of the cache's `Retired` per batch, not per block. Handing a block over later
-/// than its removal is safe: a deferred function runs only once every guard pinned when it was
-/// deferred is gone, which includes every guard pinned when the block was removed.
-struct Batch {
-    retired: Arc<Retired>,
-    /// Drops the value in a block (`None` for types without drop glue); the same for the whole batch,
-    /// whose blocks are all one cache's.
-    drop_value: Option<unsafe fn(usize)>,
-    blocks: [usize; BATCH_BLOCKS],
-    len: usize,
-    /// The vacant slots of the removed objects: handed back when the batch is (they need no epoch:
-    /// their generation moved on when they were emptied), to be reused after the cache's next lock.
-    slots: [u32; BATCH_BLOCKS],
-    slot_len: usize,
-}
-
-/// Blocks per batch.
-const BATCH_BLOCKS: usize = 32;
-
-impl Batch {
-    /// Adds a block (and a slot); the batch has room (it is handed over when full).
-    fn add(&mut self, block: usize, slot: Option<u32>) {
-        self.blocks[self.len] = block;
-        self.len += 1;
-        if let Some(slot) = slot {
-            self.slots[self.slot_len] = slot;
-            self.slot_len += 1;
-        }
-    }
-
-    fn defer(self, guard: &crossbeam_epoch::Guard) {
-        if self.slot_len > 0 {
-            self.retired.push(&[], &self.slots[..self.slot_len]);
-        }
-        guard.defer(move || {
-            let blocks = &self.blocks[..self.len];
-            if let Some(drop_value) = self.drop_value {
-                for &block in blocks {
-                    // SAFETY: an unreachable `T` (its epoch passed), dropped once, here, before the
-                    // cache's heap goes: no guard outlives the cache, whose collector this is.
-                    unsafe { drop_value(block) };
-                }
-            }
-            self.retired.push(blocks, &[]);
-        });
-    }
 }
 
 /// Drops the `T` at `block` (a [`Batch`]'s `drop_value`).
@@ -170,52 +122,27 @@ unsafe fn drop_block<T>(block: usize) {
 }
 
 impl Guard<'_> {
-    /// Retires `block` of the cache whose retired list is `retired`: after the epoch, its value is
-    /// dropped (by `drop_value`, if any) and the block queued to be freed. A removal hands back the
-    /// object's vacant `slot` with it.
-    pub(crate) fn retire(
+    /// Retires `block` of the cache whose retired list is `retired` (see [`OpenBatch::retire`]).
+    ///
+    /// # Safety
+    /// As for [`OpenBatch::retire`], for this guard.
+    pub(crate) unsafe fn retire(
         &self,
         retired: &Arc<Retired>,
         drop_value: Option<unsafe fn(usize)>,
         block: usize,
         slot: Option<u32>,
     ) {
-        let mut batch = self.batch.borrow_mut();
-        let full = match &mut *batch {
-            Some(open) if Arc::ptr_eq(&open.retired, retired) => {
-                open.add(block, slot);
-                open.len == BATCH_BLOCKS
-            }
-            other => {
-                let mut first = Batch {
-                    retired: Arc::clone(retired),
-                    drop_value,
-                    blocks: [0; BATCH_BLOCKS],
-                    len: 0,
-                    slots: [0; BATCH_BLOCKS],
-                    slot_len: 0,
-                };
-                first.add(block, slot);
-                // Another cache's batch (a byte-blob class's sibling) goes to the epoch now.
-                if let Some(previous) = other.replace(first) {
-                    previous.defer(&self.inner);
-                }
-                false
-            }
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.batch
+                .retire(&self.inner, retired, drop_value, block, slot)
         };
-        if full {
-            if let Some(full) = batch.take() {
-                full.defer(&self.inner);
-            }
-        }
     }
 
     /// Hands the open batch, if any, to the epoch.
     fn defer_batch(&self) {
-        let open = self.batch.borrow_mut().take();
-        if let Some(open) = open {
-            open.defer(&self.inner);
-        }
+        self.batch.hand_over(&self.inner);
     }
 
     /// Panics unless this guard is of the collector whose identity is `epoch`.
@@ -270,51 +197,6 @@ pub(crate) fn tag_bits(tag: u32) -> u64 {
 pub(crate) fn next_epoch_id() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// What removals hand back to the cache, waiting for its lock: blocks whose epoch has passed (to
-/// return to the heap) and the vacant slots of removed objects (to link into the free list).
-#[derive(Default)]
-pub(crate) struct Retired {
-    lists: Mutex<RetiredLists>,
-    /// How many blocks and slots wait: a hint, written under the lock, that lets `take` skip the lock
-    /// when nothing waits (every insert and update takes the cache lock, and checks here). A stale
-    /// zero only delays them to a later call.
-    queued: AtomicUsize,
-}
-
-#[derive(Default)]
-pub(crate) struct RetiredLists {
-    blocks: Vec<usize>,
-    slots: Vec<u32>,
-}
-
-impl RetiredLists {
-    fn len(&self) -> usize {
-        self.blocks.len() + self.slots.len()
-    }
-}
-
-impl Retired {
-    fn push(&self, blocks: &[usize], slots: &[u32]) {
-        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        lists.blocks.extend_from_slice(blocks);
-        lists.slots.extend_from_slice(slots);
-        self.queued.store(lists.len(), Ordering::Relaxed);
-    }
-
-    fn len(&self) -> usize {
-        self.lists.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    fn take(&self) -> RetiredLists {
-        if self.queued.load(Ordering::Relaxed) == 0 {
-            return RetiredLists::default();
-        }
-        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        self.queued.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *lists)
-    }
 }
 
 pub(crate) struct Inner {
@@ -674,7 +556,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             return Err(CacheError::Reentrant);
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if self.retired.queued.load(Ordering::Relaxed) != 0 {
+        if self.retired.may_hold_some() {
             self.take_back(&mut inner);
         }
         Ok(inner)
@@ -866,7 +748,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         write(new_value, block);
         slot.finish_write(block.as_ptr() as usize);
-        self.retire(guard, old, None);
+        // SAFETY: `finish_write` published the new block in place of `old`, which this update took.
+        unsafe { self.retire(guard, old, None) };
         Ok(true)
     }
 
@@ -900,7 +783,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
         // guard is gone.
         self.removed.fetch_add(1, Ordering::Relaxed);
-        self.retire(guard, addr, Some(handle.index()));
+        // SAFETY: `begin_remove` emptied the slot and gave this remover its block.
+        unsafe { self.retire(guard, addr, Some(handle.index())) };
         Some(f(addr))
     }
 
@@ -926,9 +810,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Retires the block of an object a reader may still hold: after the epoch, drops the `T` in it,
     /// then queues it to be freed. A removal hands back the object's vacant `slot` with it.
-    pub(crate) fn retire(&self, guard: &Guard, addr: usize, slot: Option<u32>) {
+    ///
+    /// # Safety
+    /// - `addr` holds a `T` of this cache that was just taken out of its slot (removed, or replaced
+    ///   by an update), under `guard`, and nothing else drops or frees it.
+    pub(crate) unsafe fn retire(&self, guard: &Guard, addr: usize, slot: Option<u32>) {
         let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
-        guard.retire(&self.retired, drop_value, addr, slot);
+        // SAFETY: no reader can newly reach `addr` (the caller's contract); `drop_block::<T>` drops
+        // the `T` there, once; a guard lives no longer than its cache (it borrows it).
+        unsafe { guard.retire(&self.retired, drop_value, addr, slot) };
     }
 
     /// Retires the old copies of moved objects (never dropped: the live copy moved on) in one deferred
@@ -938,9 +828,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             return;
         }
         let retired = Arc::clone(&self.retired);
-        guard.defer(move || {
-            retired.push(&blocks, &[]);
-        });
+        guard.defer(move || retired.push_blocks(&blocks));
     }
 
     /// Visits every live object (under `guard`).
@@ -989,9 +877,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         const QUIET_ROUNDS: usize = 256;
         let mut quiet_rounds = 0;
         for _ in 0..1_000_000 {
-            let before = self.retired.len();
+            let before = self.retired.waiting();
             reader.pin().flush();
-            if self.retired.len() == before {
+            if self.retired.waiting() == before {
                 quiet_rounds += 1;
                 if quiet_rounds == QUIET_ROUNDS {
                     break;

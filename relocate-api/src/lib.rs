@@ -27,12 +27,14 @@
 //! # }
 //! ```
 //!
-//! Module map: `slot` (the per-object state machine, loom-checked), `table` (slots that never move),
+//! Module map: `slot` (the per-object state machine, loom-checked), `retire` (removed blocks and
+//! vacant slots handed back in batches through the epoch, loom-checked), `table` (slots that never move),
 //! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `cache` (access), `compact` (moves,
 //! evacuation, eviction, statistics).
 
 mod sync;
 
+pub mod retire;
 pub mod slot;
 
 #[cfg(not(loom))]

@@ -1,10 +1,20 @@
-//! The one place this crate's atomics come from: `core`'s normally, loom's under `--cfg loom`, so the
-//! loom models in `loom-tests` check the real slot protocol (`slot.rs`).
+//! The one place this crate's atomics (and the locks and `Arc`s of the protocols the loom models
+//! check) come from: `core`'s and `std`'s normally, loom's under `--cfg loom`, so the loom models in
+//! `loom-tests` check the real slot protocol (`slot.rs`) and the batched hand-over (`retire.rs`).
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Mutex};
+
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Mutex};
 
 /// Movable blocks lie below `2^MOVABLE_ADDRESS_BITS` (see `alloc_core::movable`), so slots keep that
 /// many address bits (the loom models place their objects there too).

@@ -19,9 +19,7 @@
 //! Variants ([`VARIANTS`]): values boxed on the global allocator (`Box<[u8]>`) under mimalloc,
 //! jemalloc, glibc and alloc-core; or values in a relocate-api [`BlobCache`] (handles in the index),
 //! with budgeted compaction while inserting (every [`COMPACT_EVERY`] inserts, when the cache's
-//! resident / live is above [`COMPACT_ABOVE`], a [`Budget::Bytes`] pass, then `flush` and
-//! `release_vacant_slots`, so that the 492 B values reuse the handle-table slots of the evicted
-//! 240 B ones), or without.
+//! resident / live is above [`COMPACT_ABOVE`], a [`Budget::Bytes`] pass, then `flush`), or without.
 //!
 //! Reported: `secs` (both insert phases), `max_pause_ns` (the longest single insert, evictions,
 //! compaction steps and index updates included; the index's occasional rehash, when deletions' tombstones
@@ -223,7 +221,6 @@ impl Values for Cached<'_> {
             .compact(&guard, Budget::Bytes(COMPACT_STEP_BYTES));
         drop(guard);
         self.cache.flush(&self.reader);
-        self.cache.release_vacant_slots();
     }
 
     fn release(&mut self) {

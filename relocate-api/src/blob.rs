@@ -15,7 +15,8 @@
 //! keeps its class for life: `replace` with a length of another class makes a new blob). So the
 //! classes together have the whole index space and its generations ([`crate::MAX_OBJECTS`]). A class
 //! keeps the runs it claimed (its vacant slots wait for its own next blobs) until
-//! [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table for any class.
+//! [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table for any class
+//! (which an insert that finds the table full does first).
 //! Compaction, evacuation and eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{
@@ -143,17 +144,29 @@ pub struct BlobCache {
     tag: u32,
     /// Bytes `release_empty_arenas` gave back.
     released: AtomicU64,
+    /// Blobs removed or evicted so far, and how many there had been when an insert into a full
+    /// table last found no vacant run to take back: until more go, a full table refuses at once
+    /// rather than scan the classes again.
+    removals: AtomicU64,
+    fruitless_at: AtomicU64,
 }
 
 impl BlobCache {
     pub fn new() -> Result<Self, CacheError> {
+        Self::with_table_slots(crate::MAX_OBJECTS)
+    }
+
+    /// A cache whose classes share a table of `max_slots` slots (tests fill a small one).
+    fn with_table_slots(max_slots: usize) -> Result<Self, CacheError> {
         Ok(Self {
             classes: (0..NUM_CLASSES).map(|_| OnceLock::new()).collect(),
-            table: SlotTable::new(crate::MAX_OBJECTS).ok_or(CacheError::OutOfMemory)?,
+            table: SlotTable::new(max_slots).ok_or(CacheError::OutOfMemory)?,
             collector: Collector::new(),
             epoch: next_epoch_id(),
             tag: next_tag()?,
             released: AtomicU64::new(0),
+            removals: AtomicU64::new(0),
+            fruitless_at: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -189,12 +202,37 @@ impl BlobCache {
     }
 
     /// Stores a copy of `value`. `TooLarge` above [`MAX_BLOB_BYTES`].
+    ///
+    /// When the shared handle table is full, the classes first give back their vacant runs of slots
+    /// ([`BlobCache::release_vacant_slots`]) and the insert is tried once more, so that a table
+    /// filled at one class's peak does not refuse another class's blobs while the first holds
+    /// wholly vacant runs.
     pub fn insert(&self, value: &[u8]) -> Result<BlobHandle, CacheError> {
         let class = class_of(LEN_BYTES + value.len()).ok_or(CacheError::TooLarge)?;
         let cache = self.class_or_make(class)?;
-        // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
-        let handle = unsafe { cache.insert_with(|block| write_blob(block, value))? };
-        Ok(BlobHandle::of(handle))
+        let insert = || {
+            // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
+            unsafe { cache.insert_with(|block| write_blob(block, value)) }.map(BlobHandle::of)
+        };
+        match insert() {
+            Err(CacheError::OutOfMemory) if self.took_back_slots() => insert(),
+            inserted => inserted,
+        }
+    }
+
+    /// After an insert ran out of memory: whether the table is full and the classes gave back
+    /// vacant runs (no class lock is held here; the give-back takes each in turn). It scans only if
+    /// blobs went since the last scan that found nothing.
+    fn took_back_slots(&self) -> bool {
+        let removals = self.removals.load(Ordering::Relaxed);
+        if !self.table.is_full() || self.fruitless_at.load(Ordering::Relaxed) == removals {
+            return false;
+        }
+        let given = self.release_vacant_slots();
+        if given == 0 {
+            self.fruitless_at.store(removals, Ordering::Relaxed);
+        }
+        given > 0
     }
 
     /// The bytes a handle names, or `None` (stale, removed, evicted, foreign).
@@ -246,8 +284,13 @@ impl BlobCache {
     pub fn remove(&self, handle: BlobHandle, guard: &Guard) -> bool {
         // The owner found from a blob that is then removed (or replaced) first can only refuse the
         // handle: the slot's generation has moved on.
-        self.owner(handle, guard)
-            .is_some_and(|(_, c)| c.remove_at(handle.inner(), guard, |_| ()).is_some())
+        let removed = self
+            .owner(handle, guard)
+            .is_some_and(|(_, c)| c.remove_at(handle.inner(), guard, |_| ()).is_some());
+        if removed {
+            self.removals.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// Footprint compaction of every class (`budget` applies to each class in turn).
@@ -292,6 +335,7 @@ impl BlobCache {
             });
             evicted += report.map_or(0, |r| r.evicted);
         }
+        self.removals.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
     }
 
@@ -363,6 +407,43 @@ impl BlobCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_table_takes_back_vacant_runs_before_refusing_an_insert() {
+        let cache = BlobCache::with_table_slots(1).unwrap();
+        let slots = crate::table::CHUNK_SLOTS;
+        let reader = cache.reader();
+        let small: Vec<BlobHandle> = (0..slots)
+            .map(|i| cache.insert(&(i as u64).to_ne_bytes()).unwrap())
+            .collect();
+        assert_eq!(
+            cache.insert(&[1; 100]),
+            Err(CacheError::OutOfMemory),
+            "every slot in use"
+        );
+        let guard = reader.pin();
+        // One blob stays in the first run; the rest go.
+        for &handle in &small[1..] {
+            assert!(cache.remove(handle, &guard));
+        }
+        drop(guard);
+        let large: Vec<BlobHandle> = (0..slots - 256)
+            .map(|i| cache.insert(&[i as u8; 100]).expect("a slot given back"))
+            .collect();
+        assert_eq!(cache.insert(&[1; 100]), Err(CacheError::OutOfMemory));
+        assert_eq!(
+            cache.stats().counters.returned_slots,
+            (slots - 256) as u64,
+            "every run but the first"
+        );
+        let guard = reader.pin();
+        assert_eq!(cache.get(small[0], &guard), Some(&0u64.to_ne_bytes()[..]));
+        assert!(large
+            .iter()
+            .enumerate()
+            .all(|(i, &h)| cache.get(h, &guard) == Some(&[i as u8; 100][..])));
+        assert!(small[1..].iter().all(|&h| cache.get(h, &guard).is_none()));
+    }
 
     #[test]
     fn classes_increase_to_the_largest_slab_block() {

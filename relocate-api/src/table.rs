@@ -220,6 +220,12 @@ impl SlotTable {
         self.claims().returned.push(run);
     }
 
+    /// Whether a claim would fail: every slot claimed, and no run given back.
+    pub(crate) fn is_full(&self) -> bool {
+        let claims = self.claims();
+        claims.end == self.max_slots && claims.returned.is_empty()
+    }
+
     fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
         self.shared.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -322,5 +328,12 @@ mod tests {
         assert_eq!(other.claim(256), Some(512..768));
         assert_eq!(other.claim(256), Some(768..1024), "then the table grows");
         assert_eq!(table.committed(), CHUNK_SLOTS);
+        assert!(!table.is_full());
+        assert_eq!(table.claim(CHUNK_SLOTS), Some(1024..CHUNK_SLOTS as u32));
+        assert!(table.is_full() && other.is_full());
+        other.give_back(0..256);
+        assert!(!table.is_full(), "a run to claim again");
+        assert_eq!(table.claim(256), Some(0..256));
+        assert!(table.is_full());
     }
 }

@@ -10,14 +10,14 @@
 //! ([`RelocCache::with_tail`]), made when the first blob of its size arrives. All classes share one
 //! epoch collector, so one guard covers every class; one tag, so a `BlobCache` takes one of the
 //! process's [`crate::MAX_CACHES`] tags however many classes it uses; and one handle table, from which
-//! each class claims runs of slots that stay its own until it gives them back. A [`BlobHandle`] is a class's handle as it is:
-//! reading it needs no class, and the class that owns it is the class of its blob's length (a blob
-//! keeps its class for life: `replace` with a length of another class makes a new blob). So the
-//! classes together have the whole index space and its generations ([`crate::MAX_OBJECTS`]). A class
-//! keeps the runs it claimed (its vacant slots wait for its own next blobs) until
-//! [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table for any class
-//! (which an insert that finds the table full does first).
-//! Compaction, evacuation and eviction are the class caches' own, applied to every class in turn.
+//! each class claims runs of slots that stay its own until it gives them back. A [`BlobHandle`] is a
+//! class's handle as it is: reading it needs no class, and the class that owns it is the class of its
+//! blob's length (a blob keeps its class for life: `replace` with a length of another class makes a
+//! new blob). So the classes together have the whole index space and its generations
+//! ([`crate::MAX_OBJECTS`]). A class keeps the runs it claimed (its vacant slots wait for its own next
+//! blobs) until [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table
+//! for any class (which an insert that finds the table full does first). Compaction, evacuation and
+//! eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{
     next_epoch_id, next_tag, read_slot, tag_bits, CacheError, Guard, Reader, RelocCache,
@@ -347,9 +347,9 @@ impl BlobCache {
     }
 
     /// Lets other classes reuse the handle-table slots a class no longer needs: every run of slots
-    /// a class claimed whose slots are all vacant (and freed: `flush` first) goes back to the shared
-    /// table, and the next class to need slots takes it before the table grows. Returns the number
-    /// of slots given back.
+    /// a class claimed whose slots are all vacant goes back to the shared table, and the next class
+    /// to need slots takes it before the table grows. Returns the number of slots given back. (A
+    /// removed blob's slot is vacant once the guard it was removed under is dropped or re-pinned.)
     ///
     /// Without this a class keeps its runs for its own next blobs, so when the sizes of the values
     /// drift, the table holds the sum of every class's peak. Removals at random leave few runs

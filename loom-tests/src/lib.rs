@@ -1,13 +1,13 @@
 //! Loom models of alloc-core's and relocate-api's lock-free protocols.
 //!
-//! The models live in `tests/`, one file per protocol, and are compiled only under `--cfg loom`, when
-//! `alloc_core::remote` and `alloc_core::lock` are built on loom's atomics (through alloc-core's
-//! `sync` shim), and so are `relocate_api::slot` and `relocate_api::retire` (through relocate-api's
-//! `sync` shim): the models drive
-//! the real list, lock and slot code, not a copy of it. A plain `cargo test --workspace` compiles them
-//! to nothing. The epoch model (`tests/slot_retire.rs`) also needs crossbeam-epoch on loom's atomics,
-//! which it is under `--cfg crossbeam_loom` (with its `loom` feature, which this crate turns on under
-//! `cfg(loom)`). Run them all with
+//! The models live in `tests/`, one file per protocol, and are compiled only under `--cfg loom`,
+//! when `alloc_core::remote` and `alloc_core::lock` are built on loom's atomics (through
+//! alloc-core's `sync` shim), and so are `relocate_api::slot` and `relocate_api::retire` (through
+//! relocate-api's `sync` shim): the models drive the real list, lock, slot and retire code, not a
+//! copy of it. A plain `cargo test --workspace` compiles them to nothing. The epoch models
+//! (`tests/slot_retire.rs`, `tests/batch_retire.rs`) also need crossbeam-epoch on loom's atomics,
+//! which it is under `--cfg crossbeam_loom` (with its `loom` feature, which this crate turns on
+//! under `cfg(loom)`). Run them all with
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom --cfg crossbeam_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target-loom \

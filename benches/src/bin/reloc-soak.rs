@@ -3,12 +3,12 @@
 //! shrink, with the background compactor at work, and do the movable arenas keep (or regain) their
 //! huge pages without khugepaged making decommitted memory resident again?
 //!
-//! A `RelocCache<[u64; 8]>` of up to `--objects` objects (default 1,000,000) is churned for `--secs`
-//! seconds (default 300) at `--rate` operations a second (default 1,000,000): inserts and removals
-//! at random, towards a target live count that moves to a new random level between 10 % and 100 %
-//! every 10 seconds. A background compactor (every
-//! 10 ms, 4 MiB per round, while resident / live is above 1.2) moves objects meanwhile. Every object
-//! holds its key in its first and (inverted) last word, checked when it is removed and at the end.
+//! A `RelocCache<[u64; 8]>` of up to `--objects` objects (default 1,000,000) is churned for
+//! `--secs` seconds (default 300) at `--rate` operations a second (default 1,000,000): inserts and
+//! removals at random, towards a target live count that moves to a new random level between 10 %
+//! and 100 % every 10 seconds. A background compactor (every 10 ms, 4 MiB per round, while resident
+//! / live is above 1.2) moves objects meanwhile. Every object holds its key in its first and
+//! (inverted) last word, checked when it is removed and at the end.
 //!
 //! Once a second it prints the live objects' bytes, the resident set from `/proc/self/statm`, the
 //! cache's slab bytes (its own count), the anonymous huge pages from `/proc/self/smaps_rollup`, and

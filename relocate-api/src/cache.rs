@@ -372,6 +372,11 @@ pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<
     None
 }
 
+/// How far ahead of the handle it visits [`RelocCache::get_many`] loads slots.
+const SLOT_AHEAD: usize = 16;
+/// How far ahead of the handle it visits [`RelocCache::get_many`] looks objects up (and loads them).
+const OBJECT_AHEAD: usize = 8;
+
 /// How many objects a [`RelocCache`] can hold at once (its handle table is reserved for this many
 /// slots up front: 3 GiB of address space, of which only the slots in use become memory).
 ///
@@ -651,6 +656,48 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         // the old block is retired through the epoch, so it stays valid and unchanged (`Relocatable`)
         // while `guard` is pinned.
         Some(unsafe { &*(addr as *const T) })
+    }
+
+    /// Reads the objects of many handles: calls `visit(i, object)` for each `handles[i]` in order,
+    /// with what [`get`](Self::get) would return for it. For independent handles (a multi-get) it is
+    /// faster than a `get` each: while it visits one object it loads the slots of the handles
+    /// `SLOT_AHEAD` (16) further on and the objects of those `OBJECT_AHEAD` (8) further on, so that their
+    /// cache misses overlap instead of following one another. (An object is looked up
+    /// `OBJECT_AHEAD` handles before it is visited; under the guard that is as good as a `get` then:
+    /// the reference stays valid and unchanged while the guard is pinned.)
+    pub fn get_many<'g>(
+        &'g self,
+        handles: &[Handle<T>],
+        guard: &'g Guard,
+        mut visit: impl FnMut(usize, Option<&'g T>),
+    ) where
+        T: Relocatable,
+    {
+        self.check_guard(guard);
+        let look_up = |handle: Handle<T>| {
+            let addr = read_slot(&self.table, self.tag_bits, handle);
+            if let Some(addr) = addr {
+                alloc_core::os::prefetch(addr as *const u8);
+            }
+            addr
+        };
+        for handle in handles.iter().take(SLOT_AHEAD) {
+            self.table.prefetch_for_read(handle.index());
+        }
+        let mut ahead = [None; OBJECT_AHEAD];
+        for (slot, &handle) in ahead.iter_mut().zip(handles) {
+            *slot = look_up(handle);
+        }
+        for i in 0..handles.len() {
+            if let Some(handle) = handles.get(i + SLOT_AHEAD) {
+                self.table.prefetch_for_read(handle.index());
+            }
+            let addr = ahead[i % OBJECT_AHEAD];
+            ahead[i % OBJECT_AHEAD] = handles.get(i + OBJECT_AHEAD).and_then(|&h| look_up(h));
+            // SAFETY: as in `get`: a published address, read under `guard`, which keeps the object
+            // (or the old copy a move or an update left) valid and unchanged while it is pinned.
+            visit(i, addr.map(|addr| unsafe { &*(addr as *const T) }));
+        }
     }
 
     /// The address of the object a handle names, valid while `guard` is pinned (as in `get`).

@@ -138,6 +138,14 @@ impl SlotTable {
         ReadOnlySlot(unsafe { &*self.base.cast::<Slot>().add(index) })
     }
 
+    /// Starts loading the slot at `index` (masked as in `for_read`) into the cache, for a read soon
+    /// (a hint: it cannot fault, and a slot above the committed part reads as the zero page).
+    #[inline]
+    pub(crate) fn prefetch_for_read(&self, index: u32) {
+        let index = index as usize & (RESERVED_SLOTS - 1);
+        alloc_core::os::prefetch(self.base.wrapping_add(index * size_of::<Slot>()));
+    }
+
     /// The slot at `index`, if it has been made writable (wait-free).
     #[inline]
     pub(crate) fn get(&self, index: u32) -> Option<&Slot> {

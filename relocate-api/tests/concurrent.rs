@@ -137,16 +137,8 @@ fn readers_see_whole_objects_while_compaction_and_writers_run() {
                 let reader = cache.reader();
                 let mut rng = Rng(0xdead_beef + r);
                 let mut last_seen = vec![0u64; objects as usize];
-                let mut guard = reader.pin();
-                for i in 0..reads_per_reader {
-                    if i % 64 == 0 {
-                        drop(guard);
-                        guard = reader.pin();
-                    }
-                    let index = (rng.next() % objects) as usize;
-                    let o = cache
-                        .get(handles[index], &guard)
-                        .expect("a live handle resolved to None");
+                let mut check = |index: usize, o: Option<&Object>| {
+                    let o = o.expect("a live handle resolved to None");
                     assert_eq!(
                         o[0],
                         index as u64 * 2,
@@ -155,6 +147,23 @@ fn readers_see_whole_objects_while_compaction_and_writers_run() {
                     assert_eq!(checksum(o), o[7], "torn read");
                     assert!(o[1] >= last_seen[index], "version went backwards");
                     last_seen[index] = o[1];
+                };
+                // Reader 0 reads with `get`, reader 1 with `get_many`, 64 handles a guard.
+                let mut indices = Vec::with_capacity(64);
+                let mut batch = Vec::with_capacity(64);
+                for _ in 0..reads_per_reader / 64 {
+                    let guard = reader.pin();
+                    indices.clear();
+                    indices.extend((0..64).map(|_| (rng.next() % objects) as usize));
+                    if r == 0 {
+                        for &index in &indices {
+                            check(index, cache.get(handles[index], &guard));
+                        }
+                    } else {
+                        batch.clear();
+                        batch.extend(indices.iter().map(|&index| handles[index]));
+                        cache.get_many(&batch, &guard, |i, o| check(indices[i], o));
+                    }
                 }
             })
         })

@@ -1,6 +1,7 @@
 //! Model-based test: random sequences of insert / get / update / remove / compact / evacuate / reclaim
 //! against a plain `HashMap`, with the whole contents compared after every step. Also: stale and
-//! foreign handles resolve to `None`, and a type too large for a slab is refused.
+//! foreign handles resolve to `None` (through `get` and `get_many`), and a type too large for a slab
+//! is refused.
 
 use relocate_api::{Budget, CacheError, Handle, RelocCache};
 use std::collections::HashMap;
@@ -50,6 +51,19 @@ fn check_all(
             "handle {handle:?}"
         );
     }
+    let handles: Vec<Handle<Value>> = model.keys().copied().collect();
+    let mut visited = 0;
+    cache.get_many(&handles, guard, |i, value| {
+        assert_eq!(i, visited, "visited in order");
+        assert_eq!(
+            value,
+            model.get(&handles[i]),
+            "get_many of {:?}",
+            handles[i]
+        );
+        visited += 1;
+    });
+    assert_eq!(visited, handles.len());
     let mut seen = 0;
     cache.for_each(guard, |handle, value| {
         assert_eq!(model.get(&handle), Some(value));
@@ -172,6 +186,52 @@ fn foreign_and_forged_handles_resolve_to_none() {
             "forged handle {bits:#x} resolved"
         );
     }
+}
+
+#[test]
+fn get_many_answers_as_get_does() {
+    let cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let other: RelocCache<u64> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let live: Vec<Handle<u64>> = (0..300).map(|i| cache.insert(i).unwrap()).collect();
+    let removed: Vec<Handle<u64>> = (0..50).map(|i| cache.insert(1_000 + i).unwrap()).collect();
+    for &handle in &removed {
+        assert!(cache.remove(handle, &guard));
+    }
+    let foreign = other.insert(5).unwrap();
+    // Live, removed, foreign and forged handles mixed, in batches shorter and longer than the
+    // look-ahead.
+    let mut mixed = Vec::new();
+    for (i, &handle) in live.iter().enumerate() {
+        mixed.push(handle);
+        match i % 7 {
+            0 => mixed.push(removed[i % removed.len()]),
+            3 => mixed.push(foreign),
+            5 => mixed.push(Handle::from_bits(u64::MAX - i as u64)),
+            _ => {}
+        }
+    }
+    for len in [0, 1, 2, 7, 8, 9, 15, 16, 17, 33, mixed.len()] {
+        let batch = &mixed[..len];
+        let mut visited = Vec::new();
+        cache.get_many(batch, &guard, |i, value| visited.push((i, value.copied())));
+        let expected: Vec<(usize, Option<u64>)> = (batch.iter().enumerate())
+            .map(|(i, &handle)| (i, cache.get(handle, &guard).copied()))
+            .collect();
+        assert_eq!(visited, expected, "a batch of {len}");
+    }
+    assert!(mixed.iter().any(|&h| cache.get(h, &guard).is_none()));
+}
+
+#[test]
+#[should_panic(expected = "guard from another cache")]
+fn get_many_refuses_a_guard_from_another_cache() {
+    let a: RelocCache<u64> = RelocCache::new().unwrap();
+    let b: RelocCache<u64> = RelocCache::new().unwrap();
+    let handle = a.insert(1).unwrap();
+    let rb = b.reader();
+    a.get_many(&[handle], &rb.pin(), |_, _| {});
 }
 
 #[test]

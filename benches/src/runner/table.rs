@@ -130,6 +130,12 @@ const HANDLES_SPEED: &[Column] = &[
         with_ratio: true,
     },
     Column {
+        header: "multi-get ns",
+        value: |r| positive(number(r, "multi_get_ns")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
         header: "chased get ns",
         value: |r| positive(number(r, "chase_ns")?),
         decimals: 1,

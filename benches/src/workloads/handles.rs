@@ -8,7 +8,10 @@
 //! 1. insert the objects (`insert_mops`); object `i` holds `[next(i), i, i, ...]`, where `next` is one
 //!    random cycle through all objects, and its key (handle, slotmap key, slab index or pointer) goes
 //!    to `keys[i]`;
-//! 2. independent gets: [`GETS`] lookups of `keys[i]` for random `i` (`get_ns` per get);
+//! 2. independent gets: [`GETS`] lookups of `keys[i]` for random `i` (`get_ns` per get); then the
+//!    same number again as multi-gets of [`MULTI_GET`] random keys at a time (`multi_get_ns` per
+//!    get): the relocating cache answers each with one `get_many`, which overlaps the lookups' cache
+//!    misses; every other structure (the raw pointers too) with a plain loop of gets;
 //! 3. a dependent chase: follow `next` from object 0 for [`CHASE_STEPS`] steps, each step a get of
 //!    `keys[next]` (`chase_ns` per get);
 //! 4. two reader threads doing independent gets at once (`readers2_mgets`, total gets per second);
@@ -90,6 +93,8 @@ const OBJECTS: usize = 1_000_000;
 const GETS: usize = 4_000_000;
 /// Steps of the dependent chase.
 const CHASE_STEPS: usize = 2_000_000;
+/// Keys per multi-get.
+const MULTI_GET: usize = 256;
 /// Gets of each of the two concurrent readers.
 const READER_GETS: usize = 2_000_000;
 /// Of every hundred objects, how many are removed.
@@ -112,6 +117,17 @@ trait Structure: Sync {
     fn session(&self) -> Self::Session<'_>;
     /// Words 0 and 1 of the object `key` names, if it is there.
     fn get(&self, session: &mut Self::Session<'_>, key: u64) -> Option<(u64, u64)>;
+    /// `get` of every key of `keys`, in order, handed to `found` with its position.
+    fn get_each(
+        &self,
+        session: &mut Self::Session<'_>,
+        keys: &[u64],
+        found: &mut dyn FnMut(usize, Option<(u64, u64)>),
+    ) {
+        for (i, &key) in keys.iter().enumerate() {
+            found(i, self.get(session, key));
+        }
+    }
     /// Inserts `make(i)` for every `i`, writing its key to `keys[i]`.
     fn insert_all(&mut self, keys: &mut [u64], make: &dyn Fn(usize) -> Obj);
     /// Removes the objects `keys[i]` for `i` in `order`.
@@ -181,6 +197,23 @@ impl Structure for Reloc {
         }
         let obj = self.cache.get(Handle::from_bits(key), &session.guard)?;
         Some((obj[0], obj[1]))
+    }
+
+    fn get_each(
+        &self,
+        session: &mut RelocSession<'_>,
+        keys: &[u64],
+        found: &mut dyn FnMut(usize, Option<(u64, u64)>),
+    ) {
+        session.guard.repin();
+        let mut handles = [Handle::from_bits(0); MULTI_GET];
+        for (handle, &key) in handles.iter_mut().zip(keys) {
+            *handle = Handle::from_bits(key);
+        }
+        let handles = &handles[..keys.len().min(MULTI_GET)];
+        self.cache.get_many(handles, &session.guard, |i, obj| {
+            found(i, obj.map(|obj| (obj[0], obj[1])));
+        });
     }
 
     fn insert_all(&mut self, keys: &mut [u64], make: &dyn Fn(usize) -> Obj) {
@@ -382,6 +415,23 @@ fn random_gets<S: Structure>(s: &S, keys: &[u64], among: &[u32], gets: usize, se
     }
 }
 
+/// `gets` gets of random objects of `among`, as multi-gets of [`MULTI_GET`] keys.
+fn multi_gets<S: Structure>(s: &S, keys: &[u64], among: &[u32], gets: usize, seed: u64) {
+    let mut session = s.session();
+    let mut rng = Rng::new(seed);
+    let mut picked = [0usize; MULTI_GET];
+    let mut batch = [0u64; MULTI_GET];
+    for _ in 0..gets / MULTI_GET {
+        for (i, key) in picked.iter_mut().zip(batch.iter_mut()) {
+            *i = among[rng.below(among.len())] as usize;
+            *key = keys[*i];
+        }
+        s.get_each(&mut session, &batch, &mut |at, found| {
+            check(found, picked[at]);
+        });
+    }
+}
+
 /// The p99 over `BATCHES` timed batches of random gets of `among`, in ns per get.
 fn p99_ns<S: Structure>(s: &S, keys: &[u64], among: &[u32], batches: usize, seed: u64) -> f64 {
     let mut session = s.session();
@@ -425,6 +475,14 @@ fn phases<S: Structure>(ctx: &Ctx, report: &mut Report, plan: &mut Plan, s: &mut
     random_gets(s, keys, all, gets, 1);
     let get = began.elapsed();
     report.set("get_ns", per_get_ns(get, gets));
+
+    let began = Instant::now();
+    multi_gets(s, keys, all, gets, 4);
+    let multi = began.elapsed();
+    report.set(
+        "multi_get_ns",
+        per_get_ns(multi, gets / MULTI_GET * MULTI_GET),
+    );
 
     let steps = ctx.scaled(CHASE_STEPS);
     let began = Instant::now();

@@ -20,7 +20,7 @@
 //! eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{
-    next_epoch_id, next_tag, read_slot, tag_bits, CacheError, Guard, Reader, RelocCache,
+    next_epoch_id, next_tag, read_many, read_slot, tag_bits, CacheError, Guard, Reader, RelocCache,
 };
 use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
@@ -242,6 +242,27 @@ impl BlobCache {
         // SAFETY: a published blob; the epoch keeps it (and any old copy) unchanged while `guard` is
         // pinned.
         Some(unsafe { blob_at(addr) })
+    }
+
+    /// A multi-get: calls `visit(i, bytes)` for each `handles[i]` in order, with what
+    /// [`get`](Self::get) would return for it, overlapping the lookups' cache misses as
+    /// [`RelocCache::get_many`] does.
+    pub fn get_many<'g>(
+        &'g self,
+        handles: &[BlobHandle],
+        guard: &'g Guard,
+        mut visit: impl FnMut(usize, Option<&'g [u8]>),
+    ) {
+        guard.check(self.epoch);
+        read_many(
+            &self.table,
+            tag_bits(self.tag),
+            (handles.len(), |i| handles[i].inner()),
+            |i, addr| {
+                // SAFETY: as in `get`: a published blob, read under `guard`.
+                visit(i, addr.map(|addr| unsafe { blob_at(addr) }));
+            },
+        );
     }
 
     /// The class that owns a handle's live blob, with its number, or `None` (stale, foreign). A slot

@@ -188,6 +188,44 @@ pub(crate) fn read_slot<T>(table: &SlotTable, tag_bits: u64, handle: Handle<T>) 
     table.for_read(handle.index()).read(handle.gen() ^ tag_bits)
 }
 
+/// [`read_slot`] for `count` handles, `handle(i)` for `i` in `0..count`: hands `visit(i, address)`
+/// each one's answer in order, while it loads the slots `SLOT_AHEAD` handles further on and looks up
+/// (and loads) the objects `OBJECT_AHEAD` further on, so that the cache misses of many lookups
+/// overlap (see [`RelocCache::get_many`]). An address is read `OBJECT_AHEAD` handles before it is
+/// visited; it stays valid while a guard of the table's collector is pinned, as `read_slot`'s does.
+#[inline]
+pub(crate) fn read_many<T>(
+    table: &SlotTable,
+    tag_bits: u64,
+    (count, handle): (usize, impl Fn(usize) -> Handle<T>),
+    mut visit: impl FnMut(usize, Option<usize>),
+) {
+    let look_up = |i: usize| {
+        let addr = read_slot(table, tag_bits, handle(i));
+        if let Some(addr) = addr {
+            alloc_core::os::prefetch(addr as *const u8);
+        }
+        addr
+    };
+    for i in 0..count.min(SLOT_AHEAD) {
+        table.prefetch_for_read(handle(i).index());
+    }
+    let mut ahead = [None; OBJECT_AHEAD];
+    for (i, slot) in ahead.iter_mut().enumerate().take(count) {
+        *slot = look_up(i);
+    }
+    for i in 0..count {
+        if i + SLOT_AHEAD < count {
+            table.prefetch_for_read(handle(i + SLOT_AHEAD).index());
+        }
+        let addr = ahead[i % OBJECT_AHEAD];
+        ahead[i % OBJECT_AHEAD] = (i + OBJECT_AHEAD < count)
+            .then(|| look_up(i + OBJECT_AHEAD))
+            .flatten();
+        visit(i, addr);
+    }
+}
+
 /// A tag as it sits in the high bits of a handle's generation.
 pub(crate) fn tag_bits(tag: u32) -> u64 {
     u64::from(tag) << GEN_COUNTER_BITS
@@ -674,30 +712,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         T: Relocatable,
     {
         self.check_guard(guard);
-        let look_up = |handle: Handle<T>| {
-            let addr = read_slot(&self.table, self.tag_bits, handle);
-            if let Some(addr) = addr {
-                alloc_core::os::prefetch(addr as *const u8);
-            }
-            addr
-        };
-        for handle in handles.iter().take(SLOT_AHEAD) {
-            self.table.prefetch_for_read(handle.index());
-        }
-        let mut ahead = [None; OBJECT_AHEAD];
-        for (slot, &handle) in ahead.iter_mut().zip(handles) {
-            *slot = look_up(handle);
-        }
-        for i in 0..handles.len() {
-            if let Some(handle) = handles.get(i + SLOT_AHEAD) {
-                self.table.prefetch_for_read(handle.index());
-            }
-            let addr = ahead[i % OBJECT_AHEAD];
-            ahead[i % OBJECT_AHEAD] = handles.get(i + OBJECT_AHEAD).and_then(|&h| look_up(h));
-            // SAFETY: as in `get`: a published address, read under `guard`, which keeps the object
-            // (or the old copy a move or an update left) valid and unchanged while it is pinned.
-            visit(i, addr.map(|addr| unsafe { &*(addr as *const T) }));
-        }
+        read_many(
+            &self.table,
+            self.tag_bits,
+            (handles.len(), |i| handles[i]),
+            |i, addr| {
+                // SAFETY: as in `get`: a published address, read under `guard`, which keeps the
+                // object (or the old copy a move or an update left) valid and unchanged while it
+                // is pinned.
+                visit(i, addr.map(|addr| unsafe { &*(addr as *const T) }));
+            },
+        );
     }
 
     /// The address of the object a handle names, valid while `guard` is pinned (as in `get`).

@@ -197,6 +197,45 @@ fn a_handle_from_another_blob_cache_is_refused() {
 /// class get distinct slots of one index space (the whole generation space of a cache), which
 /// `stats` counts once. A handle needs no class to be read, removed or refused.
 #[test]
+fn get_many_answers_as_get_does() {
+    let cache = BlobCache::new().unwrap();
+    let other = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let live: Vec<BlobHandle> = (0..200)
+        .map(|i| cache.insert(&value(i, 1 + i as usize * 37)).unwrap())
+        .collect();
+    let removed: Vec<BlobHandle> = (0..20)
+        .map(|i| cache.insert(&value(i, 5)).unwrap())
+        .collect();
+    for &handle in &removed {
+        assert!(cache.remove(handle, &guard));
+    }
+    let foreign = other.insert(b"elsewhere").unwrap();
+    let mut mixed = Vec::new();
+    for (i, &handle) in live.iter().enumerate() {
+        mixed.push(handle);
+        match i % 5 {
+            0 => mixed.push(removed[i % removed.len()]),
+            2 => mixed.push(foreign),
+            4 => mixed.push(BlobHandle::from_bits(!(i as u64))),
+            _ => {}
+        }
+    }
+    for len in [0, 1, 8, 9, 16, 17, mixed.len()] {
+        let batch = &mixed[..len];
+        let mut visited = Vec::new();
+        cache.get_many(batch, &guard, |i, bytes| {
+            visited.push((i, bytes.map(<[u8]>::to_vec)))
+        });
+        let expected: Vec<(usize, Option<Vec<u8>>)> = (batch.iter().enumerate())
+            .map(|(i, &h)| (i, cache.get(h, &guard).map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(visited, expected, "a batch of {len}");
+    }
+}
+
+#[test]
 fn size_classes_share_one_handle_table() {
     let cache = BlobCache::new().unwrap();
     let reader = cache.reader();
@@ -401,6 +440,19 @@ fn drifting_sizes_reuse_slots_given_back_and_match_a_model() {
         for h in &stale {
             assert_eq!(cache.get(*h, &guard), None, "a removed handle resolved");
         }
+        // The same through `get_many`, live and removed handles interleaved.
+        let mixed: Vec<BlobHandle> = (model.keys().copied())
+            .zip(stale.iter().rev().copied())
+            .flat_map(|(live, removed)| [live, removed])
+            .collect();
+        let mut visited = 0;
+        cache.get_many(&mixed, &guard, |i, bytes| {
+            assert_eq!(i, visited);
+            let expected = model.get(&mixed[i]).map(Vec::as_slice);
+            assert_eq!(bytes, expected, "get_many of {:?}", mixed[i]);
+            visited += 1;
+        });
+        assert_eq!(visited, mixed.len());
         assert_eq!(cache.stats().live_objects, model.len());
     }
     assert!(given > 0);

@@ -1,7 +1,8 @@
 //! A key-value cache that compacts: values of varied sizes live in a `BlobCache`, keys in a `HashMap`.
 //! It fills the cache, deletes most entries at random (the fragmentation a long-running cache builds
-//! up), then compacts with a budget per step while a reader thread keeps serving lookups, and prints
-//! the resident set (from the OS) and the cache's own figures before and after.
+//! up), then compacts with a budget per step while a reader thread keeps serving lookups (multi-gets
+//! of 1000 keys, each one `get_many`), and prints the resident set (from the OS) and the cache's own
+//! figures before and after.
 
 use relocate_api::{BlobCache, BlobHandle, Budget};
 use std::collections::HashMap;
@@ -74,17 +75,20 @@ fn main() {
                 .iter()
                 .map(|(k, h)| (*k, *h))
                 .collect();
+            // Each request is a multi-get of 1000 keys, answered by one `get_many`.
+            let keys = &keys[..keys.len().min(1000)];
+            let handles: Vec<BlobHandle> = keys.iter().map(|&(_, handle)| handle).collect();
             while !stop.load(Ordering::Relaxed) {
                 let guard = reader.pin();
-                for (key, handle) in keys.iter().take(1000) {
-                    let value = cache.get(*handle, &guard).expect("a live key vanished");
+                cache.get_many(&handles, &guard, |i, value| {
+                    let value = value.expect("a live key vanished");
                     assert_eq!(
                         value,
-                        value_for(*key).as_slice(),
+                        value_for(keys[i].0).as_slice(),
                         "value changed under compaction"
                     );
-                }
-                lookups.fetch_add(1000, Ordering::Relaxed);
+                });
+                lookups.fetch_add(handles.len() as u64, Ordering::Relaxed);
             }
         })
     };

@@ -53,8 +53,6 @@ struct Region {
     /// First data piece (2 MiB-aligned) and end of the data half; both 0 until reserved.
     start: usize,
     end: usize,
-    /// From a data piece to its metadata piece (the size of the data half).
-    meta_offset: usize,
     /// Pieces below this address have been handed out at least once.
     next: usize,
     /// Stack of freed piece numbers (`(piece - start) / ARENA_BYTES`), `free_len` deep.
@@ -68,7 +66,6 @@ unsafe impl Send for Region {}
 static REGION: SpinLock<Region> = SpinLock::new(Region {
     start: 0,
     end: 0,
-    meta_offset: 0,
     next: 0,
     free: ptr::null_mut(),
     free_len: 0,
@@ -114,7 +111,7 @@ pub(crate) fn map_piece() -> *mut u8 {
     } else {
         return ptr::null_mut();
     };
-    let meta = piece + region.meta_offset;
+    let meta = meta_of_data(piece);
     // SAFETY: both pieces lie in our reservation and hold nothing (never handed out, or freed).
     if unsafe {
         os::map_over(piece as *mut u8, ARENA_BYTES, true)
@@ -134,7 +131,7 @@ pub(crate) fn map_piece() -> *mut u8 {
 pub(crate) unsafe fn unmap_piece(piece: *mut u8) {
     let mut region = REGION.lock();
     debug_assert!((region.start..region.end).contains(&(piece as usize)));
-    let meta = piece.wrapping_add(region.meta_offset);
+    let meta = meta_of_data(piece as usize) as *mut u8;
     // SAFETY: the caller's contract: a data piece of our reservation that holds nothing live, and its
     // metadata piece, which nothing reads once the arena is off the pool's lists.
     if !unsafe { os::map_over(piece, ARENA_BYTES, false) && os::map_over(meta, ARENA_BYTES, false) }
@@ -179,7 +176,6 @@ impl Region {
                 let half = ((base + bytes - start) / 2) & !(ARENA_BYTES - 1);
                 self.start = start;
                 self.end = start + half;
-                self.meta_offset = half;
                 self.next = self.start;
                 self.free = stack.cast();
                 META_OFFSET.store(half, Ordering::Relaxed);

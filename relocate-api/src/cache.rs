@@ -112,7 +112,7 @@ pub struct Guard<'c> {
     _cache: PhantomData<&'c ()>,
 }
 
-/// Drops the `T` at `block` (a [`Batch`]'s `drop_value`).
+/// Drops the `T` at `block` (the `drop_value` a cache hands [`OpenBatch::retire`]).
 ///
 /// # Safety
 /// `block` holds a valid `T` that nothing reads or drops again.
@@ -122,24 +122,6 @@ unsafe fn drop_block<T>(block: usize) {
 }
 
 impl Guard<'_> {
-    /// Retires `block` of the cache whose retired list is `retired` (see [`OpenBatch::retire`]).
-    ///
-    /// # Safety
-    /// As for [`OpenBatch::retire`], for this guard.
-    pub(crate) unsafe fn retire(
-        &self,
-        retired: &Arc<Retired>,
-        drop_value: Option<unsafe fn(usize)>,
-        block: usize,
-        slot: Option<u32>,
-    ) {
-        // SAFETY: the caller's contract.
-        unsafe {
-            self.batch
-                .retire(&self.inner, retired, drop_value, block, slot)
-        };
-    }
-
     /// Hands the open batch, if any, to the epoch.
     fn defer_batch(&self) {
         self.batch.hand_over(&self.inner);
@@ -890,7 +872,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let drop_value = std::mem::needs_drop::<T>().then_some(drop_block::<T> as unsafe fn(usize));
         // SAFETY: no reader can newly reach `addr` (the caller's contract); `drop_block::<T>` drops
         // the `T` there, once; a guard lives no longer than its cache (it borrows it).
-        unsafe { guard.retire(&self.retired, drop_value, addr, slot) };
+        unsafe {
+            (guard.batch).retire(&guard.inner, &self.retired, drop_value, addr, slot);
+        }
     }
 
     /// Retires the old copies of moved objects (never dropped: the live copy moved on) in one deferred

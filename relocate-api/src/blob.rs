@@ -270,7 +270,12 @@ impl BlobCache {
     /// stores blobs in it, all of a length of that class: so the class of a live blob's length is the
     /// slot's. (Handing a handle to another class would free its block into the wrong heap.)
     fn owner(&self, handle: BlobHandle, guard: &Guard) -> Option<(usize, &Class)> {
-        let class = class_of(LEN_BYTES + self.get(handle, guard)?.len())?;
+        self.class_holding(self.get(handle, guard)?)
+    }
+
+    /// The class that stores blobs of `blob`'s length, with its number.
+    fn class_holding(&self, blob: &[u8]) -> Option<(usize, &Class)> {
+        let class = class_of(LEN_BYTES + blob.len())?;
         Some((class, self.classes[class].get()?))
     }
 
@@ -311,6 +316,34 @@ impl BlobCache {
         if removed {
             self.removals.fetch_add(1, Ordering::Relaxed);
         }
+        removed
+    }
+
+    /// Removes the values of many handles, as a [`remove`](Self::remove) of each in order would, and
+    /// returns how many it removed. Each removal first reads its blob's length (to find the class),
+    /// so the slots and blobs of the handles further on are loaded meanwhile, as in
+    /// [`get_many`](Self::get_many).
+    pub fn remove_many(&self, handles: &[BlobHandle], guard: &Guard) -> usize {
+        guard.check(self.epoch);
+        let mut removed = 0;
+        read_many(
+            &self.table,
+            tag_bits(self.tag),
+            (handles.len(), |i| handles[i].inner()),
+            |i, addr| {
+                // SAFETY: as in `get`: a published blob, read under `guard` (if an earlier handle
+                // of the batch named it too, it was retired under `guard`, and is still whole).
+                let Some(blob) = addr.map(|addr| unsafe { blob_at(addr) }) else {
+                    return;
+                };
+                // As in `remove`: a blob removed since it was read only makes the generation refuse.
+                if let Some((_, class)) = self.class_holding(blob) {
+                    removed +=
+                        usize::from(class.remove_at(handles[i].inner(), guard, |_| ()).is_some());
+                }
+            },
+        );
+        self.removals.fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
 

@@ -190,7 +190,7 @@ pub(crate) fn read_many<T>(
         addr
     };
     for i in 0..count.min(SLOT_AHEAD) {
-        table.prefetch_for_read(handle(i).index());
+        table.prefetch_slot(handle(i).index());
     }
     let mut ahead = [None; OBJECT_AHEAD];
     for (i, slot) in ahead.iter_mut().enumerate().take(count) {
@@ -198,7 +198,7 @@ pub(crate) fn read_many<T>(
     }
     for i in 0..count {
         if i + SLOT_AHEAD < count {
-            table.prefetch_for_read(handle(i + SLOT_AHEAD).index());
+            table.prefetch_slot(handle(i + SLOT_AHEAD).index());
         }
         let addr = ahead[i % OBJECT_AHEAD];
         ahead[i % OBJECT_AHEAD] = (i + OBJECT_AHEAD < count)
@@ -810,6 +810,27 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Removes the object; it is dropped once no reader can hold it. False for a stale handle.
     pub fn remove(&self, handle: Handle<T>, guard: &Guard) -> bool {
         self.remove_with(handle, guard, |_| ()).is_some()
+    }
+
+    /// Removes the objects of many handles, as a [`remove`](Self::remove) of each in order would,
+    /// and returns how many it removed (a stale, foreign or repeated handle removes nothing). For
+    /// handles of scattered objects it is faster than a `remove` each: every removal takes its slot
+    /// with an atomic read-modify-write, which waits for the loads before it, so one removal's cache
+    /// miss cannot overlap the next one's; here the slots `SLOT_AHEAD` (16) handles further on are
+    /// loaded while one is removed.
+    pub fn remove_many(&self, handles: &[Handle<T>], guard: &Guard) -> usize {
+        self.check_guard(guard);
+        for handle in &handles[..handles.len().min(SLOT_AHEAD)] {
+            self.table.prefetch_slot(handle.index());
+        }
+        let mut removed = 0;
+        for (i, &handle) in handles.iter().enumerate() {
+            if let Some(ahead) = handles.get(i + SLOT_AHEAD) {
+                self.table.prefetch_slot(ahead.index());
+            }
+            removed += usize::from(self.remove_at(handle, guard, |_| ()).is_some());
+        }
+        removed
     }
 
     /// Removes the object and returns what `f` makes of it (e.g. a clone) before it is dropped.

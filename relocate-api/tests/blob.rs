@@ -236,6 +236,46 @@ fn get_many_answers_as_get_does() {
 }
 
 #[test]
+fn remove_many_removes_as_remove_does() {
+    let cache = BlobCache::new().unwrap();
+    let other = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let foreign = other.insert(b"elsewhere").unwrap();
+    for len in [0, 1, 8, 9, 16, 17, 200] {
+        let live: Vec<BlobHandle> = (0..len)
+            .map(|i| cache.insert(&value(i as u64, 1 + i * 37)).unwrap())
+            .collect();
+        let kept = cache.insert(b"kept").unwrap();
+        let stale = cache.insert(b"stale").unwrap();
+        assert!(cache.remove(stale, &guard));
+        // Live handles of many classes, one named twice, removed, foreign and forged handles.
+        let mut batch = Vec::new();
+        for (i, &handle) in live.iter().enumerate() {
+            batch.push(handle);
+            match i % 5 {
+                0 => batch.push(stale),
+                1 => batch.push(foreign),
+                2 => batch.push(BlobHandle::from_bits(!(i as u64))),
+                3 => batch.push(handle),
+                _ => {}
+            }
+        }
+        assert_eq!(cache.remove_many(&batch, &guard), len, "a batch of {len}");
+        for &handle in &batch {
+            assert_eq!(cache.get(handle, &guard), None, "a removed handle resolved");
+        }
+        assert_eq!(cache.get(kept, &guard), Some(&b"kept"[..]));
+        assert!(cache.remove(kept, &guard));
+    }
+    assert_eq!(cache.stats().live_objects, 0);
+    assert_eq!(
+        other.get(foreign, &other.reader().pin()),
+        Some(&b"elsewhere"[..])
+    );
+}
+
+#[test]
 fn size_classes_share_one_handle_table() {
     let cache = BlobCache::new().unwrap();
     let reader = cache.reader();
@@ -377,13 +417,20 @@ fn drifting_sizes_reuse_slots_given_back_and_match_a_model() {
         let base = 16 + (phase % 6) as usize * 700;
         let mut guard = reader.pin();
         // The last band mostly goes: a few of its blobs stay, scattered over its runs.
-        let old: Vec<BlobHandle> = model.keys().copied().collect();
-        for (i, h) in old.into_iter().enumerate() {
-            if i % 500 != 0 {
+        // (one `remove` each in even phases, one `remove_many` in odd ones).
+        let going: Vec<BlobHandle> = (model.keys().enumerate())
+            .filter_map(|(i, &h)| (i % 500 != 0).then_some(h))
+            .collect();
+        if phase % 2 == 0 {
+            for &h in &going {
                 assert!(cache.remove(h, &guard));
-                model.remove(&h);
-                stale.push(h);
             }
+        } else {
+            assert_eq!(cache.remove_many(&going, &guard), going.len());
+        }
+        for h in going {
+            model.remove(&h);
+            stale.push(h);
         }
         for step in 0..16_000u64 {
             if step % 256 == 0 {

@@ -193,7 +193,8 @@ fn readers_see_whole_objects_while_compaction_and_writers_run() {
 }
 
 /// Churn: two threads insert objects and remove their oldest (checking each removed object's content
-/// and that its handle is then stale), so removals on one thread hand slots back in batches that
+/// and that its handle is then stale; one thread a `remove` each, the other `remove_many` 64 at a
+/// time), so removals on one thread hand slots back in batches that
 /// inserts on both reuse, while a compactor moves objects and a reader resolves handles ever issued,
 /// live or stale. A handle that resolves must name its own object, whole; none may name a newer
 /// object in a reused slot. At the end the live count is exact.
@@ -205,6 +206,30 @@ fn handles_stay_their_own_through_concurrent_insert_and_remove() {
         200_000
     };
     const WINDOW: usize = 1_000;
+    /// The second thread removes its oldest objects this many at a time, with one `remove_many`.
+    const BATCH: usize = 64;
+    fn remove_oldest(
+        cache: &RelocCache<Object>,
+        guard: &relocate_api::Guard,
+        window: &mut std::collections::VecDeque<(Handle<Object>, u64)>,
+        keep: usize,
+    ) {
+        let count = window.len() - keep;
+        let oldest: Vec<(Handle<Object>, u64)> = window.drain(..count).collect();
+        let handles: Vec<Handle<Object>> = oldest.iter().map(|&(h, _)| h).collect();
+        cache.get_many(&handles, guard, |i, object| {
+            let object = object.expect("a live handle did not resolve");
+            assert_eq!(
+                object[0], oldest[i].1,
+                "a handle resolved to another object"
+            );
+            assert_eq!(checksum(object), object[7], "torn object");
+        });
+        assert_eq!(cache.remove_many(&handles, guard), count);
+        cache.get_many(&handles, guard, |_, object| {
+            assert!(object.is_none(), "a removed handle resolved");
+        });
+    }
     let cache: RelocCache<Object> = RelocCache::new().unwrap();
     // Every handle ever made, with its object's id (written once, read by the checker).
     let issued = std::sync::Mutex::new(Vec::<(u64, u64)>::new());
@@ -223,7 +248,7 @@ fn handles_stay_their_own_through_concurrent_insert_and_remove() {
                         let handle = cache.insert(make(id, 0)).unwrap();
                         issued.lock().unwrap().push((handle.to_bits(), id));
                         window.push_back((handle, id));
-                        if window.len() > WINDOW {
+                        if t == 0 && window.len() > WINDOW {
                             let (old, old_id) = window.pop_front().unwrap();
                             let seen =
                                 cache.remove_with(old, &guard, |o| (o[0], checksum(o) == o[7]));
@@ -232,6 +257,9 @@ fn handles_stay_their_own_through_concurrent_insert_and_remove() {
                                 cache.get(old, &guard).is_none(),
                                 "a removed handle resolved"
                             );
+                        }
+                        if t == 1 && (window.len() == WINDOW + BATCH || seq + 1 == per_thread) {
+                            remove_oldest(cache, &guard, &mut window, WINDOW);
                         }
                         if seq % 100 == 0 {
                             guard.repin();

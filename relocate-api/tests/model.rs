@@ -1,7 +1,7 @@
 //! Model-based test: random sequences of insert / get / update / remove / compact / evacuate / reclaim
 //! against a plain `HashMap`, with the whole contents compared after every step. Also: stale and
-//! foreign handles resolve to `None` (through `get` and `get_many`), and a type too large for a slab
-//! is refused.
+//! foreign handles resolve to `None` (through `get` and `get_many`), `remove_many` removes what a
+//! `remove` of each handle would, and a type too large for a slab is refused.
 
 use relocate_api::{Budget, CacheError, Handle, RelocCache};
 use std::collections::HashMap;
@@ -106,11 +106,21 @@ fn random_operations_match_a_hashmap() {
                 let old = model[&handle].0;
                 model.insert(handle, value_for(old, version));
             }
-            65..=84 if !keys.is_empty() => {
+            65..=79 if !keys.is_empty() => {
                 let handle = keys[rng.below(keys.len())];
                 let removed = cache.remove_with(handle, &guard, |v| *v);
                 assert_eq!(removed, model.remove(&handle));
                 dead.push(handle);
+            }
+            80..=84 if !keys.is_empty() => {
+                // Live handles (some twice) and removed ones, in one batch.
+                let mut batch: Vec<Handle<Value>> = (0..rng.below(40))
+                    .map(|_| keys[rng.below(keys.len())])
+                    .collect();
+                batch.extend(dead.iter().rev().take(rng.below(4)));
+                let expected = batch.iter().filter(|&h| model.remove(h).is_some()).count();
+                assert_eq!(cache.remove_many(&batch, &guard), expected);
+                dead.extend(batch);
             }
             85..=90 => {
                 let budget = if rng.below(2) == 0 {
@@ -222,6 +232,54 @@ fn get_many_answers_as_get_does() {
         assert_eq!(visited, expected, "a batch of {len}");
     }
     assert!(mixed.iter().any(|&h| cache.get(h, &guard).is_none()));
+}
+
+#[test]
+fn remove_many_removes_as_remove_does() {
+    let cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let other: RelocCache<u64> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let foreign = other.insert(5).unwrap();
+    // Batches shorter and longer than the look-ahead, each of fresh live handles mixed with handles
+    // removed before, a live handle named twice, foreign and forged handles.
+    for len in [0, 1, 2, 15, 16, 17, 33, 300] {
+        let live: Vec<Handle<u64>> = (0..len as u64).map(|i| cache.insert(i).unwrap()).collect();
+        let kept = cache.insert(u64::MAX).unwrap();
+        let stale = cache.insert(7).unwrap();
+        assert!(cache.remove(stale, &guard));
+        let mut batch = Vec::new();
+        for (i, &handle) in live.iter().enumerate() {
+            batch.push(handle);
+            match i % 5 {
+                0 => batch.push(stale),
+                1 => batch.push(foreign),
+                2 => batch.push(Handle::from_bits(u64::MAX - i as u64)),
+                3 => batch.push(handle),
+                _ => {}
+            }
+        }
+        let before = cache.len();
+        assert_eq!(cache.remove_many(&batch, &guard), len, "a batch of {len}");
+        assert_eq!(cache.len(), before - len);
+        for &handle in &batch {
+            assert_eq!(cache.get(handle, &guard), None, "a removed handle resolved");
+        }
+        assert_eq!(cache.get(kept, &guard), Some(&u64::MAX));
+        assert!(cache.remove(kept, &guard));
+    }
+    assert_eq!(other.get(foreign, &other.reader().pin()), Some(&5));
+    assert_eq!(cache.len(), 0);
+}
+
+#[test]
+#[should_panic(expected = "guard from another cache")]
+fn remove_many_refuses_a_guard_from_another_cache() {
+    let a: RelocCache<u64> = RelocCache::new().unwrap();
+    let b: RelocCache<u64> = RelocCache::new().unwrap();
+    let handle = a.insert(1).unwrap();
+    let rb = b.reader();
+    a.remove_many(&[handle], &rb.pin());
 }
 
 #[test]

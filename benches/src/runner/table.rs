@@ -124,6 +124,12 @@ const HANDLES_SPEED: &[Column] = &[
         with_ratio: true,
     },
     Column {
+        header: "multi-remove Mops/s",
+        value: |r| positive(number(r, "multi_remove_mops")?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
         header: "get ns",
         value: |r| positive(number(r, "get_ns")?),
         decimals: 1,

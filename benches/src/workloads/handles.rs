@@ -15,10 +15,11 @@
 //! 3. a dependent chase: follow `next` from object 0 for [`CHASE_STEPS`] steps, each step a get of
 //!    `keys[next]` (`chase_ns` per get);
 //! 4. two reader threads doing independent gets at once (`readers2_mgets`, total gets per second);
-//! 5. remove a random 90 % in random order (`remove_mops`), let the structure and the allocator give
-//!    back what they can, and read the resident set (`rss_removed` over `live`, the survivors' bytes);
-//!    the relocating cache removes [`MULTI_GET`] keys at a time with one `remove_many`, which
-//!    overlaps the removals' cache misses; every other structure with a plain loop;
+//! 5. remove a random 90 % in random order, the first half one at a time (`remove_mops`), the second
+//!    half as multi-removes of [`MULTI_GET`] keys (`multi_remove_mops`: the relocating cache answers
+//!    each with one `remove_many`, which overlaps the removals' cache misses; every other structure
+//!    with a plain loop of removals); then let the structure and the allocator give back what they
+//!    can, and read the resident set (`rss_removed` over `live`, the survivors' bytes);
 //! 6. the idle p99: a reader times batches of [`BATCH`] random gets of survivors (`p99_idle_ns`, per
 //!    get); and for the relocating cache only:
 //! 7. footprint compaction, timed on one core (`compact_gbs` = moved bytes / compaction time), then
@@ -134,6 +135,10 @@ trait Structure: Sync {
     fn insert_all(&mut self, keys: &mut [u64], make: &dyn Fn(usize) -> Obj);
     /// Removes the objects `keys[i]` for `i` in `order`.
     fn remove_all(&mut self, keys: &[u64], order: &[u32]);
+    /// `remove_all`, in batches of up to [`MULTI_GET`] keys where the structure can remove a batch.
+    fn remove_batched(&mut self, keys: &[u64], order: &[u32]) {
+        self.remove_all(keys, order);
+    }
     /// Returns what removal left behind to the allocator (the cache: flush and release arenas).
     fn settle(&mut self) {}
 }
@@ -228,6 +233,22 @@ impl Structure for Reloc {
     }
 
     fn remove_all(&mut self, keys: &[u64], order: &[u32]) {
+        let reader = self.cache.reader();
+        let mut guard = reader.pin();
+        for (n, &i) in order.iter().enumerate() {
+            if n % REPIN_EVERY as usize == 0 {
+                guard.repin();
+            }
+            if !self
+                .cache
+                .remove(Handle::from_bits(keys[i as usize]), &guard)
+            {
+                note_corrupt(format_args!("reloc remove of object {i} found nothing"));
+            }
+        }
+    }
+
+    fn remove_batched(&mut self, keys: &[u64], order: &[u32]) {
         let reader = self.cache.reader();
         let mut guard = reader.pin();
         let mut handles = [Handle::from_bits(0); MULTI_GET];
@@ -518,16 +539,25 @@ fn phases<S: Structure>(ctx: &Ctx, report: &mut Report, plan: &mut Plan, s: &mut
     );
 
     let removed = plan.removed();
+    let (singly, batched) = removed.split_at(removed.len() / 2);
     let began = Instant::now();
-    s.remove_all(keys, removed);
-    let remove = began.elapsed();
+    s.remove_all(keys, singly);
+    let remove_singly = began.elapsed();
+    let began = Instant::now();
+    s.remove_batched(keys, batched);
+    let remove_batched = began.elapsed();
+    let remove = remove_singly + remove_batched;
     s.settle();
     ctx.peer.purge();
     let live = plan.survivors().len() * std::mem::size_of::<Obj>();
     report
         .set(
             "remove_mops",
-            removed.len() as f64 / remove.as_secs_f64() / 1e6,
+            singly.len() as f64 / remove_singly.as_secs_f64() / 1e6,
+        )
+        .set(
+            "multi_remove_mops",
+            batched.len() as f64 / remove_batched.as_secs_f64() / 1e6,
         )
         .set("live", live)
         .set("rss_removed", plan.resident());

@@ -410,9 +410,22 @@ impl BlobCache {
     /// wholly vacant (a run is 256 slots); a class that empties gives back all but its last run.
     /// Each class is locked in turn while its claimed slots are scanned (and its free list walked,
     /// when some run can go), so this is maintenance work, like `release_empty_arenas`.
+    ///
+    /// A background compactor ([`crate::start_compactor`]) does this every round for the classes
+    /// where it may pay (see `release_sparse_classes_slots`).
     pub fn release_vacant_slots(&self) -> usize {
         (self.made())
-            .map(|(_, class)| class.give_back_vacant_slots().unwrap_or(0))
+            .map(|(_, class)| class.give_back_vacant_slots(false).unwrap_or(0))
+            .sum()
+    }
+
+    /// [`release_vacant_slots`](Self::release_vacant_slots) for the classes that claim more than
+    /// twice the slots their blobs need and have seen removals of a quarter of their claimed slots
+    /// since they were last scanned: cheap enough to ask for often, as the scans it runs amortise
+    /// to a few slot reads per removal.
+    pub(crate) fn release_sparse_classes_slots(&self) -> usize {
+        (self.made())
+            .map(|(_, class)| class.give_back_vacant_slots(true).unwrap_or(0))
             .sum()
     }
 
@@ -461,6 +474,54 @@ impl BlobCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scan for the background compactor runs only where it may pay: a class that claims more
+    /// than twice the slots it needs, with a quarter of its claimed slots back on its free list
+    /// since the last scan.
+    #[test]
+    fn sparse_classes_are_scanned_once_enough_slots_came_back() {
+        const N: usize = 20_000;
+        let cache = BlobCache::new().unwrap();
+        let reader = cache.reader();
+        let blobs: Vec<BlobHandle> = (0..N)
+            .map(|i| cache.insert(&[i as u8; 100]).unwrap())
+            .collect();
+        let remove = |range: &mut dyn Iterator<Item = usize>| {
+            let guard = reader.pin();
+            for i in range {
+                assert!(cache.remove(blobs[i], &guard));
+            }
+            drop(guard);
+            cache.flush(&reader);
+        };
+        assert_eq!(cache.release_sparse_classes_slots(), 0, "not sparse");
+        // One blob stays in every run of 256: sparse, and scanned (once), but no run can go.
+        remove(&mut (0..N).filter(|i| i % 256 != 0));
+        assert_eq!(
+            cache.release_sparse_classes_slots(),
+            0,
+            "a blob in every run"
+        );
+        // The survivors of runs 0 to 9 go: 10 slots back, too few for another scan yet, though a
+        // full one gives the runs back.
+        remove(&mut (0..10).map(|run| run * 256));
+        assert_eq!(cache.release_sparse_classes_slots(), 0, "too few came back");
+        assert_eq!(cache.release_vacant_slots(), 10 * 256);
+        // Another 20,000 blobs come (into the vacant slots, then into runs 0 to 9 claimed again)
+        // and all but one go: the next scan gives back runs 0 to 9 but the one that blob is in,
+        // all a full scan would find.
+        let more: Vec<BlobHandle> = (0..N)
+            .map(|i| cache.insert(&[i as u8; 100]).unwrap())
+            .collect();
+        let guard = reader.pin();
+        for &handle in &more[1..] {
+            assert!(cache.remove(handle, &guard));
+        }
+        drop(guard);
+        cache.flush(&reader);
+        assert!(cache.release_sparse_classes_slots() >= 9 * 256);
+        assert_eq!(cache.release_vacant_slots(), 0);
+    }
 
     #[test]
     fn a_full_table_takes_back_vacant_runs_before_refusing_an_insert() {

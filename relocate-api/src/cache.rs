@@ -232,6 +232,10 @@ pub(crate) struct Inner {
     fresh: Range<u32>,
     /// Objects inserted, less those taken (see [`RelocCache::live`]).
     inserted: usize,
+    /// Slots linked onto the free list so far, and how many had been when the claimed slots were
+    /// last scanned for vacant runs.
+    listed: usize,
+    listed_at_scan: usize,
     pub(crate) counters: Counters,
 }
 
@@ -257,6 +261,7 @@ impl Inner {
         if slot.generation() != 0 {
             slot.set_free_link(self.free_head);
             self.free_head = index + 1;
+            self.listed += 1;
         } else {
             self.counters.retired_slots += 1;
         }
@@ -530,6 +535,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 claimed: Vec::new(),
                 fresh: 0..0,
                 inserted: 0,
+                listed: 0,
+                listed_at_scan: 0,
                 counters: Counters::default(),
             }),
             retired: Arc::default(),
@@ -591,9 +598,27 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// `Inner::give_back_vacant_runs`); returns how many slots that was. Only for the byte-blob
     /// classes: `for_each` reads the claimed runs outside the lock, and would then visit slots
     /// another cache took meanwhile.
-    pub(crate) fn give_back_vacant_slots(&self) -> Result<usize, CacheError> {
+    ///
+    /// With `only_if_sparse`, the scan runs only when it may pay: when the class claims more than
+    /// twice the slots its live objects need (plus two runs), and slots coming back to the free
+    /// list since the last scan number at least a quarter of its claimed slots (counted when they
+    /// come back, after the epoch, not when their objects are removed: a scan before then would
+    /// find them still in flight). So a caller that asks often (the background compactor, every
+    /// round) pays a lock and a few comparisons a time, and scans amortise to a few slot reads per
+    /// removal.
+    pub(crate) fn give_back_vacant_slots(&self, only_if_sparse: bool) -> Result<usize, CacheError> {
         let mut inner = self.lock()?;
-        let given = inner.give_back_vacant_runs(&self.table, self.claim_slots as u32);
+        let run = self.claim_slots;
+        if only_if_sparse {
+            let claimed: usize = inner.claimed.iter().map(ExactSizeIterator::len).sum();
+            let sparse = claimed >= 2 * self.live(&inner) + 2 * run;
+            let turned_over = inner.listed - inner.listed_at_scan >= claimed / 4;
+            if !(sparse && turned_over) {
+                return Ok(0);
+            }
+        }
+        inner.listed_at_scan = inner.listed;
+        let given = inner.give_back_vacant_runs(&self.table, run as u32);
         inner.counters.returned_slots += given as u64;
         Ok(given)
     }

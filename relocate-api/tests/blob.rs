@@ -579,3 +579,74 @@ fn slots_given_back_while_other_threads_store_and_read() {
         (ROUNDS * 2 * PER_ROUND.div_ceil(1_000)) as usize
     );
 }
+
+/// A background compactor serves a blob cache too: it brings a class's fragmentation down, and
+/// gives the class's wholly vacant runs of table slots back (no `release_vacant_slots` call), so
+/// that another class's blobs take them before the table grows.
+#[test]
+fn the_background_compactor_compacts_blobs_and_gives_vacant_slots_back() {
+    use relocate_api::{start_compactor, CompactorConfig};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    const N: usize = 20_000;
+    const RUN: u64 = 256;
+    let cache = Arc::new(BlobCache::new().unwrap());
+    let reader = cache.reader();
+    let small: Vec<BlobHandle> = (0..N)
+        .map(|i| cache.insert(&value(i as u64, 100)).unwrap())
+        .collect();
+    // The first half all goes (runs 0 to 38 wholly vacant; run 39 keeps blob 10,000); of the second
+    // half every eighth stays, scattered over its slabs.
+    let keeps = |i: usize| i >= N / 2 && i % 8 == 0;
+    {
+        let guard = reader.pin();
+        for (i, &handle) in small.iter().enumerate() {
+            if !keeps(i) {
+                assert!(cache.remove(handle, &guard));
+            }
+        }
+    }
+    cache.flush(&reader);
+    cache.flush(&reader);
+    let before = cache.stats();
+    assert!(before.fragmentation > 4.0, "{before:?}");
+    assert_eq!(before.counters.returned_slots, 0);
+    let compactor = start_compactor(
+        cache.clone(),
+        CompactorConfig {
+            interval: Duration::from_millis(5),
+            budget: Budget::Objects(500),
+            target_fragmentation: 1.5,
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = |s: relocate_api::CacheStats| {
+        s.fragmentation <= 1.5 && s.counters.returned_slots >= 39 * RUN
+    };
+    while !done(cache.stats()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = cache.stats();
+    assert!(done(after), "before {before:?} after {after:?}");
+    assert_eq!(after.counters.returned_slots, 39 * RUN, "runs 0 to 38");
+    assert!(compactor.moved_objects() > 0);
+    // Another class's blobs, stored while the compactor runs, take the runs given back first: the
+    // table stays at two chunks (three without them).
+    let large: Vec<BlobHandle> = (0..N)
+        .map(|i| cache.insert(&value(!(i as u64), 1000)).unwrap())
+        .collect();
+    assert_eq!(cache.stats().table_bytes, (32 << 10) * 8);
+    compactor.stop();
+    let guard = reader.pin();
+    for (i, &handle) in small.iter().enumerate() {
+        let expected = keeps(i).then(|| value(i as u64, 100));
+        assert_eq!(cache.get(handle, &guard), expected.as_deref());
+    }
+    for (i, &handle) in large.iter().enumerate() {
+        assert_eq!(
+            cache.get(handle, &guard),
+            Some(value(!(i as u64), 1000).as_slice())
+        );
+    }
+}

@@ -18,7 +18,7 @@
 
 use crate::cache::{alloc_block, CacheError, Counters, Guard, RelocCache};
 use crate::handle::Handle;
-use crate::policy::{Isolation, Relocator};
+use crate::policy::{Isolation, Relocator, MOVE_BATCH};
 use crate::slot::Slot;
 use alloc_core::movable::{self, SlabView};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -306,10 +306,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Moves every live object out of `slab`; false when the pass must stop.
     ///
-    /// The relocation callbacks of a whole slab's moves run under one `catch_unwind` and one
-    /// re-entrancy mark, not one per callback (they cost more than a bitwise move). A panic abandons
-    /// the move in flight (recorded in `in_flight`: the object stays where it was, its new block is
-    /// freed) and the batch resumes with the next object.
+    /// The moves run in batches of up to `MOVE_BATCH` objects, each inside the relocator's `batch`
+    /// and under one `catch_unwind` and one re-entrancy mark, not one per callback (they cost more
+    /// than a bitwise move). A panic abandons the move in flight (recorded in `in_flight`: the object
+    /// stays where it was, its new block is freed) and the next batch starts with the next object. A
+    /// batch that made no move at all (its `batch` did not run the moves, or panicked first) has its
+    /// objects counted as refused, so that the pass always gets on.
     ///
     /// The slots are in handle order, random with respect to the slab's blocks, and a sparse slab's
     /// live blocks are far apart: both are prefetched a few moves ahead so that their cache misses
@@ -323,35 +325,43 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         blocks.iter().take(AHEAD).for_each(prefetch);
         let mut next = 0;
-        loop {
+        while next < blocks.len() {
+            let (start, end) = (next, (next + MOVE_BATCH).min(blocks.len()));
             let mut in_flight: Option<InFlight<'_>> = None;
+            let mut stop = false;
             let batch = self.in_callback(|| {
                 catch_unwind(AssertUnwindSafe(|| {
-                    while let Some(&(block, owner)) = blocks.get(next) {
-                        next += 1;
-                        blocks.get(next + AHEAD - 1).map(prefetch);
-                        if !self.move_one(heap, pass, block, owner, &mut in_flight) {
-                            return false;
+                    self.relocator.batch(&mut || {
+                        while next < end && !stop {
+                            let (block, owner) = blocks[next];
+                            next += 1;
+                            blocks.get(next + AHEAD - 1).map(prefetch);
+                            stop = !self.move_one(heap, pass, block, owner, &mut in_flight);
                         }
-                    }
-                    true
+                    })
                 }))
             });
-            match batch {
-                Ok(more) => return more,
-                Err(_) => {
-                    if let Some(InFlight { slot, old, target }) = in_flight {
-                        if let Some(target) = target {
-                            // SAFETY: allocated by this move from this heap; `migrate` panicked, so
-                            // the block holds no value that needs dropping.
-                            unsafe { heap.free(target) };
-                        }
-                        slot.abort_move(old);
+            if stop {
+                return false;
+            }
+            if batch.is_err() {
+                if let Some(InFlight { slot, old, target }) = in_flight {
+                    if let Some(target) = target {
+                        // SAFETY: allocated by this move from this heap; `migrate` panicked, so
+                        // the block holds no value that needs dropping.
+                        unsafe { heap.free(target) };
                     }
-                    pass.report.panics += 1;
+                    slot.abort_move(old);
                 }
+                pass.report.panics += 1;
+            }
+            if next == start {
+                // Nothing ran: the batch's objects stay, refused.
+                pass.report.refused += end - start;
+                next = end;
             }
         }
+        true
     }
 
     /// Moves one object (`owner` is its slot index); its old copy joins `pass.moved_from`, retired

@@ -63,4 +63,4 @@ pub use compact::{Budget, CacheStats, CompactReport};
 #[cfg(not(loom))]
 pub use handle::Handle;
 #[cfg(not(loom))]
-pub use policy::{BitwiseMove, FnRelocator, Isolation, Relocatable, Relocator};
+pub use policy::{BitwiseMove, FnRelocator, Isolation, Relocatable, Relocator, MOVE_BATCH};

@@ -60,6 +60,9 @@ unsafe impl<A: Relocatable, B: Relocatable> Relocatable for (A, B) {}
 // SAFETY: as above.
 unsafe impl<A: Relocatable, B: Relocatable, C: Relocatable> Relocatable for (A, B, C) {}
 
+/// The most objects one [`Relocator::batch`] moves.
+pub const MOVE_BATCH: usize = 64;
+
 /// The result of asking a callback to move an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isolation {
@@ -78,14 +81,33 @@ pub enum Isolation {
 ///    It must leave a valid `T` at `new` (typically a bitwise copy) and fix every pointer that other
 ///    structures hold to the object, or that the object holds to itself. It cannot refuse.
 ///
+/// Moves come in batches ([`batch`](Self::batch)) of up to [`MOVE_BATCH`] objects of one slab, so that
+/// what every move needs (the lock of the structure whose pointers `migrate` fixes) can be taken once
+/// per batch, as the kernel's migration takes its locks for a batch of pages.
+///
 /// What a callback may do: read the object and other structures, update pointers, take its own locks.
 /// What it may not do: call back into the same cache (insert, remove, update, compact: they would wait
 /// for the compaction in progress; the cache detects this and returns an error or `None` instead of
-/// deadlocking), or keep the `new` pointer beyond the publication rules of its own structures.
+/// deadlocking), or keep the `new` pointer beyond the publication rules of its own structures. The
+/// compactor holds the cache's lock while callbacks run, so a thread that holds a lock a callback
+/// takes must not call into the cache meanwhile (it would wait for the compactor, which waits for it).
 /// If a callback panics, the move is abandoned: the object stays at its old address, the new memory is
 /// freed (without dropping it), and the panic is counted, not propagated. A `migrate` that panics after
 /// changing outside pointers leaves them as it left them; keep `migrate` free of panics.
 pub trait Relocator<T>: Send + Sync {
+    /// Runs one batch of moves: `moves` makes the `isolate` and `migrate` calls of up to
+    /// [`MOVE_BATCH`] objects, one object after another, on this thread. The default just runs it. A
+    /// relocator whose moves all need one lock can take it here, hold it while `moves` runs, and so
+    /// take it once per batch rather than once per move.
+    ///
+    /// If a callback panics inside `moves`, the panic unwinds through `batch` (a lock guard held
+    /// here is dropped), that one move is abandoned, and the next batch starts with the next object.
+    /// If `batch` returns without running `moves` (or panics before), the batch's objects count as
+    /// refused moves and stay where they are.
+    fn batch(&self, moves: &mut dyn FnMut()) {
+        moves();
+    }
+
     /// Phase 1: may the object move now?
     fn isolate(&self, _object: &T, _handle: Handle<T>) -> Isolation {
         Isolation::Ready

@@ -7,8 +7,8 @@ use crate::blob::BlobCache;
 use crate::cache::{CacheError, Guard, Reader, RelocCache};
 use crate::compact::{Budget, CompactReport};
 use crate::policy::Relocator;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,22 +23,52 @@ pub struct CompactorConfig {
     pub target_fragmentation: f64,
 }
 
+/// What background rounds did: one round's ([`Compactable::compact_round`]), or a compactor's so
+/// far ([`Compactor::report`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackgroundReport {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Rounds that found the cache above its target fragmentation and compacted it.
+    pub compactions: u64,
+    /// What those compactions did, added up.
+    pub compacted: CompactReport,
+    /// Handle-table slots a [`BlobCache`]'s upkeep gave back to its shared table.
+    pub returned_slots: u64,
+}
+
+impl BackgroundReport {
+    /// Adds another report's figures to these.
+    pub fn merge(&mut self, other: BackgroundReport) {
+        self.rounds += other.rounds;
+        self.compactions += other.compactions;
+        self.compacted.merge(other.compacted);
+        self.returned_slots += other.returned_slots;
+    }
+}
+
 /// The running compactor; stops (and joins its thread) when dropped.
 pub struct Compactor {
     stop: Arc<AtomicBool>,
-    moved: Arc<AtomicU64>,
+    report: Arc<Mutex<BackgroundReport>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Compactor {
     /// Objects moved so far.
     pub fn moved_objects(&self) -> u64 {
-        self.moved.load(Ordering::Relaxed)
+        self.report().compacted.moved_objects as u64
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
+    /// What the compactor has done so far.
+    pub fn report(&self) -> BackgroundReport {
+        *self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the thread, waits for it, and returns what it did.
+    pub fn stop(mut self) -> BackgroundReport {
         self.halt();
+        self.report()
     }
 
     fn halt(&mut self) {
@@ -62,19 +92,25 @@ pub trait Compactable: Send + Sync + sealed::Caches {
     /// cache's fragmentation is above `config.target_fragmentation`, compacts it within
     /// `config.budget`, frees what the epoch allows and releases the arenas that emptied; then does
     /// the cache's own upkeep (a [`BlobCache`] gives back the vacant runs of handle-table slots of
-    /// its sparse classes). Returns the objects moved. `reader` must be a reader of this cache.
-    fn compact_round(&self, reader: &Reader<'_>, config: &CompactorConfig) -> usize {
-        let mut moved = 0;
+    /// its sparse classes). Returns what it did. `reader` must be a reader of this cache.
+    fn compact_round(&self, reader: &Reader<'_>, config: &CompactorConfig) -> BackgroundReport {
+        let mut round = BackgroundReport {
+            rounds: 1,
+            ..BackgroundReport::default()
+        };
         if self.fragmentation() > config.target_fragmentation {
             let guard = reader.pin();
-            moved = (self.compact_within(&guard, config.budget))
-                .map_or(0, |report| report.moved_objects);
+            // A compaction refused (`Reentrant`, from inside a callback) does nothing this round.
+            round.compacted = self
+                .compact_within(&guard, config.budget)
+                .unwrap_or_default();
             drop(guard);
             self.flush_with(reader);
             self.release_arenas();
+            round.compactions = 1;
         }
-        self.upkeep();
-        moved
+        round.returned_slots = self.upkeep() as u64;
+        round
     }
 
     /// A reader of this cache, for [`compact_round`](Self::compact_round).
@@ -96,7 +132,10 @@ mod sealed {
         ) -> Result<CompactReport, CacheError>;
         fn flush_with(&self, reader: &Reader<'_>);
         fn release_arenas(&self);
-        fn upkeep(&self) {}
+        /// Returns the handle-table slots given back.
+        fn upkeep(&self) -> usize {
+            0
+        }
     }
 }
 
@@ -149,8 +188,8 @@ impl sealed::Caches for BlobCache {
         self.release_empty_arenas();
     }
 
-    fn upkeep(&self) {
-        self.release_sparse_classes_slots();
+    fn upkeep(&self) -> usize {
+        self.release_sparse_classes_slots()
     }
 }
 
@@ -167,9 +206,9 @@ pub fn start_compactor<C: Compactable + 'static>(
     config: CompactorConfig,
 ) -> std::io::Result<Compactor> {
     let stop = Arc::new(AtomicBool::new(false));
-    let moved = Arc::new(AtomicU64::new(0));
+    let report = Arc::new(Mutex::new(BackgroundReport::default()));
     let thread = {
-        let (stop, moved) = (stop.clone(), moved.clone());
+        let (stop, report) = (stop.clone(), report.clone());
         std::thread::Builder::new()
             .name("relocate-compactor".into())
             .spawn(move || {
@@ -180,13 +219,16 @@ pub fn start_compactor<C: Compactable + 'static>(
                         break;
                     }
                     let round = cache.compact_round(&reader, &config);
-                    moved.fetch_add(round as u64, Ordering::Relaxed);
+                    report
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .merge(round);
                 }
             })?
     };
     Ok(Compactor {
         stop,
-        moved,
+        report,
         thread: Some(thread),
     })
 }

@@ -53,7 +53,7 @@ mod policy;
 mod table;
 
 #[cfg(not(loom))]
-pub use background::{start_compactor, Compactable, Compactor, CompactorConfig};
+pub use background::{start_compactor, BackgroundReport, Compactable, Compactor, CompactorConfig};
 #[cfg(not(loom))]
 pub use blob::{BlobCache, BlobHandle, MAX_BLOB_BYTES};
 #[cfg(not(loom))]

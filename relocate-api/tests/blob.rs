@@ -637,7 +637,16 @@ fn the_background_compactor_compacts_blobs_and_gives_vacant_slots_back() {
         .map(|i| cache.insert(&value(!(i as u64), 1000)).unwrap())
         .collect();
     assert_eq!(cache.stats().table_bytes, (32 << 10) * 8);
-    compactor.stop();
+    // What the compactor reports doing is what the cache counted.
+    let report = compactor.stop();
+    let counters = cache.stats().counters;
+    assert!(report.compactions >= 1 && report.rounds >= report.compactions);
+    assert_eq!(report.returned_slots, 39 * RUN, "{report:?}");
+    assert_eq!(report.returned_slots, counters.returned_slots);
+    assert_eq!(
+        report.compacted.moved_objects as u64, counters.moved_objects,
+        "{report:?}"
+    );
     let guard = reader.pin();
     for (i, &handle) in small.iter().enumerate() {
         let expected = keeps(i).then(|| value(i as u64, 100));

@@ -413,9 +413,13 @@ fn the_background_compactor_brings_fragmentation_down() {
     while cache.stats().fragmentation > 1.5 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let moved = compactor.moved_objects();
-    compactor.stop();
+    let report = compactor.stop();
+    let moved = report.compacted.moved_objects;
     let after = cache.stats();
+    // What the compactor reports doing is what the cache counted.
+    assert_eq!(moved as u64, after.counters.moved_objects, "{report:?}");
+    assert!(report.compactions >= 1 && report.rounds >= report.compactions);
+    assert_eq!(report.returned_slots, 0, "a RelocCache gives no slots back");
     assert!(
         after.fragmentation <= 1.5,
         "before {before:?} after {after:?}"

@@ -148,7 +148,14 @@ fn main() {
             }
         }
     }
-    compactor.stop();
+    let background = compactor.stop();
+    println!(
+        "compactor: {} rounds, {} compacted, {} objects moved, {} refused",
+        background.rounds,
+        background.compactions,
+        background.compacted.moved_objects,
+        background.compacted.refused
+    );
     let guard = reader.pin();
     for &(key, bits) in &live {
         assert_eq!(

@@ -139,26 +139,37 @@ mod sealed {
     }
 }
 
+/// The `Caches` methods that both caches have under names of their own.
+macro_rules! by_own_methods {
+    () => {
+        fn fragmentation(&self) -> f64 {
+            self.stats().fragmentation
+        }
+
+        fn compact_within(
+            &self,
+            guard: &Guard,
+            budget: Budget,
+        ) -> Result<CompactReport, CacheError> {
+            self.compact(guard, budget)
+        }
+
+        fn flush_with(&self, reader: &Reader<'_>) {
+            self.flush(reader);
+        }
+
+        fn release_arenas(&self) {
+            self.release_empty_arenas();
+        }
+    };
+}
+
 impl<T, R> sealed::Caches for RelocCache<T, R>
 where
     T: Send + Sync + 'static,
     R: Relocator<T>,
 {
-    fn fragmentation(&self) -> f64 {
-        self.stats().fragmentation
-    }
-
-    fn compact_within(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
-        self.compact(guard, budget)
-    }
-
-    fn flush_with(&self, reader: &Reader<'_>) {
-        self.flush(reader);
-    }
-
-    fn release_arenas(&self) {
-        self.release_empty_arenas();
-    }
+    by_own_methods!();
 }
 
 impl<T, R> Compactable for RelocCache<T, R>
@@ -172,21 +183,7 @@ where
 }
 
 impl sealed::Caches for BlobCache {
-    fn fragmentation(&self) -> f64 {
-        self.stats().fragmentation
-    }
-
-    fn compact_within(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
-        self.compact(guard, budget)
-    }
-
-    fn flush_with(&self, reader: &Reader<'_>) {
-        self.flush(reader);
-    }
-
-    fn release_arenas(&self) {
-        self.release_empty_arenas();
-    }
+    by_own_methods!();
 
     fn upkeep(&self) -> usize {
         self.release_sparse_classes_slots()

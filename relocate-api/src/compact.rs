@@ -329,9 +329,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let (start, end) = (next, (next + MOVE_BATCH).min(blocks.len()));
             let mut in_flight: Option<InFlight<'_>> = None;
             let mut stop = false;
+            // Moves a panic interrupted, including any whose panic `batch` caught before it ran the
+            // moves again (or returned): each is undone before anything else happens.
+            let mut interrupted = 0;
             let batch = self.in_callback(|| {
                 catch_unwind(AssertUnwindSafe(|| {
                     self.relocator.batch(&mut || {
+                        interrupted += usize::from(abandon(heap, in_flight.take()));
                         while next < end && !stop {
                             let (block, owner) = blocks[next];
                             next += 1;
@@ -341,19 +345,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     })
                 }))
             });
+            interrupted += usize::from(abandon(heap, in_flight.take()));
+            pass.report.panics += interrupted.max(usize::from(batch.is_err()));
             if stop {
                 return false;
-            }
-            if batch.is_err() {
-                if let Some(InFlight { slot, old, target }) = in_flight {
-                    if let Some(target) = target {
-                        // SAFETY: allocated by this move from this heap; `migrate` panicked, so
-                        // the block holds no value that needs dropping.
-                        unsafe { heap.free(target) };
-                    }
-                    slot.abort_move(old);
-                }
-                pass.report.panics += 1;
             }
             if next == start {
                 // Nothing ran: the batch's objects stay, refused.
@@ -479,6 +474,21 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             counters: inner.counters,
         }
     }
+}
+
+/// Undoes a move a callback's panic interrupted, if there is one (`in_flight`): its new block, if
+/// any, is freed and the object stays where it was. Returns whether there was one.
+fn abandon(heap: &mut movable::MovableHeap, in_flight: Option<InFlight<'_>>) -> bool {
+    let Some(InFlight { slot, old, target }) = in_flight else {
+        return false;
+    };
+    if let Some(target) = target {
+        // SAFETY: allocated by this move from this heap; `migrate` panicked, so the block holds no
+        // value that needs dropping.
+        unsafe { heap.free(target) };
+    }
+    slot.abort_move(old);
+    true
 }
 
 /// Adds `amount` to `arena`'s total in `totals` (a short list: a cache spans few arenas).

@@ -102,6 +102,8 @@ pub trait Relocator<T>: Send + Sync {
     ///
     /// If a callback panics inside `moves`, the panic unwinds through `batch` (a lock guard held
     /// here is dropped), that one move is abandoned, and the next batch starts with the next object.
+    /// (A `batch` that catches the panic may run `moves` again: the interrupted move is abandoned
+    /// first, and the moves go on with the next object.)
     /// If `batch` returns without running `moves` (or panics before), the batch's objects count as
     /// refused moves and stay where they are.
     fn batch(&self, moves: &mut dyn FnMut()) {

@@ -9,6 +9,7 @@
 use relocate_api::{
     Budget, FnRelocator, Guard, Handle, Isolation, RelocCache, Relocator, MOVE_BATCH,
 };
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -266,6 +267,11 @@ struct BatchingList {
     skip: AtomicBool,
     /// `batch` panics before running the moves.
     panic_first: AtomicBool,
+    /// Every this many `migrate` calls one panics, before it touches anything (0: never) ...
+    panic_every: AtomicUsize,
+    panics: AtomicUsize,
+    /// ... and `batch` catches the panic and runs the moves again.
+    catch: AtomicBool,
 }
 
 struct Batching(Arc<BatchingList>);
@@ -279,10 +285,15 @@ impl Relocator<Node> for Batching {
         if list.panic_first.load(Ordering::Relaxed) {
             panic!("test: batch panics before its moves");
         }
-        let _locked = list.lock.lock().unwrap();
+        let _locked = list.lock.lock().unwrap_or_else(|e| e.into_inner());
         list.batches.fetch_add(1, Ordering::Relaxed);
         list.held.store(true, Ordering::Relaxed);
-        moves();
+        if list.catch.load(Ordering::Relaxed) {
+            // Runs the moves again after each caught panic (the next call goes on after it).
+            while catch_unwind(AssertUnwindSafe(&mut *moves)).is_err() {}
+        } else {
+            moves();
+        }
         list.held.store(false, Ordering::Relaxed);
     }
 
@@ -291,7 +302,12 @@ impl Relocator<Node> for Batching {
         if !list.held.load(Ordering::Relaxed) || list.lock.try_lock().is_ok() {
             list.unlocked_moves.fetch_add(1, Ordering::Relaxed);
         }
-        list.migrations.fetch_add(1, Ordering::Relaxed);
+        let call = list.migrations.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = list.panic_every.load(Ordering::Relaxed);
+        if every != 0 && call % every == 0 {
+            list.panics.fetch_add(1, Ordering::Relaxed);
+            panic!("test: migrate call {call} panics");
+        }
         // SAFETY: the cache's arguments to `migrate`.
         unsafe { move_node(old, new, &list.head) };
     }
@@ -307,6 +323,9 @@ fn batching_list() -> (Arc<BatchingList>, RelocCache<Node, Batching>) {
         unlocked_moves: AtomicUsize::new(0),
         skip: AtomicBool::new(false),
         panic_first: AtomicBool::new(false),
+        panic_every: AtomicUsize::new(0),
+        panics: AtomicUsize::new(0),
+        catch: AtomicBool::new(false),
     });
     let cache = RelocCache::with_relocator(Batching(list.clone())).unwrap();
     (list, cache)
@@ -378,6 +397,43 @@ fn a_batch_that_runs_no_moves_refuses_them() {
     list.panic_first.store(false, Ordering::Relaxed);
     let report = cache.compact(&reader.pin(), Budget::Unlimited).unwrap();
     assert!(report.moved_objects > 0, "{report:?}");
+    assert_eq!(walk(&list.head), expected);
+    links_are_current(&cache, &reader.pin(), &list.head, &handles);
+}
+
+/// A `migrate` that panics, inside a `batch` that catches the panic and runs the moves again: each
+/// interrupted move is still undone (the object stays where it was, not locked), counted as a
+/// panic, and the batch goes on with the next object.
+#[test]
+fn a_panic_that_batch_catches_still_abandons_its_move() {
+    let (list, cache) = batching_list();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let handles = build_list(&cache, &guard, &list.head, 20_000);
+    let expected = thin_list(&cache, &guard, &list.head, &handles);
+    drop(guard);
+    cache.flush(&reader);
+    list.panic_every.store(7, Ordering::Relaxed);
+    list.catch.store(true, Ordering::Relaxed);
+    let report = cache.compact(&reader.pin(), Budget::Unlimited).unwrap();
+    let panics = list.panics.load(Ordering::Relaxed);
+    assert!(panics > 10, "{report:?}");
+    assert_eq!(report.panics, panics, "{report:?}");
+    assert_eq!(
+        report.moved_objects + panics,
+        list.migrations.load(Ordering::Relaxed)
+    );
+    assert_eq!(walk(&list.head), expected);
+    // Every object is reachable (none left locked), and the links name the current copies.
+    links_are_current(&cache, &reader.pin(), &list.head, &handles);
+    for (i, &handle) in handles.iter().enumerate().step_by(10) {
+        let value = cache.with_pinned(handle, &reader.pin(), |n| n.value.load(Ordering::Relaxed));
+        assert_eq!(value, Some(i as u64));
+    }
+    cache.flush(&reader);
+    list.panic_every.store(0, Ordering::Relaxed);
+    let again = cache.compact(&reader.pin(), Budget::Unlimited).unwrap();
+    assert_eq!(again.panics, 0);
     assert_eq!(walk(&list.head), expected);
     links_are_current(&cache, &reader.pin(), &list.head, &handles);
 }

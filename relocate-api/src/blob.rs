@@ -420,9 +420,9 @@ impl BlobCache {
     }
 
     /// [`release_vacant_slots`](Self::release_vacant_slots) for the classes that claim more than
-    /// twice the slots their blobs need and have seen removals of a quarter of their claimed slots
-    /// since they were last scanned: cheap enough to ask for often, as the scans it runs amortise
-    /// to a few slot reads per removal.
+    /// twice the slots their blobs need and have had a quarter of their claimed slots come back
+    /// vacant since they were last scanned: cheap enough to ask for often, as the scans it runs
+    /// amortise to a few slot reads per removal.
     pub(crate) fn release_sparse_classes_slots(&self) -> usize {
         (self.made())
             .map(|(_, class)| class.give_back_vacant_slots(true).unwrap_or(0))

@@ -94,8 +94,8 @@ impl<'c> Reader<'c> {
 /// panic (it would not hold back that cache's reclamation).
 ///
 /// Objects removed (and old copies replaced) under a guard are handed to the epoch in batches: when
-/// the guard is dropped, re-pinned or flushed, when it turns to another cache (a byte-blob class's
-/// sibling), or every `BATCH_BLOCKS` blocks. A guard lives no longer than its cache,
+/// the guard is dropped, re-pinned or flushed, or every `BATCH_BLOCKS` blocks (of any of the byte-blob
+/// classes that share the guard's collector). A guard lives no longer than its cache,
 /// so every batch is handed over while the cache's memory is there:
 ///
 /// ```compile_fail

@@ -521,6 +521,15 @@ mod tests {
         cache.flush(&reader);
         assert!(cache.release_sparse_classes_slots() >= 9 * 256);
         assert_eq!(cache.release_vacant_slots(), 0);
+        // The class empties: its last 70 slots come back, far fewer than a quarter of its claimed
+        // ones, and yet the next scan runs, and gives back every run it still held but the last.
+        let guard = reader.pin();
+        assert!(cache.remove(more[0], &guard));
+        drop(guard);
+        remove(&mut (10..N.div_ceil(256)).map(|run| run * 256));
+        assert_eq!(cache.stats().live_objects, 0);
+        assert!(cache.release_sparse_classes_slots() >= 60 * 256);
+        assert_eq!(cache.release_vacant_slots(), 0);
     }
 
     #[test]

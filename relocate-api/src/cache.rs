@@ -603,16 +603,20 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// twice the slots its live objects need (plus two runs), and slots coming back to the free
     /// list since the last scan number at least a quarter of its claimed slots (counted when they
     /// come back, after the epoch, not when their objects are removed: a scan before then would
-    /// find them still in flight). So a caller that asks often (the background compactor, every
-    /// round) pays a lock and a few comparisons a time, and scans amortise to a few slot reads per
-    /// removal.
+    /// find them still in flight), or the class is empty and some came back. So a caller that asks
+    /// often (the background compactor, every round) pays a lock and a few comparisons a time, and
+    /// scans amortise to a few slot reads per removal.
     pub(crate) fn give_back_vacant_slots(&self, only_if_sparse: bool) -> Result<usize, CacheError> {
         let mut inner = self.lock()?;
         let run = self.claim_slots;
         if only_if_sparse {
             let claimed: usize = inner.claimed.iter().map(ExactSizeIterator::len).sum();
-            let sparse = claimed >= 2 * self.live(&inner) + 2 * run;
-            let turned_over = inner.listed - inner.listed_at_scan >= claimed / 4;
+            let live = self.live(&inner);
+            let sparse = claimed >= 2 * live + 2 * run;
+            // Or the class emptied since: its last slots may have come back after a scan, fewer
+            // than a quarter (and a class that is empty keeps at most two runs after the scan).
+            let listed_since = inner.listed - inner.listed_at_scan;
+            let turned_over = listed_since >= claimed / 4 || (live == 0 && listed_since > 0);
             if !(sparse && turned_over) {
                 return Ok(0);
             }

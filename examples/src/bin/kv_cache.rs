@@ -1,14 +1,16 @@
 //! A key-value cache that compacts: values of varied sizes live in a `BlobCache`, keys in a `HashMap`.
 //! It fills the cache, deletes most entries at random (the fragmentation a long-running cache builds
-//! up), then compacts with a budget per step while a reader thread keeps serving lookups (multi-gets
-//! of 1000 keys, each one `get_many`), and prints the resident set (from the OS) and the cache's own
-//! figures before and after.
+//! up; in batches, each one `remove_many`), then compacts with a budget per step while a reader thread
+//! keeps serving lookups (multi-gets of 1000 keys, each one `get_many`). Then the values change size
+//! (a new generation of larger values replaces every entry) while a background compactor keeps the
+//! cache within its target and gives the emptied size classes' handle-table slots to the growing
+//! ones. It prints the resident set (from the OS) and the cache's own figures at each step.
 
-use relocate_api::{BlobCache, BlobHandle, Budget};
+use relocate_api::{start_compactor, BlobCache, BlobHandle, Budget, CompactorConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOC: alloc_core::SlabAlloc = alloc_core::SlabAlloc::new();
@@ -49,13 +51,17 @@ fn main() {
         let reader = cache.reader();
         let guard = reader.pin();
         let mut index = index.write().unwrap();
+        let mut doomed = Vec::new();
         index.retain(|key, handle| {
             let keep = key.wrapping_mul(0x2545_f491_4f6c_dd1d) % 10 == 0;
             if !keep {
-                cache.remove(*handle, &guard);
+                doomed.push(*handle);
             }
             keep
         });
+        for batch in doomed.chunks(256) {
+            assert_eq!(cache.remove_many(batch, &guard), batch.len());
+        }
         drop(guard);
         cache.flush(&reader);
     }
@@ -118,4 +124,68 @@ fn main() {
         lookups.load(Ordering::Relaxed)
     );
     report("after compaction", &cache);
+    drift(&cache, &index);
+}
+
+/// Every value is replaced by a larger one (a new generation, 1–3 KiB), a quarter at a time, while
+/// a background compactor works: the old size classes empty, the new ones grow, and the compactor
+/// keeps the cache near its target and hands the old classes' handle-table slots over.
+fn drift(cache: &Arc<BlobCache>, index: &RwLock<HashMap<u64, BlobHandle>>) {
+    let compactor = start_compactor(
+        cache.clone(),
+        CompactorConfig {
+            interval: Duration::from_millis(10),
+            budget: Budget::Bytes(8 << 20),
+            target_fragmentation: 1.2,
+        },
+    )
+    .expect("compactor thread");
+    let larger = |key: u64| -> Vec<u8> {
+        let len = 1024 + (key.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 53) as usize; // 1–3 KiB
+        (0..len).map(|i| (key as usize ^ i) as u8).collect()
+    };
+    let reader = cache.reader();
+    let keys: Vec<u64> = index.read().unwrap().keys().copied().collect();
+    let mut replaced = 0;
+    for round in keys.chunks(keys.len().div_ceil(4)) {
+        let guard = reader.pin();
+        let mut index = index.write().unwrap();
+        for &key in round {
+            let handle = index.get_mut(&key).expect("a key of the index");
+            // Another size class: the value moves there and gets a new handle.
+            *handle = (cache.replace(*handle, &guard, &larger(key)))
+                .expect("replace")
+                .expect("a live key");
+            replaced += 1;
+        }
+        drop(index);
+        drop(guard);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the compactor settle, then check every value.
+    let settle = Instant::now() + Duration::from_secs(5);
+    while cache.stats().fragmentation > 1.2 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let background = compactor.stop();
+    let guard = reader.pin();
+    for (&key, &handle) in index.read().unwrap().iter() {
+        let expected = match keys.iter().position(|&k| k == key) {
+            Some(at) if at < replaced => larger(key),
+            _ => value_for(key),
+        };
+        assert_eq!(cache.get(handle, &guard), Some(expected.as_slice()));
+    }
+    drop(guard);
+    println!(
+        "replaced {replaced} values by larger ones; the background compactor ran {} rounds, \
+         compacted in {}, moved {} values and gave {} handle-table slots to other size classes",
+        background.rounds,
+        background.compactions,
+        background.compacted.moved_objects,
+        background.returned_slots
+    );
+    cache.flush(&reader);
+    alloc_core::purge();
+    report("after the size drift", cache);
 }

@@ -313,7 +313,7 @@ impl Relocator<Node> for Batching {
     }
 }
 
-fn batching_list() -> (Arc<BatchingList>, RelocCache<Node, Batching>) {
+fn batching_list() -> (Arc<BatchingList>, BatchingCache) {
     let list = Arc::new(BatchingList {
         head: Arc::new(AtomicPtr::new(ptr::null_mut())),
         lock: Mutex::new(()),
@@ -331,17 +331,35 @@ fn batching_list() -> (Arc<BatchingList>, RelocCache<Node, Batching>) {
     (list, cache)
 }
 
+type BatchingCache = RelocCache<Node, Batching>;
+
+/// A batching list of `n` nodes, thinned to every tenth (`thin_list`), with the removed nodes'
+/// memory back: the list, its cache, the handles of all `n` nodes and the values left in order.
+fn thinned_batching_list(
+    n: u64,
+) -> (
+    Arc<BatchingList>,
+    BatchingCache,
+    Vec<Handle<Node>>,
+    Vec<u64>,
+) {
+    let (list, cache) = batching_list();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let handles = build_list(&cache, &guard, &list.head, n);
+    let expected = thin_list(&cache, &guard, &list.head, &handles);
+    drop(guard);
+    cache.flush(&reader);
+    drop(reader);
+    (list, cache, handles, expected)
+}
+
 /// Moves come in batches of up to `MOVE_BATCH` objects: the relocator takes its lock once per
 /// batch, every `migrate` runs with it held, and the list is intact after compaction.
 #[test]
 fn moves_come_in_batches_under_one_lock() {
-    let (list, cache) = batching_list();
+    let (list, cache, handles, expected) = thinned_batching_list(20_000);
     let reader = cache.reader();
-    let guard = reader.pin();
-    let handles = build_list(&cache, &guard, &list.head, 20_000);
-    let expected = thin_list(&cache, &guard, &list.head, &handles);
-    drop(guard);
-    cache.flush(&reader);
     let report = cache.compact(&reader.pin(), Budget::Unlimited).unwrap();
     let (moved, batches) = (report.moved_objects, list.batches.load(Ordering::Relaxed));
     assert!(moved > 1_000, "{report:?}");
@@ -362,13 +380,8 @@ fn moves_come_in_batches_under_one_lock() {
 /// object stays where it was, counted as refused (or the batch as a panic), and compaction ends.
 #[test]
 fn a_batch_that_runs_no_moves_refuses_them() {
-    let (list, cache) = batching_list();
+    let (list, cache, handles, expected) = thinned_batching_list(5_000);
     let reader = cache.reader();
-    let guard = reader.pin();
-    let handles = build_list(&cache, &guard, &list.head, 5_000);
-    let expected = thin_list(&cache, &guard, &list.head, &handles);
-    drop(guard);
-    cache.flush(&reader);
     let addresses = |guard: &Guard| -> Vec<usize> {
         (handles.iter().step_by(10))
             .map(|&h| {
@@ -406,13 +419,8 @@ fn a_batch_that_runs_no_moves_refuses_them() {
 /// panic, and the batch goes on with the next object.
 #[test]
 fn a_panic_that_batch_catches_still_abandons_its_move() {
-    let (list, cache) = batching_list();
+    let (list, cache, handles, expected) = thinned_batching_list(20_000);
     let reader = cache.reader();
-    let guard = reader.pin();
-    let handles = build_list(&cache, &guard, &list.head, 20_000);
-    let expected = thin_list(&cache, &guard, &list.head, &handles);
-    drop(guard);
-    cache.flush(&reader);
     list.panic_every.store(7, Ordering::Relaxed);
     list.catch.store(true, Ordering::Relaxed);
     let report = cache.compact(&reader.pin(), Budget::Unlimited).unwrap();

@@ -16,7 +16,8 @@
 //! new blob). So the classes together have the whole index space and its generations
 //! ([`crate::MAX_OBJECTS`]). A class keeps the runs it claimed (its vacant slots wait for its own next
 //! blobs) until [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table
-//! for any class (which an insert that finds the table full does first). Compaction, evacuation and
+//! for any class (which an insert that finds the table full does first, and a background
+//! compactor's round for the classes where it may pay). Compaction, evacuation and
 //! eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{

@@ -226,8 +226,9 @@ impl SlotTable {
     /// Its slots must be vacant and reusable (a generation that has not wrapped to 0), with their free
     /// links cleared, and the cache must not touch them again: a claim hands them out as fresh.
     pub(crate) fn give_back(&self, run: Range<u32>) {
-        debug_assert!(run.end as usize <= self.claims().end);
-        self.claims().returned.push(run);
+        let mut claims = self.claims();
+        debug_assert!(run.end as usize <= claims.end);
+        claims.returned.push(run);
     }
 
     /// Whether a claim would fail: every slot claimed, and no run given back.

@@ -29,7 +29,7 @@ use crate::arena::{
     LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
-pub use crate::region::{reserve_movable_region, MOVABLE_ADDRESS_BITS};
+pub use crate::region::{data_start, reserve_movable_region, MOVABLE_ADDRESS_BITS};
 use crate::size_class::{class_of, ClassInfo, MAX_SLAB_UNITS, MAX_SMALL_BYTES, UNIT_BYTES};
 use crate::slab::{Slab, FLAG_DRAINING, FLAG_FULL, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
@@ -66,6 +66,17 @@ pub fn movable_geometry(bytes: usize, align: usize) -> Option<ClassInfo> {
         slab_units: units as u8,
         capacity: capacity_of(units) as u32,
     })
+}
+
+/// Where a block lies in the movable region: an owner that names blocks by place (a relocating
+/// cache's home slots) maps it to a number of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPlace {
+    /// The slab's first unit, counted from [`data_start`] (so `data_start() + (unit << UNIT_SHIFT)` is
+    /// the slab's first block).
+    pub unit: usize,
+    /// The block's index in its slab.
+    pub index: usize,
 }
 
 /// A read-only view of one movable slab.
@@ -188,9 +199,21 @@ impl MovableHeap {
         self.geometry.block_bytes as usize
     }
 
+    /// Blocks in each slab.
+    pub fn slab_capacity(&self) -> usize {
+        self.geometry.capacity as usize
+    }
+
     /// Allocates a block and records `owner` in its back-map entry. Never from a draining slab; a new
     /// slab is made if no other slab has room.
     pub fn alloc(&mut self, owner: u32) -> Option<NonNull<u8>> {
+        self.alloc_placed(|_| owner)
+    }
+
+    /// Allocates a block, as [`Self::alloc`] does, and records in its back-map entry the owner that
+    /// `owner_at` names for the block's place (called once, only when a block was found).
+    #[inline]
+    pub fn alloc_placed(&mut self, owner_at: impl FnOnce(BlockPlace) -> u32) -> Option<NonNull<u8>> {
         loop {
             let slab = self.avail.head();
             if slab.is_null() {
@@ -199,7 +222,7 @@ impl MovableHeap {
             // SAFETY: slabs on our lists are live and ours.
             let s = unsafe { &*slab };
             if s.refill() {
-                return Some(self.take_from(s, owner));
+                return Some(self.take_from(s, owner_at));
             }
             self.avail.remove(s);
             s.flags.set(s.flags.get() | FLAG_FULL);
@@ -209,7 +232,7 @@ impl MovableHeap {
         if !s.refill() {
             return None;
         }
-        Some(self.take_from(s, owner))
+        Some(self.take_from(s, owner_at))
     }
 
     /// Marks the slabs for which `is_source` holds as draining: until [`Self::end_drain`], allocation
@@ -266,7 +289,7 @@ impl MovableHeap {
         }
     }
 
-    fn take_from(&mut self, slab: &Slab, owner: u32) -> NonNull<u8> {
+    fn take_from(&mut self, slab: &Slab, owner_at: impl FnOnce(BlockPlace) -> u32) -> NonNull<u8> {
         // SAFETY: `refill` returned true, so `free` is non-empty; we own the slab.
         let block = unsafe { slab.pop_unchecked() } as usize;
         // The next block of this slab's free list is the next allocation's: a compactor allocates one
@@ -274,9 +297,11 @@ impl MovableHeap {
         crate::os::prefetch(slab.free.get().cast());
         set_live(block, true);
         let start = slab.start.get() as usize;
-        let index = ((block - start) as u64 * self.magic) >> INDEX_SHIFT;
+        let index = (((block - start) as u64 * self.magic) >> INDEX_SHIFT) as usize;
+        let unit = (start - crate::region::data_start()) >> crate::size_class::UNIT_SHIFT;
+        let owner = owner_at(BlockPlace { unit, index });
         // SAFETY: the back-map entry of a block in a movable arena lies in the arena's metadata units.
-        unsafe { backmap_slot(start, index as usize).write(owner) };
+        unsafe { backmap_slot(start, index).write(owner) };
         // SAFETY: blocks are non-null addresses inside an arena.
         unsafe { NonNull::new_unchecked(block as *mut u8) }
     }

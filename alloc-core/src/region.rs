@@ -77,6 +77,12 @@ pub fn reserve_movable_region() -> bool {
     REGION.lock().ready()
 }
 
+/// The start of the region's data half (2 MiB-aligned), or 0 while the region is not reserved. It never
+/// changes once set.
+pub fn data_start() -> usize {
+    DATA_START.load(Ordering::Acquire)
+}
+
 /// Whether `addr` lies in a movable arena's data (a piece of the region's lower half).
 #[inline]
 pub(crate) fn is_data(addr: usize) -> bool {

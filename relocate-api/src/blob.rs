@@ -446,7 +446,8 @@ impl BlobCache {
             slabs: 0,
             resident_bytes: 0,
             fragmentation: 1.0,
-            table_bytes: self.table.committed() * size_of::<crate::slot::Slot>(),
+            table_committed_bytes: self.table.committed() * size_of::<crate::slot::Slot>(),
+            table_bytes: self.table.resident_bytes(),
             counters: Default::default(),
         };
         total.counters.released_bytes = self.released.load(Ordering::Relaxed);

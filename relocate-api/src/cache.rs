@@ -13,10 +13,11 @@
 //! may run on any thread at any time without deadlock.
 
 use crate::handle::{Handle, INDEX_BITS};
+use crate::home::Homes;
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::retire::{OpenBatch, Retired};
 use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
-use crate::table::{SlotTable, CHUNK_SLOTS};
+use crate::table::SlotTable;
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, LocalHandle};
 use std::cell::Cell;
@@ -230,6 +231,17 @@ pub(crate) struct Inner {
     claimed: Vec<Range<u32>>,
     /// The claimed slots never used yet (the end of the last run).
     fresh: Range<u32>,
+    /// For a cache with homes (see `home`): slots at or above this index are spares, claimed from
+    /// the top of the table down; below it, home slots. 0 for a cache without homes, whose slots are
+    /// all claimed runs (so every slot that comes back is linked on the free list).
+    spare_floor: u32,
+    /// The units whose home slots have been used, sorted (with `claimed`, where `for_each` looks).
+    home_units: Vec<u32>,
+    /// With homes: slots ever used (each took a page's worth of table the first time, so this bounds
+    /// the table's size; see `may_touch_more`).
+    touched: usize,
+    /// With homes: parked slots (see `release_slot`).
+    parked: usize,
     /// Objects inserted, less those taken (see [`RelocCache::live`]).
     inserted: usize,
     /// Slots linked onto the free list so far, and how many had been when the claimed slots were
@@ -240,34 +252,124 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// A slot never used before, claiming `claim_slots` more from `table` when none is left.
-    fn fresh_slot(&mut self, table: &SlotTable, claim_slots: usize) -> Option<u32> {
-        if self.fresh.is_empty() {
-            let run = table.claim(claim_slots)?;
-            match self.claimed.last_mut() {
-                Some(last) if last.end == run.start => last.end = run.end,
-                _ => self.claimed.push(run.clone()),
+    /// A slot never used before (or, with homes, a free home slot the spares reached), claiming
+    /// `claim_slots` more when none is left: from `table` for a cache without homes, from the top of
+    /// the table down for one with homes (see `home`).
+    fn fresh_slot(&mut self, table: &SlotTable, claim_slots: usize, homes: bool) -> Option<u32> {
+        loop {
+            if self.fresh.is_empty() {
+                let run = if homes {
+                    let top = self.spare_floor;
+                    self.spare_floor = top.checked_sub(1)? / claim_slots as u32 * claim_slots as u32;
+                    self.spare_floor..top
+                } else {
+                    table.claim(claim_slots)?
+                };
+                match self.claimed.last_mut() {
+                    Some(last) if last.end == run.start => last.end = run.end,
+                    Some(last) if last.start == run.end => last.start = run.start,
+                    _ => self.claimed.push(run.clone()),
+                }
+                self.fresh = run;
             }
-            self.fresh = run;
+            let index = self.fresh.start;
+            self.fresh.start += 1;
+            if !homes {
+                return Some(index);
+            }
+            // A home slot the spares reached may be in use: it is linked when it comes back.
+            let slot = table.get_or_commit(index)?;
+            if slot.is_free_home() {
+                self.took_home_slot(slot);
+                return Some(index);
+            }
         }
-        let index = self.fresh.start;
-        self.fresh.start += 1;
-        Some(index)
     }
 
-    /// Returns a vacant slot to the free list, unless its generation counter wrapped (then it is
-    /// retired for good, so no old handle can ever name a new object).
+    /// Counts a free home slot (fresh or parked) as taken.
+    fn took_home_slot(&mut self, slot: &Slot) {
+        if slot.is_fresh() {
+            self.touched += 1;
+        } else {
+            self.parked -= 1;
+        }
+    }
+
+    /// Whether a cache with homes may use a slot it never used (a block's fresh home slot) rather
+    /// than a vacant one: while it has used fewer than one and a half times as many slots as it
+    /// holds objects, plus a run. A cache whose objects wander over the region (slabs emptied and
+    /// made again elsewhere) would otherwise use a home slot in every unit it ever had, and its
+    /// table would grow with the region rather than with its objects. Past the bound, new objects
+    /// take vacant slots, away from home.
+    fn may_touch_more(&self, live: usize) -> bool {
+        self.touched < live + live / 2 + SPARE_CLAIM_SLOTS
+    }
+
+    /// Links every parked home slot on the free list, when a cache at its bound (`may_touch_more`)
+    /// needs a vacant slot and a quarter of the slots it used are parked (so the scan, of every
+    /// used unit's slots, pays for itself): parked slots whose blocks are gone or taken would
+    /// otherwise wait for nothing.
+    fn list_parked_slots(&mut self, table: &SlotTable, homes: &Homes) {
+        if self.parked < self.touched / 4 {
+            return;
+        }
+        for &unit in &self.home_units {
+            for index in homes.unit_slots(unit) {
+                if let Some(slot) = table.get(index).filter(|slot| slot.is_parked()) {
+                    slot.set_free_link(self.free_head);
+                    self.free_head = index + 1;
+                }
+            }
+        }
+        self.parked = 0;
+    }
+
+    /// Takes a vacant slot back: parks a home slot for its block's next object, links any other on
+    /// the free list, and retires one whose generation counter wrapped (so no old handle can ever
+    /// name a new object).
     fn release_slot(&mut self, index: u32, slot: &Slot) {
-        if slot.generation() != 0 {
+        if slot.generation() == 0 {
+            slot.retire_for_good();
+            self.counters.retired_slots += 1;
+        } else if index < self.spare_floor {
+            slot.park();
+            self.parked += 1;
+        } else {
             slot.set_free_link(self.free_head);
             self.free_head = index + 1;
             self.listed += 1;
-        } else {
-            self.counters.retired_slots += 1;
         }
     }
 
-    /// Every slot index this cache has claimed.
+    /// Notes that a home slot of `unit` holds an object, for `slot_ranges`.
+    fn note_home_unit(&mut self, unit: u32) {
+        if self.home_units.last() == Some(&unit) {
+            return;
+        }
+        if let Err(at) = self.home_units.binary_search(&unit) {
+            self.home_units.insert(at, unit);
+        }
+    }
+
+    /// Every slot that may hold an object: the claimed runs and the home slots of the units used,
+    /// each once, in index order.
+    fn slot_ranges(&self, homes: &Homes) -> Vec<Range<u32>> {
+        let mut ranges: Vec<Range<u32>> = (self.home_units.iter())
+            .map(|&unit| homes.unit_slots(unit))
+            .chain(self.claimed.iter().cloned())
+            .collect();
+        ranges.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
+            }
+        }
+        merged
+    }
+
+    /// Every slot index this cache has claimed (for a cache without homes: all its slots).
     fn claimed_slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.claimed.iter().flat_map(Range::clone)
     }
@@ -397,6 +499,10 @@ pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<
     None
 }
 
+/// Spare slots a cache with homes claims at a time (see `home`): objects take them only when their
+/// block's home slot is not free. Also the slack in the bound on slots used (`may_touch_more`).
+const SPARE_CLAIM_SLOTS: usize = 256;
+
 /// How far ahead of the handle it visits [`RelocCache::get_many`] loads slots.
 const SLOT_AHEAD: usize = 16;
 /// How far ahead of the handle it visits [`RelocCache::get_many`] looks objects up (and loads them).
@@ -455,6 +561,8 @@ pub struct RelocCache<T, R = BitwiseMove> {
     pub(crate) object_bytes: usize,
     /// The cache's tag in the high bits of every generation it hands out.
     tag_bits: u64,
+    /// Where each slot's object lives when it is at home (see `home`).
+    homes: Homes,
     _type: PhantomData<T>,
 }
 
@@ -487,7 +595,7 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
             BitwiseMove,
             collector,
             (epoch, tag),
-            (table, SIBLING_CLAIM_SLOTS),
+            (table, SIBLING_CLAIM_SLOTS, false),
             object_bytes,
         )
     }
@@ -501,14 +609,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             relocator,
             Collector::new(),
             (next_epoch_id(), next_tag()?),
-            (table, CHUNK_SLOTS),
+            (table, SPARE_CLAIM_SLOTS, true),
             size_of::<T>(),
         )
     }
 
     /// A cache of objects of `object_bytes` (at least `size_of::<T>()`) that may share `collector`
     /// (whose identity is `epoch`), its `tag` and its `table` (from which it claims `claim_slots` at a
-    /// time) with others. A shared collector is only for types without drop glue: a sibling may keep
+    /// time) with others; with `homes`, the table is the cache's own and objects use their blocks'
+    /// home slots (see `home`). A shared collector is only for types without drop glue: a sibling may keep
     /// the collector, and so this cache's pending deferred functions, alive after this cache is
     /// dropped. Siblings sharing a tag must share the table too, and must never be handed each
     /// other's handles: the byte-blob classes find a handle's class from its object's length first.
@@ -516,7 +625,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         relocator: R,
         collector: Collector,
         (epoch, tag): (usize, u32),
-        (table, claim_slots): (SlotTable, usize),
+        (table, claim_slots, homes): (SlotTable, usize, bool),
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
@@ -526,6 +635,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         }
         let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
+        let homes = if homes { Homes::of(&heap) } else { Homes::NONE };
         Ok(Self {
             table,
             claim_slots,
@@ -534,6 +644,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 free_head: 0,
                 claimed: Vec::new(),
                 fresh: 0..0,
+                spare_floor: if homes.exist() { MAX_OBJECTS as u32 } else { 0 },
+                home_units: Vec::new(),
+                touched: 0,
+                parked: 0,
                 inserted: 0,
                 listed: 0,
                 listed_at_scan: 0,
@@ -546,6 +660,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             relocator,
             object_bytes,
             tag_bits: tag_bits(tag),
+            homes,
             _type: PhantomData,
         })
     }
@@ -671,21 +786,75 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         init: impl FnOnce(NonNull<u8>),
     ) -> Result<Handle<T>, CacheError> {
         let mut inner = self.lock()?;
-        let index = match inner.free_head.checked_sub(1) {
-            Some(index) => index,
-            None => {
-                let index = (inner.fresh_slot(&self.table, self.claim_slots))
-                    .ok_or(CacheError::OutOfMemory)?;
-                // A fresh slot: make it the head of the free list, taken off again just below.
-                inner.free_head = index + 1;
-                index
-            }
-        };
-        let slot = self.table.get(index).expect("claimed slots are accessible");
-        let Some(block) = alloc_block(&mut inner.heap, index) else {
+        let may_touch_more = inner.may_touch_more(self.live(&inner));
+        let inner = &mut *inner;
+        if inner.free_head == 0 && !may_touch_more {
+            inner.list_parked_slots(&self.table, &self.homes);
+        }
+        if inner.free_head == 0 {
+            // A spare for the free list, in case the block's home slot is not free.
+            let index = (inner.fresh_slot(&self.table, self.claim_slots, self.homes.exist()))
+                .ok_or(CacheError::OutOfMemory)?;
+            let slot = self.table.get(index).expect("claimed slots are accessible");
+            slot.set_free_link(0);
+            inner.free_head = index + 1;
+        }
+        let (homes, table) = (&self.homes, &self.table);
+        let Inner {
+            heap,
+            free_head,
+            spare_floor,
+            home_units,
+            touched,
+            parked,
+            ..
+        } = inner;
+        let (mut index, mut home_unit) = (0, None);
+        let block = heap.alloc_placed(|place| {
+            let home = homes.index(place).filter(|&home| home < *spare_floor);
+            // In a unit never used, the home slot is fresh: not read (its page stays untouched)
+            // unless it may be used.
+            let unit_used = |home| {
+                let unit = homes.unit_of(home);
+                home_units.last() == Some(&unit) || home_units.binary_search(&unit).is_ok()
+            };
+            let free = |slot: &Slot| slot.is_free_home() && (may_touch_more || !slot.is_fresh());
+            let home = home.filter(|&home| may_touch_more || unit_used(home));
+            index = match home.map(|home| (home, table.get_or_commit(home))) {
+                Some((home, Some(slot))) if free(slot) => {
+                    if slot.is_fresh() {
+                        *touched += 1;
+                    } else {
+                        *parked -= 1;
+                    }
+                    home_unit = Some(homes.unit_of(home));
+                    home
+                }
+                _ => {
+                    let spare = *free_head - 1;
+                    *free_head = table.get(spare).map_or(0, Slot::free_link);
+                    spare
+                }
+            };
+            index
+        });
+        let Some(block) = block else {
             return Err(CacheError::OutOfMemory);
         };
-        inner.free_head = slot.free_link();
+        let slot = self.table.get(index).expect("a slot in use is accessible");
+        if !slot::storable(block.as_ptr() as usize) {
+            // Never for alloc-core's movable blocks; checked rather than assumed.
+            // SAFETY: allocated just now from this heap and never published.
+            unsafe { inner.heap.free(block) };
+            if home_unit.is_none() {
+                slot.set_free_link(inner.free_head);
+                inner.free_head = index + 1;
+            }
+            return Err(CacheError::OutOfMemory);
+        }
+        if let Some(unit) = home_unit {
+            inner.note_home_unit(unit);
+        }
         init(block);
         inner.inserted += 1;
         let counter = slot.generation();
@@ -740,7 +909,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     #[inline]
     pub(crate) fn address_of(&self, handle: Handle<T>, guard: &Guard) -> Option<usize> {
         self.check_guard(guard);
-        read_slot(&self.table, self.tag_bits, handle)
+        let index = handle.index();
+        // Computed from the index alone: the object's load need not wait for the slot's (`home`).
+        let home = self.homes.address(index);
+        (self.table.for_read(index)).read_at(handle.gen() ^ self.tag_bits, home)
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
@@ -943,13 +1115,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         T: Relocatable,
     {
         self.check_guard(guard);
-        let claimed = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .claimed
-            .clone();
-        for index in claimed.into_iter().flatten() {
+        let ranges = (self.inner.lock().unwrap_or_else(|e| e.into_inner())).slot_ranges(&self.homes);
+        for index in ranges.into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
@@ -1001,7 +1168,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 impl<T, R> Drop for RelocCache<T, R> {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        for index in inner.claimed_slots() {
+        for index in inner.slot_ranges(&self.homes).into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };

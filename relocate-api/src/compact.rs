@@ -73,9 +73,14 @@ pub struct CacheStats {
     pub resident_bytes: usize,
     /// `resident_bytes / live_bytes` (1.0 when empty).
     pub fragmentation: f64,
-    /// Bytes of handle table in use: 8 per slot up to the most objects ever held at once (rounded up
-    /// to 128 KiB). Resident once touched; it does not shrink, as handles must stay valid.
+    /// Bytes of handle table resident, as the kernel reports them (`mincore`): the pages that hold a
+    /// slot this cache used, 8 bytes a slot (and of pin counts, 4 bytes a slot, for caches that pin).
+    /// It does not shrink, as handles must stay valid.
     pub table_bytes: usize,
+    /// Bytes of handle table made writable: the 128 KiB chunks of slots that hold a slot this cache
+    /// used (for a cache with homes, those of its home slots and of its spares, see `home`). Address
+    /// space, not memory, except where `table_bytes` says.
+    pub table_committed_bytes: usize,
     pub counters: Counters,
 }
 
@@ -465,7 +470,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             live_bytes,
             slabs,
             resident_bytes: resident,
-            table_bytes: self.table.committed() * std::mem::size_of::<crate::slot::Slot>(),
+            table_committed_bytes: self.table.committed() * std::mem::size_of::<crate::slot::Slot>(),
+            table_bytes: self.table.resident_bytes(),
             fragmentation: if live_bytes == 0 {
                 1.0
             } else {

@@ -48,6 +48,8 @@ mod compact;
 #[cfg(not(loom))]
 mod handle;
 #[cfg(not(loom))]
+mod home;
+#[cfg(not(loom))]
 mod policy;
 #[cfg(not(loom))]
 mod table;

@@ -51,6 +51,11 @@ use crate::sync::{
 
 pub(crate) const MOVING: u64 = 1;
 pub(crate) const WRITING: u64 = 2;
+/// In a vacant slot (`LIVE` clear), the low bits mark what the cache's lock holder keeps it for: a
+/// *parked* home slot waits for the next object its home block gets (see `home`); a *retired* slot's
+/// generation wrapped, and it is never used again. Readers ignore both (they look at `LIVE`).
+const PARKED: u64 = 1;
+const RETIRED: u64 = 2;
 const LIVE_SHIFT: u32 = MOVABLE_ADDRESS_BITS;
 pub(crate) const LIVE: u64 = 1 << LIVE_SHIFT;
 const HELD: u64 = MOVING | WRITING;
@@ -155,6 +160,26 @@ impl Slot {
         Some(address_in(word))
     }
 
+    /// [`Self::read`] for a handle whose object is expected at `home` (its home block, see `home`):
+    /// when the slot holds generation `gen` live at `home`, the answer is `home` itself, which the
+    /// caller computed without the slot, so the object's load does not wait for the slot's (the
+    /// branch is predicted; the compare then confirms it). Otherwise the answer is `read`'s. A `gen`
+    /// with bits above the counter (another cache's tag) never matches here either.
+    #[inline]
+    pub fn read_at(&self, gen: u64, home: usize) -> Option<usize> {
+        let word = self.word.load(Ordering::Relaxed);
+        let live = (gen << 1) | 1;
+        if word == (live << LIVE_SHIFT | home as u64) && live >> (64 - LIVE_SHIFT) == 0 {
+            fence(Ordering::Acquire);
+            return Some(home);
+        }
+        if word >> LIVE_SHIFT != live {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        Some(address_in(word))
+    }
+
     /// The generation and address of the live object, if any, from one load.
     pub fn snapshot(&self) -> Option<(u32, usize)> {
         let word = self.word.load(Ordering::Acquire);
@@ -192,6 +217,36 @@ impl Slot {
             (word & GEN_BITS) | (u64::from(link) << 3 & ADDR_MASK),
             Ordering::Relaxed,
         );
+    }
+
+    /// Whether a home slot is free for its home block's next object: never used (all zero) or parked,
+    /// and so neither live, nor on its way back from a removal, nor retired. Lock holder only.
+    pub fn is_free_home(&self) -> bool {
+        let word = self.word.load(Ordering::Relaxed);
+        word == 0 || word & (LIVE | PARKED) == PARKED
+    }
+
+    /// Whether the slot was never used (all zero). Lock holder only.
+    pub fn is_fresh(&self) -> bool {
+        self.word.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether the slot is parked (see `is_free_home`). Lock holder only.
+    pub fn is_parked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & (LIVE | PARKED) == PARKED
+    }
+
+    /// Parks a vacant slot that came back from a removal (lock holder only; see `is_free_home`).
+    pub fn park(&self) {
+        let word = self.word.load(Ordering::Relaxed);
+        debug_assert_eq!(word & LIVE, 0);
+        self.word.store((word & GEN_BITS) | PARKED, Ordering::Relaxed);
+    }
+
+    /// Marks a vacant slot whose generation wrapped as never to be used again (lock holder only).
+    pub fn retire_for_good(&self) {
+        debug_assert_eq!(self.word.load(Ordering::Relaxed) & (LIVE | GEN_BITS), 0);
+        self.word.store(RETIRED, Ordering::Relaxed);
     }
 
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
@@ -289,11 +344,12 @@ impl Slot {
             pins.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let word = self.word.load(Ordering::SeqCst);
+            // The generation first: a vacant slot's low bits are not `MOVING` (see `PARKED`).
+            if word & (GEN_BITS | LIVE) != with_gen(gen) | LIVE {
+                Self::unpin(pins);
+                return None;
+            }
             if word & MOVING == 0 {
-                if word & (GEN_BITS | LIVE) != with_gen(gen) | LIVE {
-                    Self::unpin(pins);
-                    return None;
-                }
                 return Some(address_in(word));
             }
             Self::unpin(pins);

@@ -30,7 +30,7 @@
 use crate::handle::INDEX_BITS;
 use crate::slot::{PinGate, Pins, Slot};
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Slots made accessible at a time: 128 KiB of slots and 64 KiB of pins, whole pages for every page
@@ -58,9 +58,11 @@ struct Claims {
 
 struct Reservation {
     base: *mut u8,
-    /// Slots below this index are writable (`Release` after `mprotect`, `Acquire` by writers that
-    /// look a slot up; readers do not read it).
-    committed: AtomicUsize,
+    /// One bit per chunk of `CHUNK_SLOTS` slots: set once the chunk is writable (`Release` after
+    /// `mprotect`, `Acquire` by writers that look a slot up; readers do not read it).
+    writable: Box<[AtomicU64]>,
+    /// Chunks made writable.
+    chunks: AtomicUsize,
     /// Which slots caches have claimed; claims (and so growth) are serialised by it.
     claims: Mutex<Claims>,
     /// Open once any slot has been pinned: until then a move never reads (or faults in) a pin count.
@@ -103,7 +105,10 @@ impl SlotTable {
             max_slots,
             shared: Arc::new(Reservation {
                 base,
-                committed: AtomicUsize::new(0),
+                writable: (0..RESERVED_SLOTS / CHUNK_SLOTS / 64)
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+                chunks: AtomicUsize::new(0),
                 claims: Mutex::default(),
                 gate: PinGate::new(),
             }),
@@ -151,12 +156,60 @@ impl SlotTable {
     /// The slot at `index`, if it has been made writable (wait-free).
     #[inline]
     pub(crate) fn get(&self, index: u32) -> Option<&Slot> {
-        if index as usize >= self.shared.committed.load(Ordering::Acquire) {
+        if !self.is_writable(index) {
             return None;
         }
-        // SAFETY: below `committed`, the slot is accessible, zero-initialised memory that lives as long
-        // as the table, and `Slot` is one `AtomicU64` (valid for any bits).
+        // SAFETY: in a writable chunk, the slot is accessible, zero-initialised memory that lives as
+        // long as the table, and `Slot` is one `AtomicU64` (valid for any bits).
         Some(unsafe { &*self.base.cast::<Slot>().add(index as usize) })
+    }
+
+    /// Whether the chunk of slot `index` has been made writable.
+    #[inline]
+    fn is_writable(&self, index: u32) -> bool {
+        let chunk = index as usize / CHUNK_SLOTS;
+        (index as usize) < self.max_slots
+            && self.shared.writable[chunk / 64].load(Ordering::Acquire) & (1 << (chunk % 64)) != 0
+    }
+
+    /// The slot at `index` (below the table's size), its chunk made writable first if it is not yet.
+    /// `None` if memory is exhausted. For a cache that owns its table and uses slots wherever its
+    /// objects' homes are (see `home`), rather than claiming runs.
+    pub(crate) fn get_or_commit(&self, index: u32) -> Option<&Slot> {
+        if !self.is_writable(index) {
+            let chunk = index as usize / CHUNK_SLOTS;
+            let _claims = self.claims();
+            if !self.is_writable(index) && !self.commit(chunk..chunk + 1) {
+                return None;
+            }
+        }
+        self.get(index)
+    }
+
+    /// Makes the chunks `chunks` writable (those that are not yet); false if `mprotect` fails. The
+    /// caller holds the claims lock, which serialises commits.
+    fn commit(&self, chunks: Range<usize>) -> bool {
+        for chunk in chunks {
+            let (word, bit) = (&self.shared.writable[chunk / 64], 1u64 << (chunk % 64));
+            if word.load(Ordering::Relaxed) & bit != 0 {
+                continue;
+            }
+            let slots = chunk * CHUNK_SLOTS * size_of::<Slot>();
+            let pins = chunk * CHUNK_SLOTS * size_of::<Pins>();
+            // SAFETY: both ranges lie inside the reservation (chunks below `max_slots`) and are page
+            // aligned (`CHUNK_SLOTS` of either makes whole pages); making them accessible touches no
+            // live memory.
+            let ok = unsafe {
+                protect(self.base.add(slots), CHUNK_SLOTS * size_of::<Slot>())
+                    && protect(self.pins_base().add(pins), CHUNK_SLOTS * size_of::<Pins>())
+            };
+            if !ok {
+                return false;
+            }
+            word.fetch_or(bit, Ordering::Release);
+            self.shared.chunks.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Starts loading the slot at `index` and its pin count into the cache (a hint; nothing for slots
@@ -179,15 +232,45 @@ impl SlotTable {
     /// The pin counter of the slot at `index`, which `get` returned.
     #[inline]
     pub(crate) fn pins(&self, index: u32) -> &Pins {
-        debug_assert!((index as usize) < self.shared.committed.load(Ordering::Relaxed));
+        debug_assert!(self.is_writable(index));
         // SAFETY: as in `get`: the counters of committed slots are accessible and zero-initialised.
         unsafe { &*self.pins_base().cast::<Pins>().add(index as usize) }
     }
 
     /// Slots accessible now (in the whole table, whoever claimed them).
     pub(crate) fn committed(&self) -> usize {
-        self.shared.committed.load(Ordering::Acquire)
+        self.shared.chunks.load(Ordering::Relaxed) * CHUNK_SLOTS
     }
+
+    /// Bytes of the table (slots and pin counts) resident now, as the kernel reports them
+    /// (`mincore` over the writable chunks: no other page can have been written).
+    pub(crate) fn resident_bytes(&self) -> usize {
+        let page = alloc_core::page_size();
+        let mut in_core = vec![0u8; (CHUNK_SLOTS * size_of::<Slot>()).div_ceil(page)];
+        let mut resident = 0;
+        for chunk in 0..self.max_slots / CHUNK_SLOTS {
+            if !self.is_writable((chunk * CHUNK_SLOTS) as u32) {
+                continue;
+            }
+            for (base, bytes) in [
+                (self.base, size_of::<Slot>()),
+                (self.pins_base(), size_of::<Pins>()),
+            ] {
+                let len = CHUNK_SLOTS * bytes;
+                // SAFETY: a page-aligned range of the reservation, which stays mapped while the
+                // table lives; `in_core` has an entry for each of its pages.
+                let ok = unsafe {
+                    libc::mincore(base.add(chunk * len).cast(), len, in_core.as_mut_ptr()) == 0
+                };
+                if ok {
+                    let pages = in_core[..len.div_ceil(page)].iter();
+                    resident += pages.filter(|&&p| p & 1 != 0).count() * page;
+                }
+            }
+        }
+        resident
+    }
+
 
     /// Claims slots for one cache: the run given back last, if any (then of the size it was given back
     /// with: the sharers all claim alike), else the next `want` slots (fewer at the end of the table),
@@ -202,21 +285,8 @@ impl SlotTable {
         if start == end {
             return None;
         }
-        let committed = self.shared.committed.load(Ordering::Relaxed);
-        if end > committed {
-            let grown = end.next_multiple_of(CHUNK_SLOTS).min(self.max_slots);
-            let slots = committed * size_of::<Slot>()..grown * size_of::<Slot>();
-            let pins = committed * size_of::<Pins>()..grown * size_of::<Pins>();
-            // SAFETY: both ranges lie inside the reservation (`grown <= max_slots`) and are page
-            // aligned (multiples of `CHUNK_SLOTS`); making them accessible touches no live memory.
-            let ok = unsafe {
-                protect(self.base.add(slots.start), slots.len())
-                    && protect(self.pins_base().add(pins.start), pins.len())
-            };
-            if !ok {
-                return None;
-            }
-            self.shared.committed.store(grown, Ordering::Release);
+        if !self.commit(start / CHUNK_SLOTS..end.div_ceil(CHUNK_SLOTS)) {
+            return None;
         }
         claims.end = end;
         Some(start as u32..end as u32)
@@ -250,6 +320,12 @@ impl ReadOnlySlot<'_> {
     #[inline]
     pub(crate) fn read(&self, gen: u64) -> Option<usize> {
         self.0.read(gen)
+    }
+
+    /// See [`Slot::read_at`].
+    #[inline]
+    pub(crate) fn read_at(&self, gen: u64, home: usize) -> Option<usize> {
+        self.0.read_at(gen, home)
     }
 }
 

@@ -297,7 +297,7 @@ fn size_classes_share_one_handle_table() {
         "runs of one table: {indices:?}"
     );
     assert_eq!(
-        cache.stats().table_bytes,
+        cache.stats().table_committed_bytes,
         (16 << 10) * 8,
         "one chunk of one table"
     );
@@ -355,7 +355,7 @@ fn a_class_gives_its_vacant_slot_runs_to_the_next_class() {
         .iter()
         .all(|&i| (RUN as u64..79 * RUN as u64 + 2 * RUN as u64).contains(&i)));
     assert_eq!(
-        cache.stats().table_bytes,
+        cache.stats().table_committed_bytes,
         (32 << 10) * 8,
         "two chunks of table (three without the runs given back)"
     );
@@ -506,7 +506,7 @@ fn drifting_sizes_reuse_slots_given_back_and_match_a_model() {
     assert_eq!(cache.stats().counters.returned_slots, given as u64);
     // Without giving back, each band's classes would keep their own peaks' slots: 49,152 table
     // slots here (three chunks of 16,384) for a peak of about 6,300 live blobs; with it, one chunk.
-    let table_slots = cache.stats().table_bytes / 8;
+    let table_slots = cache.stats().table_committed_bytes / 8;
     assert!(
         table_slots <= (peak_live * 2).next_multiple_of(16 << 10),
         "{table_slots} table slots for a peak of {peak_live} live blobs"
@@ -636,7 +636,7 @@ fn the_background_compactor_compacts_blobs_and_gives_vacant_slots_back() {
     let large: Vec<BlobHandle> = (0..N)
         .map(|i| cache.insert(&value(!(i as u64), 1000)).unwrap())
         .collect();
-    assert_eq!(cache.stats().table_bytes, (32 << 10) * 8);
+    assert_eq!(cache.stats().table_committed_bytes, (32 << 10) * 8);
     // What the compactor reports doing is what the cache counted.
     let report = compactor.stop();
     let counters = cache.stats().counters;

@@ -1,0 +1,146 @@
+//! Home slots: handle-table indices that name a block's place, so a read can find an object without
+//! waiting for its slot.
+//!
+//! A plain handle table costs a `get` two dependent cache misses after the handle: the slot, then
+//! the object at the address the slot holds. A cache that owns its table (every [`crate::RelocCache`]
+//! but the byte-blob classes) instead gives each block of the movable region a *home* slot, whose
+//! index the block's place determines:
+//!
+//! ```text
+//!   index = (unit << shift) | block          unit:  the slab's first 64 KiB unit in the region
+//!                                            block: the block's index in its slab (< 2^shift)
+//!   home  = data_start + (unit << 16) + block * block_bytes
+//! ```
+//!
+//! `shift` is the slab's capacity rounded up to a power of two, so a slab's indices are
+//! `unit << shift ..` that plus its capacity, and slabs (which start at least one unit apart) never
+//! share one. An insert takes its block's home slot when that slot is free, and a *spare* slot
+//! otherwise. A read computes the home address from the index alone and loads the object there in
+//! parallel with the slot, then confirms from the slot that the object is live at its home (a
+//! compare, which the branch predictor gets right for objects at home); for an object elsewhere
+//! (moved by compaction, or inserted into a block whose home slot was taken) it reads the address
+//! from the slot as before. Correctness never rests on the home: the slot decides.
+//!
+//! Which slots are used how (all under the cache's lock):
+//! - Spares are claimed from the top of the index space down (`Inner::spare_floor`): indices at or
+//!   above the floor are spares for good, linked on the cache's free list when vacant. A claim that
+//!   reaches down into home slots converts the free ones and skips the used ones (which become spares
+//!   when they come back).
+//! - Below the floor, a slot that comes back from a removal is *parked* (see `slot`): it waits for
+//!   its home block's next object. A parked slot whose block is occupied by a moved-in object just
+//!   waits longer; it is never handed to another block.
+//! - Blocks beyond the index space (a region used past `2^INDEX_BITS >> shift` units) have no home:
+//!   their objects take spares.
+//!
+//! A byte-blob class shares its table with the other classes, which claim runs of it, so it has no
+//! homes ([`Homes::NONE`]: every home address is 0, which no live slot holds).
+
+use crate::handle::INDEX_BITS;
+use alloc_core::movable::{BlockPlace, MovableHeap};
+use alloc_core::size_class::UNIT_SHIFT;
+
+/// The home geometry of one cache (see the module doc).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Homes {
+    data_start: usize,
+    /// log2 of the index stride of a unit (`INDEX_BITS` for no homes: every index's unit part then
+    /// shifts to 0).
+    shift: u32,
+    /// `(1 << shift) - 1`, or 0 for no homes.
+    mask: u32,
+    /// The block size, or 0 for no homes.
+    block_bytes: usize,
+}
+
+impl Homes {
+    /// No homes: every home address is 0.
+    pub(crate) const NONE: Self = Self {
+        data_start: 0,
+        shift: INDEX_BITS,
+        mask: 0,
+        block_bytes: 0,
+    };
+
+    /// The homes of `heap`'s blocks (the movable region is reserved).
+    pub(crate) fn of(heap: &MovableHeap) -> Self {
+        let shift = heap.slab_capacity().next_power_of_two().trailing_zeros();
+        Self {
+            data_start: alloc_core::movable::data_start(),
+            shift,
+            mask: (1 << shift) - 1,
+            block_bytes: heap.block_bytes(),
+        }
+    }
+
+    pub(crate) fn exist(&self) -> bool {
+        self.block_bytes != 0
+    }
+
+    /// The home address of slot `index` (0 for no homes). No load, so the object's load can start
+    /// as soon as the handle is known.
+    #[inline]
+    pub(crate) fn address(&self, index: u32) -> usize {
+        let unit = (index >> self.shift) as usize;
+        let block = (index & self.mask) as usize;
+        self.data_start + (unit << UNIT_SHIFT) + block * self.block_bytes
+    }
+
+    /// The home slot of the block at `place`, if it has one.
+    pub(crate) fn index(&self, place: BlockPlace) -> Option<u32> {
+        if !self.exist() || place.unit >= 1 << (INDEX_BITS - self.shift) {
+            return None;
+        }
+        debug_assert!(place.index <= self.mask as usize);
+        Some((place.unit << self.shift | place.index) as u32)
+    }
+
+    /// The home slots of the slab whose first unit is `unit`: a range as long as the stride.
+    pub(crate) fn unit_slots(&self, unit: u32) -> std::ops::Range<u32> {
+        let start = unit << self.shift;
+        start..start + self.mask + 1
+    }
+
+    /// The unit part of home slot `index`.
+    pub(crate) fn unit_of(&self, index: u32) -> u32 {
+        index >> self.shift
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_home_index_names_its_block_and_no_other() {
+        assert!(alloc_core::movable::reserve_movable_region());
+        for bytes in [8, 24, 64, 200, 1000, 3000, 32 << 10] {
+            let mut heap = MovableHeap::new(bytes).expect("a movable size");
+            let homes = Homes::of(&heap);
+            let mut seen = std::collections::HashSet::new();
+            let mut blocks = Vec::new();
+            for _ in 0..3 * heap.slab_capacity() {
+                let mut place = None;
+                let block = heap
+                    .alloc_placed(|p| {
+                        place = Some(p);
+                        0
+                    })
+                    .expect("memory");
+                let index = homes.index(place.expect("called")).expect("a home");
+                assert_eq!(homes.address(index), block.as_ptr() as usize, "{bytes} B");
+                assert!(homes.unit_slots(homes.unit_of(index)).contains(&index));
+                assert!(seen.insert(index), "two blocks share home {index}");
+                blocks.push(block);
+            }
+            for block in blocks {
+                // SAFETY: allocated above from this heap.
+                unsafe { heap.free(block) };
+            }
+        }
+        assert_eq!(Homes::NONE.address(12345), 0);
+        assert_eq!(Homes::NONE.address(u32::MAX >> 4), 0);
+        assert!(Homes::NONE
+            .index(BlockPlace { unit: 0, index: 0 })
+            .is_none());
+    }
+}

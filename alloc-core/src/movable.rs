@@ -213,7 +213,10 @@ impl MovableHeap {
     /// Allocates a block, as [`Self::alloc`] does, and records in its back-map entry the owner that
     /// `owner_at` names for the block's place (called once, only when a block was found).
     #[inline]
-    pub fn alloc_placed(&mut self, owner_at: impl FnOnce(BlockPlace) -> u32) -> Option<NonNull<u8>> {
+    pub fn alloc_placed(
+        &mut self,
+        owner_at: impl FnOnce(BlockPlace) -> u32,
+    ) -> Option<NonNull<u8>> {
         loop {
             let slab = self.avail.head();
             if slab.is_null() {

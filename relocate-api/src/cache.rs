@@ -260,7 +260,8 @@ impl Inner {
             if self.fresh.is_empty() {
                 let run = if homes {
                     let top = self.spare_floor;
-                    self.spare_floor = top.checked_sub(1)? / claim_slots as u32 * claim_slots as u32;
+                    self.spare_floor =
+                        top.checked_sub(1)? / claim_slots as u32 * claim_slots as u32;
                     self.spare_floor..top
                 } else {
                     table.claim(claim_slots)?
@@ -1115,7 +1116,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         T: Relocatable,
     {
         self.check_guard(guard);
-        let ranges = (self.inner.lock().unwrap_or_else(|e| e.into_inner())).slot_ranges(&self.homes);
+        let ranges =
+            (self.inner.lock().unwrap_or_else(|e| e.into_inner())).slot_ranges(&self.homes);
         for index in ranges.into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {
                 continue;
@@ -1190,6 +1192,51 @@ impl<T, R> Drop for RelocCache<T, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Budget;
+
+    /// Objects inserted into a fresh cache sit in their blocks' home slots, so `get` finds them at
+    /// the address it computed from the handle; once compaction moves them, at the address their
+    /// slots hold. Either way each handle reads its own object.
+    #[test]
+    fn objects_are_read_at_home_until_they_move() {
+        let cache: RelocCache<[u64; 8]> = RelocCache::new().unwrap();
+        let reader = cache.reader();
+        let handles: Vec<Handle<[u64; 8]>> = (0..20_000u64)
+            .map(|i| cache.insert([i; 8]).unwrap())
+            .collect();
+        let guard = reader.pin();
+        let at = |h: Handle<[u64; 8]>| cache.get(h, &guard).map(|o| o as *const _ as usize);
+        for (i, &h) in handles.iter().enumerate() {
+            assert_eq!(cache.get(h, &guard), Some(&[i as u64; 8]));
+            assert_eq!(
+                at(h),
+                Some(cache.homes.address(h.index())),
+                "object {i} not at home"
+            );
+        }
+        let kept: Vec<(usize, Handle<[u64; 8]>)> = (handles.iter().copied().enumerate())
+            .filter(|&(i, h)| i % 10 == 0 || !cache.remove(h, &guard))
+            .collect();
+        drop(guard);
+        cache.flush(&reader);
+        let guard = reader.pin();
+        let report = cache.compact(&guard, Budget::Unlimited).unwrap();
+        assert!(report.moved_objects > 0);
+        let at = |h: Handle<[u64; 8]>| cache.get(h, &guard).map(|o| o as *const _ as usize);
+        let mut away = 0;
+        for &(i, h) in &kept {
+            assert_eq!(cache.get(h, &guard), Some(&[i as u64; 8]));
+            away += usize::from(at(h) != Some(cache.homes.address(h.index())));
+        }
+        assert_eq!(
+            away, report.moved_objects,
+            "moved objects read through their slots"
+        );
+        // A handle with another cache's tag never reads an object at home.
+        let h = kept[0].1;
+        let foreign = Handle::<[u64; 8]>::new(h.index(), h.gen() ^ tag_bits(1));
+        assert_eq!(cache.get(foreign, &guard), None);
+    }
 
     #[test]
     fn split_out_cuts_runs_out_of_ranges() {

@@ -470,7 +470,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             live_bytes,
             slabs,
             resident_bytes: resident,
-            table_committed_bytes: self.table.committed() * std::mem::size_of::<crate::slot::Slot>(),
+            table_committed_bytes: self.table.committed()
+                * std::mem::size_of::<crate::slot::Slot>(),
             table_bytes: self.table.resident_bytes(),
             fragmentation: if live_bytes == 0 {
                 1.0

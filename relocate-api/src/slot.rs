@@ -240,7 +240,8 @@ impl Slot {
     pub fn park(&self) {
         let word = self.word.load(Ordering::Relaxed);
         debug_assert_eq!(word & LIVE, 0);
-        self.word.store((word & GEN_BITS) | PARKED, Ordering::Relaxed);
+        self.word
+            .store((word & GEN_BITS) | PARKED, Ordering::Relaxed);
     }
 
     /// Marks a vacant slot whose generation wrapped as never to be used again (lock holder only).
@@ -424,6 +425,39 @@ mod tests {
         slot.publish_new(0x3000);
         assert_eq!(slot.read(1), Some(0x3000));
         assert_eq!(slot.read(0), None);
+    }
+
+    #[test]
+    fn a_read_at_home_answers_as_a_read_does() {
+        let (slot, gate, pins) = (Slot::new(), PinGate::new(), Pins::new(0));
+        let home = 0x4000;
+        assert_eq!(slot.read_at(0, home), None, "vacant");
+        slot.publish_new(home);
+        assert_eq!(slot.read_at(0, home), Some(home));
+        assert_eq!(slot.read_at(1, home), None, "another generation");
+        let foreign = (1 << GEN_COUNTER_BITS) as u64;
+        assert_eq!(slot.read_at(foreign, home), None, "another cache's tag");
+        assert!(slot.try_isolate(&gate, &pins, home));
+        assert_eq!(
+            slot.read_at(0, home),
+            Some(home),
+            "moving: read where it was"
+        );
+        slot.publish_move(0x8000);
+        assert_eq!(slot.read_at(0, home), Some(0x8000), "moved away from home");
+        assert_eq!(slot.begin_remove(0), Some(0x8000));
+        assert!(!slot.is_free_home(), "on its way back");
+        slot.park();
+        assert!(slot.is_free_home() && slot.is_parked() && !slot.is_fresh());
+        assert_eq!(slot.read_at(1, home), None, "parked is vacant");
+        assert_eq!(slot.begin_write(1), None);
+        assert_eq!(
+            slot.pin(&gate, &pins, 1),
+            None,
+            "a pin does not wait on a parked slot"
+        );
+        slot.publish_new(home);
+        assert_eq!(slot.read_at(1, home), Some(home));
     }
 
     #[test]

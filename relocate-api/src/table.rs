@@ -271,7 +271,6 @@ impl SlotTable {
         resident
     }
 
-
     /// Claims slots for one cache: the run given back last, if any (then of the size it was given back
     /// with: the sharers all claim alike), else the next `want` slots (fewer at the end of the table),
     /// made accessible first. `None` when the table is full or memory is exhausted.

@@ -9,8 +9,9 @@
 //! the guard collects a batch of such blocks (and the vacant slots of removed objects), hands the
 //! slots to `retired` and the blocks to one deferred function that (drops the old values if it must
 //! and) queues them on `retired`; the next operation that holds `inner` returns the blocks to the
-//! movable heap and links the slots into the free list. Deferred functions never take `inner`, so they
-//! may run on any thread at any time without deadlock.
+//! movable heap and takes the slots back (parks a home slot for its block's next object, links any
+//! other into the free list; see `home`). Deferred functions never take `inner`, so they may run on
+//! any thread at any time without deadlock.
 
 use crate::handle::{Handle, INDEX_BITS};
 use crate::home::Homes;

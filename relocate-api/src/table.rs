@@ -15,13 +15,17 @@
 //! owner stay stale under the new one.
 //!
 //! Readers ([`SlotTable::for_read`]) do not check an index at all: every index a handle can hold lies
-//! in the reservation (the index is masked to its bits), and the committed part (an atomic that growth
-//! writes) is for writers: a slot above it reads as zero, vacant, from the kernel's shared zero page,
-//! which is not counted as resident. No load and no branch for the bound, in the `get` loop that
+//! in the reservation (the index is masked to its bits), and which chunks are writable (a bitmap
+//! that growth writes) is for writers: a slot elsewhere reads as zero, vacant, from the kernel's
+//! shared zero page, which is not counted as resident. No load and no branch for the bound, in the `get` loop that
 //! counts every instruction. (A forged
 //! handle can so make the kernel map the zero page at an unused index: page tables, at most 8 bytes
 //! per 4 KiB of slots, about 4 MiB for a whole table.) Whatever writes to a slot
-//! (or a pin count) finds it with [`SlotTable::get`], bounded by the committed part.
+//! (or a pin count) finds it with [`SlotTable::get`], which checks the chunk is writable.
+//!
+//! Sharers claim runs, and the table grows as a prefix. A cache that owns its table and uses home
+//! slots (see `home`) instead makes writable whichever chunks its homes and spares fall in
+//! ([`SlotTable::get_or_commit`]), so its writable chunks need not be contiguous.
 //!
 //! The table does not ask for transparent huge pages: a huge page makes a whole 2 MiB resident for
 //! the first slot used in it, and the table's resident size is part of the cache's footprint (in the
@@ -72,7 +76,7 @@ struct Reservation {
 // SAFETY: the table only hands out shared references to atomics in memory it owns until the last
 // sharer drops it; `base` and `max_slots` never change.
 unsafe impl Send for SlotTable {}
-// SAFETY: as above; growth is serialised by `claims` and published through `committed`.
+// SAFETY: as above; growth is serialised by `claims` and published through `writable`.
 unsafe impl Sync for SlotTable {}
 // SAFETY: as for `SlotTable`.
 unsafe impl Send for Reservation {}
@@ -133,8 +137,8 @@ impl SlotTable {
         unsafe { self.base.add(RESERVED_SLOTS * size_of::<Slot>()) }
     }
 
-    /// The slot at `index` (masked to a handle's index bits) for reading only (wait-free). Above the
-    /// committed part it reads as vacant.
+    /// The slot at `index` (masked to a handle's index bits) for reading only (wait-free). Outside the
+    /// writable chunks it reads as vacant.
     #[inline]
     pub(crate) fn for_read(&self, index: u32) -> ReadOnlySlot<'_> {
         let index = index as usize & (RESERVED_SLOTS - 1);
@@ -144,7 +148,7 @@ impl SlotTable {
     }
 
     /// Starts loading the slot at `index` (masked as in `for_read`) into the cache, for a read or a
-    /// write soon (a hint: it cannot fault, and a slot above the committed part reads as the zero
+    /// write soon (a hint: it cannot fault, and a slot outside the writable chunks reads as the zero
     /// page). Asking for the line in exclusive state, for a removal's write, made no difference in the
     /// `handles` benchmark's removals.
     #[inline]

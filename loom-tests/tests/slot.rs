@@ -10,9 +10,10 @@
 //! while a reader still holds the old block is `tests/slot_retire.rs`. What each model proves, for
 //! every interleaving up to the preemption bound:
 //!
-//! - `read_vs_move`: a reader (`read(gen)`, then the object) sees a whole, valid object, the old copy
-//!   or the new one, never a half-published one (`publish_move`'s release pairs with `read`'s acquire);
-//!   a wrong generation never resolves; and the slot ends at the copy.
+//! - `read_vs_move`: a reader (`read(gen)`, then the object; then `read_at(gen, home)` with the
+//!   object's first address as its home, as a `RelocCache`'s `get` reads) sees a whole, valid object,
+//!   the old copy or the new one, never a half-published one (`publish_move`'s release pairs with the
+//!   reads' acquire); a wrong generation never resolves; and the slot ends at the copy.
 //! - `write_vs_move`: a writer (`begin_write` → build a new object from the old → `finish_write`) and
 //!   the mover hold the object one at a time (loom checks an `UnsafeCell` both touch while they hold
 //!   it): the mover's `try_isolate` fails while the writer holds it, the writer waits while the move is
@@ -32,6 +33,11 @@
 //!   old handle racing a remove and the slot's reuse by an insert (`publish_new`) gets the removed
 //!   object or `None`, never the new object; a reader with the next generation gets the new object,
 //!   whole, or `None`. This is `read` comparing the generation and the address from one load.
+//!
+//! - `read_at_home_vs_move_home`: a reader that reads at the object's home (`read_at`) while the
+//!   mover moves the object *into* that home (as compaction can) gets the old copy through the slot,
+//!   or the home, whole: the home answer's acquire pairs with `publish_move`'s release, so the
+//!   reader sees the copy the mover wrote there.
 //!
 //! Every model counts with a `Coverage` that the race it is about happened (the move won, lost, made
 //! the other side wait).
@@ -161,9 +167,10 @@ fn read_vs_move() {
             VALUE,
             "the reader saw the wrong value"
         );
+        // The second get as a `RelocCache` makes it: at the object's home (where it was first).
         let second_read = s
             .slot
-            .read(u64::from(s.gen))
+            .read_at(u64::from(s.gen), s.first)
             .expect("the object is never removed");
         assert_eq!(
             s.objects.read(second_read),
@@ -171,6 +178,10 @@ fn read_vs_move() {
             "the reader saw the wrong value"
         );
         assert_eq!(s.slot.read(u64::from(s.gen.wrapping_add(1))), None);
+        assert_eq!(
+            s.slot.read_at(u64::from(s.gen.wrapping_add(1)), s.first),
+            None
+        );
 
         let new = mover.join().unwrap();
         assert_ne!(new, s.first);
@@ -507,4 +518,48 @@ fn generation_snapshot_vs_remove_and_reuse() {
         s.objects
             .assert_freed_all_but(&reused.into_iter().collect::<Vec<_>>());
     });
+}
+
+static READ_AT_HOME_AFTER_MOVE: Coverage =
+    Coverage::new("read_at_home_vs_move_home: the reader read the copy the move put at home");
+static READ_AT_HOME_BEFORE_MOVE: Coverage =
+    Coverage::new("read_at_home_vs_move_home: the reader read the object where it was");
+
+#[test]
+fn read_at_home_vs_move_home() {
+    loom_tests::model(|| {
+        let s = Setup::new();
+        // The object's home block: free as far as the slot knows; the move writes the copy into it.
+        let home = s.objects.alloc(0);
+        let mover = {
+            let s = s.clone();
+            thread::spawn(move || {
+                assert!(s.slot.try_isolate(&s.gate, &s.pins, s.first));
+                s.objects.write(home, s.objects.read(s.first));
+                thread::yield_now();
+                s.slot.publish_move(home);
+            })
+        };
+        // Two gets, a yield apart (as in `read_vs_move`), so that the move can be published between.
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            thread::yield_now();
+            let addr = (s.slot.read_at(u64::from(s.gen), home)).expect("never removed");
+            assert!(addr == s.first || addr == home);
+            assert_eq!(
+                s.objects.read(addr),
+                VALUE,
+                "the reader saw the wrong value"
+            );
+            got.push(addr);
+        }
+        READ_AT_HOME_AFTER_MOVE.record(got.contains(&home));
+        READ_AT_HOME_BEFORE_MOVE.record(got.contains(&s.first));
+        mover.join().unwrap();
+        assert_eq!(s.slot.read_at(u64::from(s.gen), home), Some(home));
+        s.objects.free(s.first);
+        s.objects.assert_freed_all_but(&[home]);
+    });
+    READ_AT_HOME_AFTER_MOVE.assert_reached();
+    READ_AT_HOME_BEFORE_MOVE.assert_reached();
 }

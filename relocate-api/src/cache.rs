@@ -282,15 +282,15 @@ impl Inner {
             // A home slot the spares reached may be in use: it is linked when it comes back.
             let slot = table.get_or_commit(index)?;
             if slot.is_free_home() {
-                self.took_home_slot(slot);
+                self.took_home_slot(slot.is_fresh());
                 return Some(index);
             }
         }
     }
 
-    /// Counts a free home slot (fresh or parked) as taken.
-    fn took_home_slot(&mut self, slot: &Slot) {
-        if slot.is_fresh() {
+    /// Counts a free home slot, `fresh` or parked, as taken.
+    fn took_home_slot(&mut self, fresh: bool) {
+        if fresh {
             self.touched += 1;
         } else {
             self.parked -= 1;
@@ -807,11 +807,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             free_head,
             spare_floor,
             home_units,
-            touched,
-            parked,
             ..
         } = inner;
-        let (mut index, mut home_unit) = (0, None);
+        // The slot, and whether it is its block's home slot (and was fresh).
+        let (mut index, mut home_taken) = (0, None);
         let block = heap.alloc_placed(|place| {
             let home = homes.index(place).filter(|&home| home < *spare_floor);
             // In a unit never used, the home slot is fresh: not read (its page stays untouched)
@@ -824,12 +823,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let home = home.filter(|&home| may_touch_more || unit_used(home));
             index = match home.map(|home| (home, table.get_or_commit(home))) {
                 Some((home, Some(slot))) if free(slot) => {
-                    if slot.is_fresh() {
-                        *touched += 1;
-                    } else {
-                        *parked -= 1;
-                    }
-                    home_unit = Some(homes.unit_of(home));
+                    home_taken = Some(slot.is_fresh());
                     home
                 }
                 _ => {
@@ -848,14 +842,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             // Never for alloc-core's movable blocks; checked rather than assumed.
             // SAFETY: allocated just now from this heap and never published.
             unsafe { inner.heap.free(block) };
-            if home_unit.is_none() {
+            if home_taken.is_none() {
                 slot.set_free_link(inner.free_head);
                 inner.free_head = index + 1;
             }
             return Err(CacheError::OutOfMemory);
         }
-        if let Some(unit) = home_unit {
-            inner.note_home_unit(unit);
+        if let Some(fresh) = home_taken {
+            inner.took_home_slot(fresh);
+            inner.note_home_unit(self.homes.unit_of(index));
         }
         init(block);
         inner.inserted += 1;

@@ -43,28 +43,60 @@ pub const MIN_MOVABLE_BYTES: usize = BACKMAP_GRANULE;
 /// and every byte of rounding is resident for each object it holds. The slab is the shortest run of
 /// 1 to 4 units that loses at most 1/32 at its tail and holds at least 8 blocks; failing that, the one
 /// that loses the smallest share. `None` above the largest slab block or for alignments above a unit.
-pub fn movable_geometry(bytes: usize, align: usize) -> Option<ClassInfo> {
+pub const fn movable_geometry(bytes: usize, align: usize) -> Option<ClassInfo> {
     if !align.is_power_of_two() || align > UNIT_BYTES {
         return None;
     }
-    let block = bytes
-        .max(MIN_MOVABLE_BYTES)
-        .checked_next_multiple_of(align.max(LIVE_GRANULE))?;
+    let least = if bytes > MIN_MOVABLE_BYTES {
+        bytes
+    } else {
+        MIN_MOVABLE_BYTES
+    };
+    let granule = if align > LIVE_GRANULE {
+        align
+    } else {
+        LIVE_GRANULE
+    };
+    let Some(block) = least.checked_next_multiple_of(granule) else {
+        return None;
+    };
     if block > MAX_SMALL_BYTES {
         return None;
     }
-    let capacity_of = |units: usize| (units * UNIT_BYTES / block).min(arena::BACKMAP_ROWS);
-    let waste_of = |units: usize| units * UNIT_BYTES - capacity_of(units) * block;
-    let units = (1..=MAX_SLAB_UNITS)
-        .find(|&u| waste_of(u) * 32 <= u * UNIT_BYTES && capacity_of(u) >= 8)
-        .or_else(|| {
-            // The smallest share of its slab lost: compare waste(a)/a with waste(b)/b.
-            (1..=MAX_SLAB_UNITS).min_by_key(|&u| waste_of(u) * 12 / u)
-        })?;
+    // (A `const fn`, so that a cache can know its geometry at compile time: loops, not iterators.)
+    const fn capacity_of(units: usize, block: usize) -> usize {
+        let fit = units * UNIT_BYTES / block;
+        if fit < arena::BACKMAP_ROWS {
+            fit
+        } else {
+            arena::BACKMAP_ROWS
+        }
+    }
+    const fn waste_of(units: usize, block: usize) -> usize {
+        units * UNIT_BYTES - capacity_of(units, block) * block
+    }
+    let mut units = 1;
+    while units <= MAX_SLAB_UNITS {
+        if waste_of(units, block) * 32 <= units * UNIT_BYTES && capacity_of(units, block) >= 8 {
+            break;
+        }
+        units += 1;
+    }
+    if units > MAX_SLAB_UNITS {
+        // The smallest share of its slab lost (waste(u)/u), the shortest such run on a tie.
+        units = 1;
+        let mut u = 2;
+        while u <= MAX_SLAB_UNITS {
+            if waste_of(u, block) * 12 / u < waste_of(units, block) * 12 / units {
+                units = u;
+            }
+            u += 1;
+        }
+    }
     Some(ClassInfo {
         block_bytes: block as u32,
         slab_units: units as u8,
-        capacity: capacity_of(units) as u32,
+        capacity: capacity_of(units, block) as u32,
     })
 }
 

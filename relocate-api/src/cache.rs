@@ -14,7 +14,7 @@
 //! any thread at any time without deadlock.
 
 use crate::handle::{Handle, INDEX_BITS};
-use crate::home::Homes;
+use crate::home::{HomeOf, Homes};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::retire::{OpenBatch, Retired};
 use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
@@ -638,6 +638,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         let homes = if homes { Homes::of(&heap) } else { Homes::NONE };
+        debug_assert!(!homes.exist() || homes.is_that_of::<T>());
         Ok(Self {
             table,
             claim_slots,
@@ -908,7 +909,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         let index = handle.index();
         // Computed from the index alone: the object's load need not wait for the slot's (`home`).
-        let home = self.homes.address(index);
+        let home = HomeOf::<T>::address(self.homes.base(), index);
         (self.table.for_read(index)).read_at(handle.gen() ^ self.tag_bits, home)
     }
 

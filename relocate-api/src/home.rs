@@ -36,8 +36,9 @@
 //! homes ([`Homes::NONE`]: every home address is 0, which no live slot holds).
 
 use crate::handle::INDEX_BITS;
-use alloc_core::movable::{BlockPlace, MovableHeap};
+use alloc_core::movable::{movable_geometry, BlockPlace, MovableHeap};
 use alloc_core::size_class::UNIT_SHIFT;
+use core::marker::PhantomData;
 
 /// The home geometry of one cache (see the module doc).
 #[derive(Clone, Copy, Debug)]
@@ -76,13 +77,17 @@ impl Homes {
         self.block_bytes != 0
     }
 
-    /// The home address of slot `index` (0 for no homes). No load, so the object's load can start
-    /// as soon as the handle is known.
-    #[inline]
+    /// The home address of slot `index` (0 for no homes).
+    #[cfg(test)]
     pub(crate) fn address(&self, index: u32) -> usize {
         let unit = (index >> self.shift) as usize;
         let block = (index & self.mask) as usize;
         self.data_start + (unit << UNIT_SHIFT) + block * self.block_bytes
+    }
+
+    /// Where home addresses are counted from: the region's data, or 0 for no homes.
+    pub(crate) fn base(&self) -> usize {
+        self.data_start
     }
 
     /// The home slot of the block at `place`, if it has one.
@@ -94,6 +99,11 @@ impl Homes {
         Some((place.unit << self.shift | place.index) as u32)
     }
 
+    /// Whether a cache of `T` (with homes) has the geometry `HomeOf<T>` computed at compile time.
+    pub(crate) fn is_that_of<T>(&self) -> bool {
+        self.shift == HomeOf::<T>::SHIFT && self.block_bytes == HomeOf::<T>::BLOCK_BYTES
+    }
+
     /// The home slots of the slab whose first unit is `unit`: a range as long as the stride.
     pub(crate) fn unit_slots(&self, unit: u32) -> std::ops::Range<u32> {
         let start = unit << self.shift;
@@ -103,6 +113,34 @@ impl Homes {
     /// The unit part of home slot `index`.
     pub(crate) fn unit_of(&self, index: u32) -> u32 {
         index >> self.shift
+    }
+}
+
+/// The home geometry of a cache of `T`'s own blocks (`size_of::<T>()` bytes, aligned to `T`), at
+/// compile time: a `get` computes the home address with constant shifts and a constant multiplier,
+/// from the handle and one load (the base), so the object's load can start as soon as the handle
+/// is known.
+pub(crate) struct HomeOf<T>(PhantomData<T>);
+
+impl<T> HomeOf<T> {
+    const GEOMETRY: (u32, usize) = match movable_geometry(size_of::<T>(), align_of::<T>()) {
+        Some(g) => (
+            (g.capacity as usize).next_power_of_two().trailing_zeros(),
+            g.block_bytes as usize,
+        ),
+        // A type too large for a slab makes no cache.
+        None => (INDEX_BITS, 0),
+    };
+    const SHIFT: u32 = Self::GEOMETRY.0;
+    const BLOCK_BYTES: usize = Self::GEOMETRY.1;
+
+    /// The home address of slot `index`, from `base` ([`Homes::base`]: 0 for a cache without homes,
+    /// whose home addresses are then never a block's; a `get` reads at them only if the slot says so).
+    #[inline]
+    pub(crate) fn address(base: usize, index: u32) -> usize {
+        let unit = (index >> Self::SHIFT) as usize;
+        let block = (index & ((1 << Self::SHIFT) - 1)) as usize;
+        base + (unit << UNIT_SHIFT) + block * Self::BLOCK_BYTES
     }
 }
 
@@ -136,6 +174,14 @@ mod tests {
                 // SAFETY: allocated above from this heap.
                 unsafe { heap.free(block) };
             }
+        }
+        let heap = MovableHeap::new(size_of::<[u64; 8]>()).expect("a movable size");
+        let homes = Homes::of(&heap);
+        assert!(homes.is_that_of::<[u64; 8]>());
+        assert!(Homes::of(&MovableHeap::new(24).expect("movable")).is_that_of::<[u8; 24]>());
+        for index in [0, 1, 1023, 1024, 5 << 10 | 17, (1 << INDEX_BITS) - 1] {
+            let at = HomeOf::<[u64; 8]>::address(homes.base(), index);
+            assert_eq!(at, homes.address(index));
         }
         assert_eq!(Homes::NONE.address(12345), 0);
         assert_eq!(Homes::NONE.address(u32::MAX >> 4), 0);

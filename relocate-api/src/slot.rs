@@ -152,12 +152,7 @@ impl Slot {
     /// contents, written before its publication, visible (it is free on x86-64).
     #[inline]
     pub fn read(&self, gen: u64) -> Option<usize> {
-        let word = self.word.load(Ordering::Relaxed);
-        if word >> LIVE_SHIFT != (gen << 1) | 1 {
-            return None;
-        }
-        fence(Ordering::Acquire);
-        Some(address_in(word))
+        Self::read_word(self.word.load(Ordering::Relaxed), gen)
     }
 
     /// [`Self::read`] for a handle whose object is expected at `home` (its home block, see `home`):
@@ -168,12 +163,17 @@ impl Slot {
     #[inline]
     pub fn read_at(&self, gen: u64, home: usize) -> Option<usize> {
         let word = self.word.load(Ordering::Relaxed);
-        let live = (gen << 1) | 1;
-        if word == (live << LIVE_SHIFT | home as u64) && live >> (64 - LIVE_SHIFT) == 0 {
+        if gen <= u64::from(GEN_COUNTER_MASK) && word == (gen << GEN_SHIFT) | LIVE | home as u64 {
             fence(Ordering::Acquire);
             return Some(home);
         }
-        if word >> LIVE_SHIFT != live {
+        Self::read_word(word, gen)
+    }
+
+    /// `read`'s answer for the slot's `word`, loaded by the caller.
+    #[inline]
+    fn read_word(word: u64, gen: u64) -> Option<usize> {
+        if word >> LIVE_SHIFT != (gen << 1) | 1 {
             return None;
         }
         fence(Ordering::Acquire);

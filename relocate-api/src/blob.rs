@@ -257,7 +257,7 @@ impl BlobCache {
         guard.check(self.epoch);
         read_many(
             &self.table,
-            tag_bits(self.tag),
+            (tag_bits(self.tag), 0),
             (handles.len(), |i| handles[i].inner()),
             |i, addr| {
                 // SAFETY: as in `get`: a published blob, read under `guard`.
@@ -329,7 +329,7 @@ impl BlobCache {
         let mut removed = 0;
         read_many(
             &self.table,
-            tag_bits(self.tag),
+            (tag_bits(self.tag), 0),
             (handles.len(), |i| handles[i].inner()),
             |i, addr| {
                 // SAFETY: as in `get`: a published blob, read under `guard` (if an earlier handle

@@ -175,12 +175,13 @@ pub(crate) fn read_slot<T>(table: &SlotTable, tag_bits: u64, handle: Handle<T>) 
 /// [`read_slot`] for `count` handles, `handle(i)` for `i` in `0..count`: hands `visit(i, address)`
 /// each one's answer in order, while it loads the slots `SLOT_AHEAD` handles further on and looks up
 /// (and loads) the objects `OBJECT_AHEAD` further on, so that the cache misses of many lookups
-/// overlap (see [`RelocCache::get_many`]). An address is read `OBJECT_AHEAD` handles before it is
+/// overlap (see [`RelocCache::get_many`]). With a `home_base` (a cache with homes; 0 for none) it
+/// loads each object's home with its slot. An address is read `OBJECT_AHEAD` handles before it is
 /// visited; it stays valid while a guard of the table's collector is pinned, as `read_slot`'s does.
 #[inline]
 pub(crate) fn read_many<T>(
     table: &SlotTable,
-    tag_bits: u64,
+    (tag_bits, home_base): (u64, usize),
     (count, handle): (usize, impl Fn(usize) -> Handle<T>),
     mut visit: impl FnMut(usize, Option<usize>),
 ) {
@@ -191,8 +192,16 @@ pub(crate) fn read_many<T>(
         }
         addr
     };
+    // With homes, an object at home is loaded with its slot, before the slot says where it is.
+    let prefetch_slot = |i: usize| {
+        let index = handle(i).index();
+        table.prefetch_slot(index);
+        if home_base != 0 {
+            alloc_core::os::prefetch(HomeOf::<T>::address(home_base, index) as *const u8);
+        }
+    };
     for i in 0..count.min(SLOT_AHEAD) {
-        table.prefetch_slot(handle(i).index());
+        prefetch_slot(i);
     }
     let mut ahead = [None; OBJECT_AHEAD];
     for (i, slot) in ahead.iter_mut().enumerate().take(count) {
@@ -200,7 +209,7 @@ pub(crate) fn read_many<T>(
     }
     for i in 0..count {
         if i + SLOT_AHEAD < count {
-            table.prefetch_slot(handle(i + SLOT_AHEAD).index());
+            prefetch_slot(i + SLOT_AHEAD);
         }
         let addr = ahead[i % OBJECT_AHEAD];
         ahead[i % OBJECT_AHEAD] = (i + OBJECT_AHEAD < count)
@@ -892,7 +901,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         read_many(
             &self.table,
-            self.tag_bits,
+            (self.tag_bits, self.homes.base()),
             (handles.len(), |i| handles[i]),
             |i, addr| {
                 // SAFETY: as in `get`: a published address, read under `guard`, which keeps the

@@ -28,12 +28,18 @@
 //!   when they come back).
 //! - Below the floor, a slot that comes back from a removal is *parked* (see `slot`): it waits for
 //!   its home block's next object. A parked slot whose block is occupied by a moved-in object just
-//!   waits longer; it is never handed to another block.
+//!   waits longer.
+//! - The table must grow with the cache's objects, not with every unit its slabs ever used (slabs
+//!   emptied by compaction are made again elsewhere). So a fresh home slot is taken only while the
+//!   cache has used fewer than 1.5 slots per live object plus a run; past that bound new objects
+//!   take vacant slots away from home, and when a quarter of the used slots are parked, all parked
+//!   slots are linked on the free list (`Inner::may_touch_more`, `Inner::list_parked_slots`).
 //! - Blocks beyond the index space (a region used past `2^INDEX_BITS >> shift` units) have no home:
 //!   their objects take spares.
 //!
+//! A `get` computes home addresses from constants for its `T` ([`HomeOf`]) and one load (the base).
 //! A byte-blob class shares its table with the other classes, which claim runs of it, so it has no
-//! homes ([`Homes::NONE`]: every home address is 0, which no live slot holds).
+//! homes ([`Homes::NONE`], base 0: its home addresses are not blocks').
 
 use crate::handle::INDEX_BITS;
 use alloc_core::movable::{movable_geometry, BlockPlace, MovableHeap};

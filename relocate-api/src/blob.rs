@@ -452,7 +452,7 @@ impl BlobCache {
         };
         total.counters.released_bytes = self.released.load(Ordering::Relaxed);
         for (_, class) in self.made() {
-            let s = class.stats();
+            let s = class.slab_stats();
             total.live_objects += s.live_objects;
             total.live_bytes += s.live_bytes;
             total.slabs += s.slabs;

@@ -458,6 +458,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Statistics of this cache.
     pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            table_committed_bytes: self.table.committed()
+                * std::mem::size_of::<crate::slot::Slot>(),
+            table_bytes: self.table.resident_bytes(),
+            ..self.slab_stats()
+        }
+    }
+
+    /// Statistics of this cache but its handle table (which a byte-blob class shares with the
+    /// others: the `BlobCache` reads it once for all).
+    pub(crate) fn slab_stats(&self) -> CacheStats {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (slabs, resident) = inner
             .heap
@@ -470,9 +481,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             live_bytes,
             slabs,
             resident_bytes: resident,
-            table_committed_bytes: self.table.committed()
-                * std::mem::size_of::<crate::slot::Slot>(),
-            table_bytes: self.table.resident_bytes(),
+            table_committed_bytes: 0,
+            table_bytes: 0,
             fragmentation: if live_bytes == 0 {
                 1.0
             } else {

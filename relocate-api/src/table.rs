@@ -247,29 +247,30 @@ impl SlotTable {
     }
 
     /// Bytes of the table (slots and pin counts) resident now, as the kernel reports them
-    /// (`mincore` over the writable chunks: no other page can have been written).
+    /// (`mincore` over the writable chunks, one call per run of them: no other page can have been
+    /// written).
     pub(crate) fn resident_bytes(&self) -> usize {
-        let page = alloc_core::page_size();
-        let mut in_core = vec![0u8; (CHUNK_SLOTS * size_of::<Slot>()).div_ceil(page)];
-        let mut resident = 0;
-        for chunk in 0..self.max_slots / CHUNK_SLOTS {
-            if !self.is_writable((chunk * CHUNK_SLOTS) as u32) {
+        let chunks = self.max_slots / CHUNK_SLOTS;
+        let writable = |chunk: usize| self.is_writable((chunk * CHUNK_SLOTS) as u32);
+        let (mut resident, mut chunk) = (0, 0);
+        while chunk < chunks {
+            if !writable(chunk) {
+                chunk += 1;
                 continue;
+            }
+            let start = chunk;
+            while chunk < chunks && writable(chunk) {
+                chunk += 1;
             }
             for (base, bytes) in [
                 (self.base, size_of::<Slot>()),
                 (self.pins_base(), size_of::<Pins>()),
             ] {
-                let len = CHUNK_SLOTS * bytes;
-                // SAFETY: a page-aligned range of the reservation, which stays mapped while the
-                // table lives; `in_core` has an entry for each of its pages.
-                let ok = unsafe {
-                    libc::mincore(base.add(chunk * len).cast(), len, in_core.as_mut_ptr()) == 0
-                };
-                if ok {
-                    let pages = in_core[..len.div_ceil(page)].iter();
-                    resident += pages.filter(|&&p| p & 1 != 0).count() * page;
-                }
+                resident += in_core_bytes(
+                    base,
+                    start * CHUNK_SLOTS * bytes,
+                    chunk * CHUNK_SLOTS * bytes,
+                );
             }
         }
         resident
@@ -330,6 +331,20 @@ impl ReadOnlySlot<'_> {
     pub(crate) fn read_at(&self, gen: u64, home: usize) -> Option<usize> {
         self.0.read_at(gen, home)
     }
+}
+
+/// Bytes of `base[start..end]` (a page-aligned range of the table's reservation) that are resident.
+fn in_core_bytes(base: *mut u8, start: usize, end: usize) -> usize {
+    let page = alloc_core::page_size();
+    let mut in_core = vec![0u8; (end - start).div_ceil(page)];
+    // SAFETY: a page-aligned range of the reservation, which stays mapped while the table lives;
+    // `in_core` has an entry for each of its pages.
+    let ok =
+        unsafe { libc::mincore(base.add(start).cast(), end - start, in_core.as_mut_ptr()) == 0 };
+    if !ok {
+        return 0;
+    }
+    in_core.iter().filter(|&&p| p & 1 != 0).count() * page
 }
 
 /// Makes `bytes` at `addr` readable and writable.

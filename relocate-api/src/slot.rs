@@ -222,8 +222,7 @@ impl Slot {
     /// Whether a home slot is free for its home block's next object: never used (all zero) or parked,
     /// and so neither live, nor on its way back from a removal, nor retired. Lock holder only.
     pub fn is_free_home(&self) -> bool {
-        let word = self.word.load(Ordering::Relaxed);
-        word == 0 || word & (LIVE | PARKED) == PARKED
+        self.is_fresh() || self.is_parked()
     }
 
     /// Whether the slot was never used (all zero). Lock holder only.

@@ -36,7 +36,7 @@ use loom::thread;
 use loom_tests::support::Objects;
 use loom_tests::Coverage;
 use relocate_api::retire::{OpenBatch, Retired};
-use relocate_api::slot::Slot;
+use relocate_api::slot::{tag_bits, Home, Slot};
 
 const OLD: u64 = 7;
 const NEW: u64 = 8;
@@ -79,6 +79,8 @@ struct Shared {
     retired: Arc<Retired>,
     gen: u32,
     first: usize,
+    /// The object starts at its home block (the slot holds the home word).
+    home: Home,
     /// Bookkeeping outside the model (std atomics: loom runs one thread at a time).
     reused: AtomicBool,
 }
@@ -114,13 +116,15 @@ fn batched_removal_waits_for_readers_and_its_slot_is_reused_at_once() {
         let slot = Slot::new();
         let gen = slot.generation();
         let first = objects.alloc(OLD);
-        slot.publish_new(first);
+        let home = Home::new(first, INDEX, tag_bits(1));
+        slot.publish_new(first, home);
         let shared = Arc::new(Shared {
             objects,
             slot,
             retired: Arc::new(Retired::default()),
             gen,
             first,
+            home,
             reused: AtomicBool::new(false),
         });
 
@@ -130,7 +134,7 @@ fn batched_removal_waits_for_readers_and_its_slot_is_reused_at_once() {
                 *READER.lock().unwrap() = Some(thread::current().id());
                 let local = collector.register();
                 let guard = local.pin();
-                let found = s.slot.read(u64::from(s.gen));
+                let found = s.slot.read(s.home, s.gen);
                 thread::yield_now();
                 let after_reuse = s.reused.load(Relaxed);
                 if let Some(addr) = found {
@@ -154,7 +158,7 @@ fn batched_removal_waits_for_readers_and_its_slot_is_reused_at_once() {
                 let local = collector.register();
                 let batch = OpenBatch::default();
                 let guard = local.pin();
-                let addr = s.slot.begin_remove(s.gen).expect("nothing else removes it");
+                let addr = (s.slot.begin_remove(s.gen, s.home)).expect("nothing else removes it");
                 // SAFETY: `begin_remove` emptied the slot; `drop_value` only records the address.
                 unsafe { batch.retire(&guard, &s.retired, Some(drop_value), addr, Some(INDEX)) };
                 // `Guard`'s drop: the batch goes to the epoch while the guard is still pinned.
@@ -176,7 +180,7 @@ fn batched_removal_waits_for_readers_and_its_slot_is_reused_at_once() {
                     freed += 1;
                 }
                 let new = s.objects.alloc(NEW);
-                s.slot.publish_new(new);
+                s.slot.publish_new(new, s.home);
                 s.reused.store(true, Relaxed);
                 for _ in 0..FLUSHES {
                     thread::yield_now();
@@ -203,9 +207,9 @@ fn batched_removal_waits_for_readers_and_its_slot_is_reused_at_once() {
         FREED_AT_TEARDOWN.record(freed_at_teardown == 1);
         DROPPED_ON_READER.record(DROPPED_BY_READER.load(Relaxed));
 
-        assert_eq!(shared.slot.read(u64::from(shared.gen)), None);
+        assert_eq!(shared.slot.read(shared.home, shared.gen), None);
         assert_eq!(
-            shared.slot.read(u64::from(shared.slot.generation())),
+            (shared.slot).read(shared.home, shared.slot.generation()),
             Some(new)
         );
         assert_eq!(shared.objects.read(new), NEW);

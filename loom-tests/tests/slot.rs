@@ -10,9 +10,14 @@
 //! while a reader still holds the old block is `tests/slot_retire.rs`. What each model proves, for
 //! every interleaving up to the preemption bound:
 //!
-//! - `read_vs_move`: a reader (`read(gen)`, then the object; then `read_at(gen, home)` with the
-//!   object's first address as its home, as a `RelocCache`'s `get` reads) sees a whole, valid object,
-//!   the old copy or the new one, never a half-published one (`publish_move`'s release pairs with the
+//! In all but the last, the object starts at its home block, so the slot holds the *home word* (the
+//! handle's own bits, see `relocate_api::slot`), as a `RelocCache`'s does after most inserts: every
+//! step that takes the object reads the home word as the state it stands for, and the mover's copy
+//! is published in the normal form.
+//!
+//! - `read_vs_move`: a reader (`read`, as a `RelocCache`'s `get` does: the home if the slot holds the
+//!   handle's bits, the address otherwise; then the object, twice) sees a whole, valid object, the
+//!   old copy or the new one, never a half-published one (`publish_move`'s release pairs with the
 //!   reads' acquire); a wrong generation never resolves; and the slot ends at the copy.
 //! - `write_vs_move`: a writer (`begin_write` → build a new object from the old → `finish_write`) and
 //!   the mover hold the object one at a time (loom checks an `UnsafeCell` both touch while they hold
@@ -32,11 +37,12 @@
 //! - `stale_read_vs_reuse` (no mover: the generation check that the others rely on): a reader with the
 //!   old handle racing a remove and the slot's reuse by an insert (`publish_new`) gets the removed
 //!   object or `None`, never the new object; a reader with the next generation gets the new object,
-//!   whole, or `None`. This is `read` comparing the generation and the address from one load.
+//!   whole, or `None`. This is `read` comparing the generation and the address (or the whole home
+//!   word) from one load.
 //!
-//! - `read_at_home_vs_move_home`: a reader that reads at the object's home (`read_at`) while the
-//!   mover moves the object *into* that home (as compaction can) gets the old copy through the slot,
-//!   or the home, whole: the home answer's acquire pairs with `publish_move`'s release, so the
+//! - `read_at_home_vs_move_home`: the object starts away from its home, and the mover moves it *into*
+//!   that home (as compaction can), publishing the home word; a reader gets the old copy through the
+//!   slot, or the home, whole: the home answer's acquire pairs with `publish_move`'s release, so the
 //!   reader sees the copy the mover wrote there.
 //!
 //! Every model counts with a `Coverage` that the race it is about happened (the move won, lost, made
@@ -50,7 +56,7 @@ use loom::sync::Arc;
 use loom::thread;
 use loom_tests::support::Objects;
 use loom_tests::Coverage;
-use relocate_api::slot::{PinGate, Pins, Slot};
+use relocate_api::slot::{tag_bits, Home, PinGate, Pins, Slot};
 
 const VALUE: u64 = 41;
 
@@ -64,15 +70,25 @@ struct Setup {
     gen: u32,
     /// The object's first address.
     first: usize,
+    /// The slot's home (see `relocate_api::slot::Home`).
+    home: Home,
 }
 
 impl Setup {
+    /// The object at its home block: the slot holds the home word (the handle's bits), as a
+    /// `RelocCache`'s slot does for an object inserted at its home.
     fn new() -> Arc<Self> {
         let objects = Objects::new();
+        let first = objects.alloc(VALUE);
+        Self::with(objects, first, first)
+    }
+
+    /// The object away from `home` (a block of `objects`): the slot holds the normal word.
+    fn with(objects: Objects, first: usize, home: usize) -> Arc<Self> {
         let slot = Slot::new();
         let gen = slot.generation();
-        let first = objects.alloc(VALUE);
-        slot.publish_new(first);
+        let home = Home::new(home, 0, tag_bits(1));
+        slot.publish_new(first, home);
         Arc::new(Self {
             objects,
             slot,
@@ -80,14 +96,23 @@ impl Setup {
             pins: Pins::new(0),
             gen,
             first,
+            home,
         })
+    }
+
+    /// `get` with the object's handle of generation `gen`.
+    fn read(&self, gen: u32) -> Option<usize> {
+        self.slot.read(self.home, gen)
     }
 
     /// The mover's step for the object it found at `old` (compact.rs `move_one` with a bitwise move):
     /// the copy's address if it moved the object, `None` if the slot refused. `during` runs while the
     /// object is isolated (the mover's exclusive hold). The old block is *not* retired here.
     fn move_object(&self, old: usize, during: impl FnOnce()) -> Option<usize> {
-        if !self.slot.try_isolate(&self.gate, &self.pins, old) {
+        if !self
+            .slot
+            .try_isolate(&self.gate, &self.pins, old, self.home)
+        {
             return None;
         }
         during();
@@ -95,7 +120,7 @@ impl Setup {
         // A yield between copy and publish: the racing side can run while the object is isolated
         // without loom spending a preemption.
         thread::yield_now();
-        self.slot.publish_move(new);
+        self.slot.publish_move(new, self.home);
         Some(new)
     }
 }
@@ -156,10 +181,7 @@ fn read_vs_move() {
         // Two gets, a yield apart, so that the move can be published between them (a read is one
         // load, and loom does not preempt a thread right after it yielded).
         thread::yield_now();
-        let first_read = s
-            .slot
-            .read(u64::from(s.gen))
-            .expect("the object is never removed");
+        let first_read = s.read(s.gen).expect("the object is never removed");
         thread::yield_now();
         let after_publish = published.published.load(Relaxed);
         assert_eq!(
@@ -167,21 +189,13 @@ fn read_vs_move() {
             VALUE,
             "the reader saw the wrong value"
         );
-        // The second get as a `RelocCache` makes it: at the object's home (where it was first).
-        let second_read = s
-            .slot
-            .read_at(u64::from(s.gen), s.first)
-            .expect("the object is never removed");
+        let second_read = s.read(s.gen).expect("the object is never removed");
         assert_eq!(
             s.objects.read(second_read),
             VALUE,
             "the reader saw the wrong value"
         );
-        assert_eq!(s.slot.read(u64::from(s.gen.wrapping_add(1))), None);
-        assert_eq!(
-            s.slot.read_at(u64::from(s.gen.wrapping_add(1)), s.first),
-            None
-        );
+        assert_eq!(s.read(s.gen.wrapping_add(1)), None);
 
         let new = mover.join().unwrap();
         assert_ne!(new, s.first);
@@ -193,7 +207,7 @@ fn read_vs_move() {
         }
 
         // After the move, with every reader done.
-        assert_eq!(s.slot.read(u64::from(s.gen)), Some(new));
+        assert_eq!(s.read(s.gen), Some(new));
         assert_eq!(s.objects.read(new), VALUE);
         s.objects.free(s.first);
         s.objects.assert_freed_all_but(&[new]);
@@ -253,7 +267,7 @@ fn write_vs_move() {
                     }
                     refused_first = true;
                     thread::yield_now();
-                    target = s.slot.address();
+                    target = s.slot.address(s.home);
                 }
                 (None, refused_first)
             })
@@ -264,12 +278,12 @@ fn write_vs_move() {
         let started_during_move = flags.moving();
         let old = s
             .slot
-            .begin_write(s.gen)
+            .begin_write(s.gen, s.home)
             .expect("the object is never removed");
         hold.touch();
         let new = s.objects.alloc(s.objects.read(old) + 1);
         thread::yield_now();
-        s.slot.finish_write(new);
+        s.slot.finish_write(new, s.home);
         s.objects.free(old);
 
         let (moved, refused_first) = mover.join().unwrap();
@@ -299,7 +313,7 @@ fn write_vs_move() {
         };
 
         // No update lost: the slot holds the writer's value, in the writer's object or its copy.
-        assert_eq!(s.slot.read(u64::from(s.gen)), Some(live));
+        assert_eq!(s.read(s.gen), Some(live));
         assert_eq!(s.objects.read(live), VALUE + 1, "the update was lost");
         s.objects.assert_freed_all_but(&[live]);
         assert_eq!(s.objects.allocated(), if moved.is_some() { 3 } else { 2 });
@@ -328,11 +342,14 @@ fn remove_vs_move() {
         // The remover: `remove_with` (reads the object, then retires it; at once here).
         thread::yield_now();
         let started_during_move = flags.moving();
-        let removed = s.slot.begin_remove(s.gen).expect("only one remover");
+        let removed = s
+            .slot
+            .begin_remove(s.gen, s.home)
+            .expect("only one remover");
         assert_eq!(s.objects.read(removed), VALUE);
         s.objects.free(removed);
         // A read after the remove, on the remover's thread: the handle is stale.
-        assert_eq!(s.slot.read(u64::from(s.gen)), None);
+        assert_eq!(s.read(s.gen), None);
 
         let moved = mover.join().unwrap();
         REMOVE_MOVE_REFUSED.record(moved.is_none());
@@ -346,11 +363,11 @@ fn remove_vs_move() {
         // Removed for good: empty, generation bumped, no generation resolves, nothing leaked.
         let next = s.gen.wrapping_add(1);
         assert_eq!(s.slot.generation(), next);
-        assert_eq!(s.slot.address(), 0);
-        assert_eq!(s.slot.read(u64::from(s.gen)), None);
-        assert_eq!(s.slot.read(u64::from(next)), None);
-        assert_eq!(s.slot.begin_write(next), None);
-        assert_eq!(s.slot.begin_remove(s.gen), None);
+        assert_eq!(s.slot.address(s.home), 0);
+        assert_eq!(s.read(s.gen), None);
+        assert_eq!(s.read(next), None);
+        assert_eq!(s.slot.begin_write(next, s.home), None);
+        assert_eq!(s.slot.begin_remove(s.gen, s.home), None);
         s.objects.assert_freed_all_but(&[]);
     });
     REMOVE_MOVE_REFUSED.assert_reached();
@@ -378,7 +395,7 @@ fn pin_vs_move() {
         let started_during_move = flags.moving();
         let addr = s
             .slot
-            .pin(&s.gate, &s.pins, s.gen)
+            .pin(&s.gate, &s.pins, s.gen, s.home)
             .expect("the object is never removed");
         let value = s.objects.read(addr);
         thread::yield_now();
@@ -391,7 +408,7 @@ fn pin_vs_move() {
         PIN_WAITED.record(started_during_move);
         PIN_AFTER_MOVE.record(moved == Some(addr));
         let current = moved.unwrap_or(s.first);
-        assert_eq!(s.slot.read(u64::from(s.gen)), Some(current));
+        assert_eq!(s.read(s.gen), Some(current));
         // The pinned write is in the live copy: never lost to a copy taken before it.
         assert_eq!(
             s.objects.read(current),
@@ -425,11 +442,14 @@ fn stale_read_vs_reuse() {
         let remover = {
             let (s, handed_over) = (s.clone(), handed_over.clone());
             thread::spawn(move || {
-                let removed = s.slot.begin_remove(s.gen).expect("only one remover");
+                let removed = s
+                    .slot
+                    .begin_remove(s.gen, s.home)
+                    .expect("only one remover");
                 assert_eq!(removed, s.first);
                 let next = s.slot.generation();
                 let reused = s.objects.alloc(VALUE + 100);
-                s.slot.publish_new(reused);
+                s.slot.publish_new(reused, s.home);
                 handed_over.store(next as usize + 1, loom::sync::atomic::Ordering::Release);
                 (next, reused)
             })
@@ -437,14 +457,14 @@ fn stale_read_vs_reuse() {
 
         // A reader holding the old handle, then (if it was handed over yet) the new one.
         thread::yield_now();
-        let stale = s.slot.read(u64::from(s.gen));
+        let stale = s.read(s.gen);
         if let Some(addr) = stale {
             assert_eq!(addr, s.first, "an old handle resolved to another object");
             assert_eq!(s.objects.read(addr), VALUE);
         }
         let fresh = match handed_over.load(loom::sync::atomic::Ordering::Acquire) {
             0 => None,
-            next => Some(s.slot.read(next as u64 - 1).expect("a new handle resolves")),
+            next => Some(s.read(next as u32 - 1).expect("a new handle resolves")),
         };
 
         let (next, reused) = remover.join().unwrap();
@@ -457,8 +477,8 @@ fn stale_read_vs_reuse() {
         STALE_READ_OLD.record(stale.is_some());
         READ_REUSED.record(fresh.is_some());
 
-        assert_eq!(s.slot.read(u64::from(s.gen)), None);
-        assert_eq!(s.slot.read(u64::from(next)), Some(reused));
+        assert_eq!(s.read(s.gen), None);
+        assert_eq!(s.read(next), Some(reused));
         s.objects.free(s.first);
         s.objects.assert_freed_all_but(&[reused]);
     });
@@ -487,10 +507,10 @@ fn generation_snapshot_vs_remove_and_reuse() {
             thread::spawn(move || {
                 // The evictor may have removed it first. Retired through the epoch in the cache;
                 // the evictor is pinned, so the block is not reused meanwhile.
-                let removed = s.slot.begin_remove(s.gen)?;
+                let removed = s.slot.begin_remove(s.gen, s.home)?;
                 assert_eq!(removed, s.first);
                 let reused = s.objects.alloc(VALUE + 100);
-                s.slot.publish_new(reused);
+                s.slot.publish_new(reused, s.home);
                 Some(reused)
             })
         };
@@ -498,8 +518,8 @@ fn generation_snapshot_vs_remove_and_reuse() {
         // The evictor found the block `first` in its arena scan.
         thread::yield_now();
         let counter = s.slot.generation();
-        let evicted = if s.slot.address() == s.first {
-            s.slot.begin_remove(counter)
+        let evicted = if s.slot.address(s.home) == s.first {
+            s.slot.begin_remove(counter, s.home)
         } else {
             None
         };
@@ -528,23 +548,24 @@ static READ_AT_HOME_BEFORE_MOVE: Coverage =
 #[test]
 fn read_at_home_vs_move_home() {
     loom_tests::model(|| {
-        let s = Setup::new();
         // The object's home block: free as far as the slot knows; the move writes the copy into it.
-        let home = s.objects.alloc(0);
+        let objects = Objects::new();
+        let (first, home) = (objects.alloc(VALUE), objects.alloc(0));
+        let s = Setup::with(objects, first, home);
         let mover = {
             let s = s.clone();
             thread::spawn(move || {
-                assert!(s.slot.try_isolate(&s.gate, &s.pins, s.first));
+                assert!(s.slot.try_isolate(&s.gate, &s.pins, s.first, s.home));
                 s.objects.write(home, s.objects.read(s.first));
                 thread::yield_now();
-                s.slot.publish_move(home);
+                s.slot.publish_move(home, s.home);
             })
         };
         // Two gets, a yield apart (as in `read_vs_move`), so that the move can be published between.
         let mut got = Vec::new();
         for _ in 0..2 {
             thread::yield_now();
-            let addr = (s.slot.read_at(u64::from(s.gen), home)).expect("never removed");
+            let addr = s.read(s.gen).expect("never removed");
             assert!(addr == s.first || addr == home);
             assert_eq!(
                 s.objects.read(addr),
@@ -556,7 +577,12 @@ fn read_at_home_vs_move_home() {
         READ_AT_HOME_AFTER_MOVE.record(got.contains(&home));
         READ_AT_HOME_BEFORE_MOVE.record(got.contains(&s.first));
         mover.join().unwrap();
-        assert_eq!(s.slot.read_at(u64::from(s.gen), home), Some(home));
+        assert_eq!(s.read(s.gen), Some(home));
+        assert_eq!(
+            s.read(s.gen.wrapping_add(1)),
+            None,
+            "the home word names one generation"
+        );
         s.objects.free(s.first);
         s.objects.assert_freed_all_but(&[home]);
     });

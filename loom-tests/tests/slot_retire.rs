@@ -32,7 +32,7 @@ use loom::sync::Arc;
 use loom::thread;
 use loom_tests::support::Objects;
 use loom_tests::Coverage;
-use relocate_api::slot::{PinGate, Pins, Slot};
+use relocate_api::slot::{tag_bits, Home, PinGate, Pins, Slot};
 
 const VALUE: u64 = 7;
 /// The mover's flushes after the move: each may advance the epoch by one, and a bag sealed in epoch
@@ -56,6 +56,8 @@ struct Shared {
     pins: Pins,
     gen: u32,
     first: usize,
+    /// The object starts at its home block (the slot holds the home word).
+    home: Home,
     /// Bookkeeping outside the model (std atomics: loom runs one thread at a time).
     published: AtomicBool,
     freed: AtomicBool,
@@ -69,7 +71,8 @@ fn retire_waits_for_readers() {
         let slot = Slot::new();
         let gen = slot.generation();
         let first = objects.alloc(VALUE);
-        slot.publish_new(first);
+        let home = Home::new(first, 0, tag_bits(1));
+        slot.publish_new(first, home);
         let shared = Arc::new(Shared {
             objects,
             slot,
@@ -77,6 +80,7 @@ fn retire_waits_for_readers() {
             pins: Pins::new(0),
             gen,
             first,
+            home,
             published: AtomicBool::new(false),
             freed: AtomicBool::new(false),
         });
@@ -86,10 +90,7 @@ fn retire_waits_for_readers() {
             thread::spawn(move || {
                 let local = collector.register();
                 let guard = local.pin();
-                let addr = s
-                    .slot
-                    .read(u64::from(s.gen))
-                    .expect("the object is never removed");
+                let addr = (s.slot.read(s.home, s.gen)).expect("the object is never removed");
                 thread::yield_now();
                 let after_publish = s.published.load(Relaxed);
                 assert_eq!(s.objects.read(addr), VALUE);
@@ -104,11 +105,11 @@ fn retire_waits_for_readers() {
                 let local = collector.register();
                 let guard = local.pin();
                 assert!(
-                    s.slot.try_isolate(&s.gate, &s.pins, s.first),
+                    s.slot.try_isolate(&s.gate, &s.pins, s.first, s.home),
                     "nothing else holds the object"
                 );
                 let new = s.objects.alloc(s.objects.read(s.first));
-                s.slot.publish_move(new);
+                s.slot.publish_move(new, s.home);
                 s.published.store(true, Relaxed);
                 // `RelocCache::retire`: free the old block once no pinned reader can hold it.
                 let retired = s.clone();
@@ -139,7 +140,7 @@ fn retire_waits_for_readers() {
         FREED_WHILE_RUNNING.record(freed_while_running);
         HELD_OLD_THEN_FREED.record(held_old && freed_while_running);
 
-        assert_eq!(shared.slot.read(u64::from(shared.gen)), Some(new));
+        assert_eq!(shared.slot.read(shared.home, shared.gen), Some(new));
         assert_eq!(shared.objects.read(new), VALUE);
         shared.objects.assert_freed_all_but(&[new]);
     });

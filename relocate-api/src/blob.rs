@@ -239,7 +239,7 @@ impl BlobCache {
     /// The bytes a handle names, or `None` (stale, removed, evicted, foreign).
     pub fn get<'g>(&'g self, handle: BlobHandle, guard: &'g Guard) -> Option<&'g [u8]> {
         guard.check(self.epoch);
-        let addr = read_slot(&self.table, tag_bits(self.tag), handle.inner())?;
+        let addr = read_slot(&self.table, (tag_bits(self.tag), 0), handle.inner())?;
         // SAFETY: a published blob; the epoch keeps it (and any old copy) unchanged while `guard` is
         // pinned.
         Some(unsafe { blob_at(addr) })

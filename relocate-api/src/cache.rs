@@ -13,11 +13,12 @@
 //! other into the free list; see `home`). Deferred functions never take `inner`, so they may run on
 //! any thread at any time without deadlock.
 
-use crate::handle::{Handle, INDEX_BITS};
+use crate::handle::Handle;
 use crate::home::{HomeOf, Homes};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::retire::{OpenBatch, Retired};
-use crate::slot::{self, Slot, GEN_COUNTER_BITS, GEN_COUNTER_MASK};
+pub(crate) use crate::slot::tag_bits;
+use crate::slot::{self, Home, Slot, GEN_COUNTER_MASK, INDEX_BITS, TAG_BITS};
 use crate::table::SlotTable;
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, LocalHandle};
@@ -165,11 +166,17 @@ impl Drop for Guard<'_> {
 
 /// The address of the object `handle` names in `table`, if the handle carries the tag of
 /// `tag_bits` (a cache's [`tag_bits`]) and its object's generation; valid while a guard of the
-/// table's collector is pinned.
+/// table's collector is pinned. `home_base` is the cache's [`Homes::base`] (0 for no homes).
 #[inline]
-pub(crate) fn read_slot<T>(table: &SlotTable, tag_bits: u64, handle: Handle<T>) -> Option<usize> {
-    // `read` checks the tag with the generation: xor-ing out ours leaves another's high bits set.
-    table.for_read(handle.index()).read(handle.gen() ^ tag_bits)
+pub(crate) fn read_slot<T>(
+    table: &SlotTable,
+    (tag_bits, home_base): (u64, usize),
+    handle: Handle<T>,
+) -> Option<usize> {
+    let index = handle.index();
+    // Computed from the index alone: the object's load need not wait for the slot's (`home`).
+    let home = HomeOf::<T>::address(home_base, index);
+    (table.for_read(index)).read_at(handle.to_bits(), tag_bits, home)
 }
 
 /// [`read_slot`] for `count` handles, `handle(i)` for `i` in `0..count`: hands `visit(i, address)`
@@ -186,7 +193,7 @@ pub(crate) fn read_many<T>(
     mut visit: impl FnMut(usize, Option<usize>),
 ) {
     let look_up = |i: usize| {
-        let addr = read_slot(table, tag_bits, handle(i));
+        let addr = read_slot(table, (tag_bits, home_base), handle(i));
         if let Some(addr) = addr {
             alloc_core::os::prefetch(addr as *const u8);
         }
@@ -217,11 +224,6 @@ pub(crate) fn read_many<T>(
             .flatten();
         visit(i, addr);
     }
-}
-
-/// A tag as it sits in the high bits of a handle's generation.
-pub(crate) fn tag_bits(tag: u32) -> u64 {
-    u64::from(tag) << GEN_COUNTER_BITS
 }
 
 /// The next collector identity; never reused (a `usize` counter does not wrap in practice).
@@ -398,7 +400,7 @@ impl Inner {
         let mut candidates: Vec<u32> = Vec::new();
         let mut unit_all_vacant = true;
         for index in self.claimed_slots() {
-            let occupied = table.get(index).is_none_or(|slot| slot.address() != 0);
+            let occupied = table.get(index).is_none_or(Slot::is_live);
             unit_all_vacant &= !occupied;
             if (index + 1) % run == 0 {
                 if unit_all_vacant {
@@ -522,8 +524,8 @@ const OBJECT_AHEAD: usize = 8;
 /// How many objects a [`RelocCache`] can hold at once (its handle table is reserved for this many
 /// slots up front: 3 GiB of address space, of which only the slots in use become memory).
 ///
-/// A slot serves 2^19 generations and is then retired for good (a reused generation could let a
-/// stale handle name a new object), so a cache accepts at least `MAX_OBJECTS × 2^19` = 2^47 inserts
+/// A slot serves 2^18 generations and is then retired for good (a reused generation could let a
+/// stale handle name a new object), so a cache accepts at least `MAX_OBJECTS × 2^18` = 2^46 inserts
 /// in its life (a [`crate::BlobCache`] as many, over all its size classes, which share one table);
 /// beyond that, inserts fail with `OutOfMemory`, and each retired slot keeps its 8 bytes.
 pub const MAX_OBJECTS: usize = 1 << INDEX_BITS;
@@ -531,7 +533,7 @@ pub const MAX_OBJECTS: usize = 1 << INDEX_BITS;
 /// How many caches (a [`crate::BlobCache`] counts once) a process can make in its life: each takes a
 /// tag that is never reused. A handle carries its cache's tag, which is how a handle from another
 /// cache is refused.
-pub const MAX_CACHES: usize = (1 << (64 - INDEX_BITS - GEN_COUNTER_BITS)) - 1;
+pub const MAX_CACHES: usize = (1 << (TAG_BITS - 1)) - 1;
 
 static NEXT_TAG: AtomicU32 = AtomicU32::new(1);
 
@@ -647,7 +649,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         let homes = if homes { Homes::of(&heap) } else { Homes::NONE };
-        debug_assert!(!homes.exist() || homes.is_that_of::<T>());
+        // A `get` finds homes with `HomeOf<T>`, the compile-time copy of this geometry.
+        let homes = if homes.is_that_of::<T>() {
+            homes
+        } else {
+            Homes::NONE
+        };
         Ok(Self {
             table,
             claim_slots,
@@ -865,7 +872,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         init(block);
         inner.inserted += 1;
         let counter = slot.generation();
-        slot.publish_new(block.as_ptr() as usize);
+        slot.publish_new(block.as_ptr() as usize, self.home(index));
         Ok(self.handle_for(index, counter))
     }
 
@@ -916,10 +923,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     #[inline]
     pub(crate) fn address_of(&self, handle: Handle<T>, guard: &Guard) -> Option<usize> {
         self.check_guard(guard);
-        let index = handle.index();
-        // Computed from the index alone: the object's load need not wait for the slot's (`home`).
-        let home = HomeOf::<T>::address(self.homes.base(), index);
-        (self.table.for_read(index)).read_at(handle.gen() ^ self.tag_bits, home)
+        read_slot(&self.table, (self.tag_bits, self.homes.base()), handle)
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
@@ -933,7 +937,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
         let pins = self.table.pins(handle.index());
-        let addr = slot.pin(self.table.pin_gate(), pins, counter)?;
+        let home = self.home(handle.index());
+        let addr = slot.pin(self.table.pin_gate(), pins, counter, home)?;
         struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
             fn drop(&mut self) {
@@ -984,32 +989,33 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some((slot, counter)) = self.resolve(handle) else {
             return Ok(false);
         };
-        let Some(old) = slot.begin_write(counter) else {
+        let home = self.home(handle.index());
+        let Some(old) = slot.begin_write(counter, home) else {
             return Ok(false);
         };
         // Restores the slot if `make` panics, so the object does not stay locked.
-        struct Restore<'a>(&'a Slot, usize);
+        struct Restore<'a>(&'a Slot, usize, Home);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
-                self.0.finish_write(self.1);
+                self.0.finish_write(self.1, self.2);
             }
         }
-        let restore = Restore(slot, old);
+        let restore = Restore(slot, old, home);
         let new_value = make(old);
         std::mem::forget(restore);
         let block = match self.lock() {
             Ok(mut inner) => alloc_block(&mut inner.heap, handle.index()),
             Err(e) => {
-                slot.finish_write(old);
+                slot.finish_write(old, home);
                 return Err(e);
             }
         };
         let Some(block) = block else {
-            slot.finish_write(old);
+            slot.finish_write(old, home);
             return Err(CacheError::OutOfMemory);
         };
         write(new_value, block);
-        slot.finish_write(block.as_ptr() as usize);
+        slot.finish_write(block.as_ptr() as usize, home);
         // SAFETY: `finish_write` published the new block in place of `old`, which this update took.
         unsafe { self.retire(guard, old, None) };
         Ok(true)
@@ -1061,7 +1067,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ) -> Option<U> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
-        let addr = slot.begin_remove(counter)?;
+        let addr = slot.begin_remove(counter, self.home(handle.index()))?;
         // Account for the removal before `f` runs, so that a panicking `f` loses nothing: the block
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
         // guard is gone.
@@ -1074,7 +1080,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Removes the object and gives it back by value. Needs `&mut self`: no reader can hold it.
     pub fn take(&mut self, handle: Handle<T>) -> Option<T> {
         let (slot, counter) = self.resolve(handle)?;
-        let addr = slot.begin_remove(counter)?;
+        let addr = slot.begin_remove(counter, self.home(handle.index()))?;
         // SAFETY: `&mut self` excludes every reader; the block is freed right after the read.
         let value = unsafe { ptr::read(addr as *const T) };
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -1128,7 +1134,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
-            if let Some((counter, addr)) = slot.snapshot() {
+            if let Some((counter, addr)) = slot.snapshot(self.home(index)) {
                 // SAFETY: as in `get`.
                 visit(self.handle_for(index, counter), unsafe {
                     &*(addr as *const T)
@@ -1173,6 +1179,21 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 }
 
+impl<T, R> RelocCache<T, R> {
+    /// Slot `index`'s home, for the slot steps that read or write a live object's word.
+    #[inline]
+    pub(crate) fn home(&self, index: u32) -> Home {
+        if !self.homes.exist() {
+            return Home::NONE;
+        }
+        Home::new(
+            HomeOf::<T>::address(self.homes.base(), index),
+            index,
+            self.tag_bits,
+        )
+    }
+}
+
 impl<T, R> Drop for RelocCache<T, R> {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -1180,7 +1201,7 @@ impl<T, R> Drop for RelocCache<T, R> {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
-            let addr = slot.address();
+            let addr = slot.address(self.home(index));
             if addr != 0 {
                 // SAFETY: `&mut self`: no reader; the live object is dropped once, its block freed by
                 // the heap's drop.
@@ -1263,10 +1284,15 @@ mod tests {
         assert_eq!(take_tag(&counter), Some(MAX_CACHES as u32));
         assert_eq!(take_tag(&counter), None);
         assert_eq!(take_tag(&counter), None, "exhaustion is permanent");
-        // The largest tag still leaves the counter's bits to the generation.
+        // The largest tag, with the top bit every tag has, still fits above the generation.
         assert_eq!(
-            tag_bits(MAX_CACHES as u32) << INDEX_BITS >> INDEX_BITS >> GEN_COUNTER_BITS,
-            MAX_CACHES as u64
+            tag_bits(MAX_CACHES as u32) << INDEX_BITS >> INDEX_BITS >> slot::GEN_COUNTER_BITS,
+            MAX_CACHES as u64 | 1 << (TAG_BITS - 1)
+        );
+        assert_eq!(
+            tag_bits(1) << INDEX_BITS >> 63,
+            1,
+            "a handle's top bit is set"
         );
     }
 }

@@ -19,7 +19,7 @@
 use crate::cache::{alloc_block, CacheError, Counters, Guard, RelocCache};
 use crate::handle::Handle;
 use crate::policy::{Isolation, Relocator, MOVE_BATCH};
-use crate::slot::Slot;
+use crate::slot::{Home, Slot};
 use alloc_core::movable::{self, SlabView};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
@@ -128,6 +128,7 @@ impl Pass {
 /// A move whose callback is running: what to undo if the callback panics.
 struct InFlight<'t> {
     slot: &'t Slot,
+    home: Home,
     old: usize,
     /// The new block, once allocated (`migrate` is running).
     target: Option<NonNull<u8>>,
@@ -275,7 +276,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
-            let Some((counter, addr)) = slot.snapshot() else {
+            let Some((counter, addr)) = slot.snapshot(self.home(index)) else {
                 continue;
             };
             if addr != block.as_ptr() as usize {
@@ -383,7 +384,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some(slot) = self.table.get(owner) else {
             return true;
         };
-        if !slot.try_isolate(self.table.pin_gate(), self.table.pins(owner), old) {
+        let home = self.home(owner);
+        if !slot.try_isolate(self.table.pin_gate(), self.table.pins(owner), old, home) {
             pass.report.refused += 1;
             return true;
         }
@@ -392,23 +394,25 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let object = unsafe { &*(old as *const T) };
         *in_flight = Some(InFlight {
             slot,
+            home,
             old,
             target: None,
         });
         let verdict = self.relocator.isolate(object, handle);
         *in_flight = None;
         if verdict == Isolation::Busy {
-            slot.abort_move(old);
+            slot.abort_move(old, home);
             pass.report.refused += 1;
             return true;
         }
         let Some(target) = alloc_block(heap, owner) else {
-            slot.abort_move(old);
+            slot.abort_move(old, home);
             return false;
         };
         let new = target.as_ptr().cast::<T>();
         *in_flight = Some(InFlight {
             slot,
+            home,
             old,
             target: Some(target),
         });
@@ -422,7 +426,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             unsafe { std::ptr::copy_nonoverlapping(old as *const u8, new.cast::<u8>(), bytes) };
         }
         *in_flight = None;
-        slot.publish_move(new as usize);
+        slot.publish_move(new as usize, home);
         pass.moved_from.push(old);
         pass.report.moved_objects += 1;
         pass.report.moved_bytes += bytes;
@@ -496,7 +500,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 /// Undoes a move a callback's panic interrupted, if there is one (`in_flight`): its new block, if
 /// any, is freed and the object stays where it was. Returns whether there was one.
 fn abandon(heap: &mut movable::MovableHeap, in_flight: Option<InFlight<'_>>) -> bool {
-    let Some(InFlight { slot, old, target }) = in_flight else {
+    let Some(InFlight {
+        slot,
+        home,
+        old,
+        target,
+    }) = in_flight
+    else {
         return false;
     };
     if let Some(target) = target {
@@ -504,7 +514,7 @@ fn abandon(heap: &mut movable::MovableHeap, in_flight: Option<InFlight<'_>>) -> 
         // value that needs dropping.
         unsafe { heap.free(target) };
     }
-    slot.abort_move(old);
+    slot.abort_move(old, home);
     true
 }
 

@@ -4,16 +4,16 @@ use core::fmt;
 use core::marker::PhantomData;
 
 /// A handle to an object in a [`crate::RelocCache`]: a slot index (the low 28 bits, room for
-/// [`crate::MAX_OBJECTS`]) and above it a generation (19 bits) and the cache's tag (17 bits). A
-/// handle whose object was removed or evicted (stale), or that comes from another cache, resolves to
-/// `None`; it is never dereferenced.
+/// [`crate::MAX_OBJECTS`]) and above it a generation (18 bits) and the cache's tag (18 bits, the top
+/// one always set). A handle whose object was removed or evicted (stale), or that comes from another
+/// cache, resolves to `None`; it is never dereferenced. An object live at its home block has its
+/// handle's very bits in its slot (see `slot`), so a read checks it with one compare.
 pub struct Handle<T> {
     bits: u64,
     _type: PhantomData<fn() -> T>,
 }
 
-/// Bits of a handle's slot index: a table holds at most `2^INDEX_BITS` slots ([`crate::MAX_OBJECTS`]).
-pub(crate) const INDEX_BITS: u32 = 28;
+pub(crate) use crate::slot::INDEX_BITS;
 
 impl<T> Handle<T> {
     /// The handle of slot `index` (below `2^INDEX_BITS`) and generation `gen` (tag included).

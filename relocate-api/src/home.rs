@@ -15,11 +15,14 @@
 //! `shift` is the slab's capacity rounded up to a power of two, so a slab's indices are
 //! `unit << shift ..` that plus its capacity, and slabs (which start at least one unit apart) never
 //! share one. An insert takes its block's home slot when that slot is free, and a *spare* slot
-//! otherwise. A read computes the home address from the index alone and loads the object there in
-//! parallel with the slot, then confirms from the slot that the object is live at its home (a
-//! compare, which the branch predictor gets right for objects at home); for an object elsewhere
-//! (moved by compaction, or inserted into a block whose home slot was taken) it reads the address
-//! from the slot as before. Correctness never rests on the home: the slot decides.
+//! otherwise. While an object is live at its home and nobody holds it, its slot holds the *home word*:
+//! the bits of the object's handle themselves (see `slot`). A read computes the home address from
+//! the index alone and loads the object there in parallel with the slot, then compares the slot
+//! with its handle: equal, the object is live at its home, under the handle's generation and the
+//! cache's tag (one compare, which the branch predictor gets right for objects at home). For an
+//! object elsewhere (moved by compaction, or inserted into a block whose home slot was taken) the
+//! slot holds a normal word and the read takes the address from it, as before. Correctness never
+//! rests on the home: the slot decides.
 //!
 //! Which slots are used how (all under the cache's lock):
 //! - Spares are claimed from the top of the index space down (`Inner::spare_floor`): indices at or

@@ -1,23 +1,40 @@
 //! One handle-table slot and its state machine: the protocol between readers, writers, removers and
 //! the mover of one object.
 //!
-//! A slot is one 64-bit word, so that a read is one load and the table costs 8 bytes per handle:
+//! A slot is one 64-bit word, so that a read is one load and the table costs 8 bytes per handle. It
+//! has two forms. The *normal* form holds any state:
 //!
 //! ```text
-//!   63        45   44   43                                3   2       1       0
-//!  | generation | LIVE |  address (8-aligned, below 2^44)   |   -   | WRITING | MOVING |
+//!   63   62       45   44   43                                3   2       1       0
+//!  | 0 | generation | LIVE |  address (8-aligned, below 2^44)   |   -   | WRITING | MOVING |
 //! ```
 //!
 //! Every movable block is 8-aligned and lies below 16 TiB (alloc-core carves movable arenas from one
 //! reservation there, see `alloc_core::movable`), so bits 3..43 of the word hold its address and the
-//! generation gets the 19 bits above `LIVE`. The generation and `LIVE`
-//! are the top 20 bits, so a read checks both (and, with the cache's tag folded into the expected
-//! generation, that the handle is the cache's own) with one shift and one compare. A vacant slot has `LIVE` clear; its address bits then hold the cache's free-slot link (see
-//! [`Slot::free_link`]). Its generation is the one the next object will get: removal bumps it in the
-//! same store that clears `LIVE`, so no state pairs an old generation with a new object or a new
-//! generation with an old one. A *pin* count, for types that may not be read during a move (interior
-//! mutability), lives beside the slot in a [`Pins`] counter of its own (untouched, and so never
-//! resident, for caches that do not pin).
+//! generation gets the 18 bits above `LIVE`. A vacant slot has `LIVE` clear; its address bits then
+//! hold the cache's free-slot link (see [`Slot::free_link`]). Its generation is the one the next
+//! object will get: removal bumps it in the same store that clears `LIVE`, so no state pairs an old
+//! generation with a new object or a new generation with an old one.
+//!
+//! The *home* form holds one state only, an object live at its home block (see `home`) and held by
+//! nobody, and it is the bits of the object's handle itself:
+//!
+//! ```text
+//!   63   62          46   45          28   27            0
+//!  | 1 |   cache tag   |  generation  |   slot index    |
+//! ```
+//!
+//! Every cache's tag has its top bit set ([`tag_bits`]), so a handle's bit 63, and a home word's, is 1
+//! and a normal word's 0. A reader compares the word with its handle: if they are equal, the object
+//! is live at the home the reader computed from the handle's index, under the handle's generation
+//! and the cache's tag, all checked by one compare. Otherwise it reads the normal form. Whoever
+//! takes or changes the object reads a home word as the normal word it stands for ([`Home`]) and
+//! always writes held states in the normal form; releasing an object at its home writes the home
+//! form again.
+//!
+//! A *pin* count, for types that may not be read during a move (interior mutability), lives beside
+//! the slot in a [`Pins`] counter of its own (untouched, and so never resident, for caches that do
+//! not pin).
 //!
 //! ```text
 //!            insert                 begin_write            finish_write(new)
@@ -28,7 +45,7 @@
 //! ```
 //!
 //! - Readers never write the slot: one load (and an `Acquire` fence once it matches) gives the
-//!   generation, `LIVE` and the address at once. An object they reach stays valid until their epoch guard is dropped, because every old
+//!   generation, `LIVE` and the address (or the home) at once. An object they reach stays valid until their epoch guard is dropped, because every old
 //!   address is retired through the epoch (a move, an update or a remove never frees memory a pinned
 //!   reader may hold).
 //! - Writers, removers and movers take the object by a CAS on the word from a state with neither
@@ -61,13 +78,97 @@ pub(crate) const LIVE: u64 = 1 << LIVE_SHIFT;
 const HELD: u64 = MOVING | WRITING;
 
 /// Bits of the generation counter kept in the slot (and in the low bits of a handle's generation;
-/// the bits above are the cache's tag).
-pub(crate) const GEN_COUNTER_BITS: u32 = 64 - GEN_SHIFT;
+/// the bits above are the cache's tag). The top bit of the word stays clear in the normal form.
+pub(crate) const GEN_COUNTER_BITS: u32 = 63 - GEN_SHIFT;
 pub(crate) const GEN_COUNTER_MASK: u32 = (1 << GEN_COUNTER_BITS) - 1;
 const GEN_SHIFT: u32 = LIVE_SHIFT + 1;
 const GEN_BITS: u64 = (GEN_COUNTER_MASK as u64) << GEN_SHIFT;
 /// The address bits: 8-aligned addresses below 2^44 (where alloc-core puts every movable block).
 pub(crate) const ADDR_MASK: u64 = ((1 << LIVE_SHIFT) - 1) & !7;
+
+/// Bits of a handle's slot index (the low bits of a handle, and of a home word): a table holds at
+/// most `2^INDEX_BITS` slots.
+pub const INDEX_BITS: u32 = 28;
+/// Bits of a cache's tag, the top bits of a handle (the highest always set, see [`tag_bits`]).
+pub(crate) const TAG_BITS: u32 = 64 - INDEX_BITS - GEN_COUNTER_BITS;
+/// The bit that tells a home word from a normal one.
+const HOME_FORM: u64 = 1 << 63;
+/// A home word's generation bits.
+const HOME_GEN_BITS: u64 = (GEN_COUNTER_MASK as u64) << INDEX_BITS;
+
+/// Tag `tag` (below `2^(TAG_BITS - 1)`) as it sits in the high bits of a handle's generation, with
+/// the top bit set, so that every handle (and home word) has bit 63 set.
+pub fn tag_bits(tag: u32) -> u64 {
+    debug_assert!(tag < 1 << (TAG_BITS - 1));
+    (u64::from(tag) | 1 << (TAG_BITS - 1)) << GEN_COUNTER_BITS
+}
+
+/// One slot's home: the block its object may live at (0: none), and the bits its handles share
+/// (index and tag), from which its home words are made. Writers pass it to every step that reads or
+/// writes a live object's word, so that a home word reads as the normal word it stands for, and an
+/// object released at its home is written in the home form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Home {
+    addr: usize,
+    name: u64,
+}
+
+impl Home {
+    /// For a slot whose objects have no home (its words are all normal). Its handle bits have bit 63
+    /// set, as every handle's, so they never equal a normal word.
+    pub const NONE: Home = Home {
+        addr: 0,
+        name: HOME_FORM,
+    };
+
+    /// The home of slot `index` of a cache with tag `tag_bits` ([`tag_bits`]), at `addr` (0 for none).
+    pub fn new(addr: usize, index: u32, tag_bits: u64) -> Self {
+        debug_assert!(index >> INDEX_BITS == 0 && (tag_bits << INDEX_BITS) & HOME_FORM != 0);
+        if addr == 0 {
+            return Self::NONE;
+        }
+        debug_assert!(storable(addr));
+        Self {
+            addr,
+            name: tag_bits << INDEX_BITS | u64::from(index),
+        }
+    }
+
+    /// The home block's address (0 for none).
+    pub fn addr(self) -> usize {
+        self.addr
+    }
+
+    /// The bits of this slot's handle of generation `gen`, which is also its home word then.
+    pub fn handle_bits(self, gen: u32) -> u64 {
+        self.name | u64::from(gen & GEN_COUNTER_MASK) << INDEX_BITS
+    }
+
+    /// The word of a live object of generation `gen` at `addr`, held by nobody.
+    fn live_word(self, gen: u32, addr: usize) -> u64 {
+        debug_assert!(storable(addr));
+        if addr == self.addr {
+            self.handle_bits(gen)
+        } else {
+            with_gen(gen) | LIVE | stored(addr)
+        }
+    }
+
+    /// `raw` in the normal form: a home word as the live, unheld object at home it stands for.
+    #[inline]
+    fn normal(self, raw: u64) -> u64 {
+        if raw & HOME_FORM == 0 {
+            return raw;
+        }
+        debug_assert!(self.addr != 0 && raw & !HOME_GEN_BITS == self.name);
+        with_gen(home_gen(raw)) | LIVE | stored(self.addr)
+    }
+}
+
+/// The generation of a home word.
+fn home_gen(raw: u64) -> u32 {
+    (raw >> INDEX_BITS) as u32 & GEN_COUNTER_MASK
+}
 
 /// Whether `addr` can be stored in a slot (8-aligned, below 2^44). Blocks from alloc-core's movable
 /// heap always can; the cache checks anyway rather than corrupt a generation.
@@ -140,71 +241,78 @@ impl Slot {
 
     /// The generation counter now (of the live object, or the next one if vacant).
     pub fn generation(&self) -> u32 {
-        gen_of(self.word.load(Ordering::Acquire))
+        let raw = self.word.load(Ordering::Acquire);
+        if raw & HOME_FORM != 0 {
+            home_gen(raw)
+        } else {
+            gen_of(raw)
+        }
     }
 
-    /// The object's address if the slot holds a live object of generation `gen` (readers; one load).
-    /// A `gen` wider than the counter never matches, so a reader may pass a handle's generation with
-    /// the cache's tag xor-ed out unchecked: a foreign tag leaves high bits set.
+    /// Whether the slot holds an object (lock holder; a snapshot otherwise).
+    pub fn is_live(&self) -> bool {
+        is_live(self.word.load(Ordering::Relaxed))
+    }
+
+    /// The object's address if the slot holds a live object named by `handle_bits` (readers; one
+    /// load): `home` if the slot holds the home word `handle_bits`; else the address a normal word
+    /// holds if it is live under the handle's generation, with the cache's tag (`tag_bits`, see
+    /// [`tag_bits`]) xor-ed out; else `None`. `home` is computed from the handle's index alone, so
+    /// the object's load need not wait for the slot's (the branch is predicted; the compare then
+    /// confirms it).
+    ///
+    /// Bits without bit 63 set are no handle (every tag has its top bit set) and could equal a
+    /// normal word: they are refused first. Another cache's tag leaves high bits in the generation,
+    /// which never passes the normal word's test, nor does a home word.
     ///
     /// The load is `Relaxed` because the slot may lie in the table's read-only part, where only
     /// relaxed atomic loads are allowed; the `Acquire` fence after a match makes the object's
     /// contents, written before its publication, visible (it is free on x86-64).
     #[inline]
-    pub fn read(&self, gen: u64) -> Option<usize> {
-        Self::read_word(self.word.load(Ordering::Relaxed), gen)
-    }
-
-    /// [`Self::read`] for a handle whose object is expected at `home` (its home block, see `home`):
-    /// when the slot holds generation `gen` live at `home`, the answer is `home` itself, which the
-    /// caller computed without the slot, so the object's load does not wait for the slot's (the
-    /// branch is predicted; the compare then confirms it). Otherwise the answer is `read`'s. A `gen`
-    /// with bits above the counter (another cache's tag) never matches here either.
-    #[inline]
-    pub fn read_at(&self, gen: u64, home: usize) -> Option<usize> {
+    pub fn read_at(&self, handle_bits: u64, tag_bits: u64, home: usize) -> Option<usize> {
+        if handle_bits & HOME_FORM == 0 {
+            return None;
+        }
         let word = self.word.load(Ordering::Relaxed);
-        if gen <= u64::from(GEN_COUNTER_MASK) && word == (gen << GEN_SHIFT) | LIVE | home as u64 {
+        if word == handle_bits {
             fence(Ordering::Acquire);
             return Some(home);
         }
-        Self::read_word(word, gen)
+        read_normal(word, (handle_bits >> INDEX_BITS) ^ tag_bits)
     }
 
-    /// `read`'s answer for the slot's `word`, loaded by the caller.
+    /// [`Self::read_at`] with the handle of generation `gen` of the slot whose home is `home`.
     #[inline]
-    fn read_word(word: u64, gen: u64) -> Option<usize> {
-        if word >> LIVE_SHIFT != (gen << 1) | 1 {
-            return None;
-        }
-        fence(Ordering::Acquire);
-        Some(address_in(word))
+    pub fn read(&self, home: Home, gen: u32) -> Option<usize> {
+        let handle_bits = home.handle_bits(gen);
+        let tag_bits = (handle_bits >> INDEX_BITS) & !u64::from(GEN_COUNTER_MASK);
+        self.read_at(handle_bits, tag_bits, home.addr)
     }
 
     /// The generation and address of the live object, if any, from one load.
-    pub fn snapshot(&self) -> Option<(u32, usize)> {
-        let word = self.word.load(Ordering::Acquire);
+    pub fn snapshot(&self, home: Home) -> Option<(u32, usize)> {
+        let word = home.normal(self.word.load(Ordering::Acquire));
         (word & LIVE != 0).then_some((gen_of(word), address_in(word)))
     }
 
     /// The live object's address, or 0 if vacant.
-    pub fn address(&self) -> usize {
-        self.snapshot().map_or(0, |(_, addr)| addr)
+    pub fn address(&self, home: Home) -> usize {
+        self.snapshot(home).map_or(0, |(_, addr)| addr)
     }
 
     /// Publishes a new object in a vacant slot (the inserting thread owns the vacant slot), under the
     /// slot's current generation.
-    pub fn publish_new(&self, addr: usize) {
-        debug_assert!(storable(addr));
+    pub fn publish_new(&self, addr: usize, home: Home) {
         let word = self.word.load(Ordering::Relaxed);
-        debug_assert_eq!(word & LIVE, 0);
+        debug_assert!(!is_live(word));
         self.word
-            .store((word & GEN_BITS) | LIVE | stored(addr), Ordering::Release);
+            .store(home.live_word(gen_of(word), addr), Ordering::Release);
     }
 
     /// The free-slot link a vacant slot holds (0 if none was set).
     pub fn free_link(&self) -> u32 {
         let word = self.word.load(Ordering::Relaxed);
-        debug_assert_eq!(word & LIVE, 0);
+        debug_assert!(!is_live(word));
         ((word & ADDR_MASK) >> 3) as u32
     }
 
@@ -212,7 +320,7 @@ impl Slot {
     /// ignore vacant slots whatever their address bits).
     pub fn set_free_link(&self, link: u32) {
         let word = self.word.load(Ordering::Relaxed);
-        debug_assert_eq!(word & LIVE, 0);
+        debug_assert!(!is_live(word));
         self.word.store(
             (word & GEN_BITS) | (u64::from(link) << 3 & ADDR_MASK),
             Ordering::Relaxed,
@@ -232,38 +340,42 @@ impl Slot {
 
     /// Whether the slot is parked (see `is_free_home`). Lock holder only.
     pub fn is_parked(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & (LIVE | PARKED) == PARKED
+        let word = self.word.load(Ordering::Relaxed);
+        !is_live(word) && word & PARKED != 0
     }
 
     /// Parks a vacant slot that came back from a removal (lock holder only; see `is_free_home`).
     pub fn park(&self) {
         let word = self.word.load(Ordering::Relaxed);
-        debug_assert_eq!(word & LIVE, 0);
+        debug_assert!(!is_live(word));
         self.word
             .store((word & GEN_BITS) | PARKED, Ordering::Relaxed);
     }
 
     /// Marks a vacant slot whose generation wrapped as never to be used again (lock holder only).
     pub fn retire_for_good(&self) {
-        debug_assert_eq!(self.word.load(Ordering::Relaxed) & (LIVE | GEN_BITS), 0);
+        debug_assert_eq!(
+            self.word.load(Ordering::Relaxed) & (HOME_FORM | LIVE | GEN_BITS),
+            0
+        );
         self.word.store(RETIRED, Ordering::Relaxed);
     }
 
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
     /// `None` when the slot no longer holds generation `gen`.
-    pub fn begin_write(&self, gen: u32) -> Option<usize> {
-        self.take(gen, WRITING)
+    pub fn begin_write(&self, gen: u32, home: Home) -> Option<usize> {
+        self.take(gen, WRITING, home)
     }
 
     /// Ends a write by publishing `new` (which may equal the old address).
-    pub fn finish_write(&self, new: usize) {
-        self.release_with(new);
+    pub fn finish_write(&self, new: usize, home: Home) {
+        self.release_with(new, home);
     }
 
     /// Empties the slot; waits while a writer or mover holds it. Returns the old address; the slot is
     /// then vacant under the next generation, so handles to it are stale. `None` if already stale.
-    pub fn begin_remove(&self, gen: u32) -> Option<usize> {
-        let addr = self.take(gen, WRITING)?;
+    pub fn begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
+        let addr = self.take(gen, WRITING, home)?;
         // One store clears `LIVE` and bumps the generation: no reader can pair either generation with
         // the other state.
         self.word
@@ -271,11 +383,12 @@ impl Slot {
         Some(addr)
     }
 
-    fn take(&self, gen: u32, bit: u64) -> Option<usize> {
+    fn take(&self, gen: u32, bit: u64, home: Home) -> Option<usize> {
         let expected = with_gen(gen) | LIVE;
         let mut spins = 0;
         loop {
-            let word = self.word.load(Ordering::Acquire);
+            let raw = self.word.load(Ordering::Acquire);
+            let word = home.normal(raw);
             if word & (GEN_BITS | LIVE) != expected {
                 return None;
             }
@@ -285,7 +398,7 @@ impl Slot {
             }
             if self
                 .word
-                .compare_exchange_weak(word, word | bit, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange_weak(raw, word | bit, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 return Some(address_in(word));
@@ -294,56 +407,56 @@ impl Slot {
     }
 
     /// Ends a hold (write, move) by publishing `addr` as the live object's address.
-    fn release_with(&self, addr: usize) {
-        debug_assert!(storable(addr));
-        // Only the holder changes a held word: the relaxed load sees our own CAS.
+    fn release_with(&self, addr: usize, home: Home) {
+        // Only the holder changes a held word (always normal): the relaxed load sees our own CAS.
         let word = self.word.load(Ordering::Relaxed);
-        debug_assert_ne!(word & HELD, 0);
+        debug_assert!(word & HOME_FORM == 0 && word & HELD != 0);
         self.word
-            .store((word & GEN_BITS) | LIVE | stored(addr), Ordering::Release);
+            .store(home.live_word(gen_of(word), addr), Ordering::Release);
     }
 
     /// Marks the live object at `addr` as moving if nobody holds it and nobody has it pinned (`pins`
     /// is this slot's pin count, read only if its table's `gate` is open). Never waits.
-    pub fn try_isolate(&self, gate: &PinGate, pins: &Pins, addr: usize) -> bool {
-        let word = self.word.load(Ordering::Relaxed);
+    pub fn try_isolate(&self, gate: &PinGate, pins: &Pins, addr: usize, home: Home) -> bool {
+        let raw = self.word.load(Ordering::Relaxed);
+        let word = home.normal(raw);
         if word & !GEN_BITS != LIVE | stored(addr) {
             return false;
         }
         if self
             .word
-            .compare_exchange(word, word | MOVING, Ordering::SeqCst, Ordering::Relaxed)
+            .compare_exchange(raw, word | MOVING, Ordering::SeqCst, Ordering::Relaxed)
             .is_err()
         {
             return false;
         }
         fence(Ordering::SeqCst);
         if gate.is_open() && pins.load(Ordering::SeqCst) != 0 {
-            self.word.store(word, Ordering::Release);
+            self.word.store(raw, Ordering::Release);
             return false;
         }
         true
     }
 
     /// Completes a move: the object now lives at `new`.
-    pub fn publish_move(&self, new: usize) {
-        self.release_with(new);
+    pub fn publish_move(&self, new: usize, home: Home) {
+        self.release_with(new, home);
     }
 
     /// Abandons a move: the object stays at `addr`.
-    pub fn abort_move(&self, addr: usize) {
-        self.release_with(addr);
+    pub fn abort_move(&self, addr: usize, home: Home) {
+        self.release_with(addr, home);
     }
 
     /// Pins the object so it cannot move (for types read through interior mutability). Waits while a
     /// move is in progress. `None` if the slot no longer holds generation `gen`.
-    pub fn pin(&self, gate: &PinGate, pins: &Pins, gen: u32) -> Option<usize> {
+    pub fn pin(&self, gate: &PinGate, pins: &Pins, gen: u32, home: Home) -> Option<usize> {
         gate.open();
         let mut spins = 0;
         loop {
             pins.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            let word = self.word.load(Ordering::SeqCst);
+            let word = home.normal(self.word.load(Ordering::SeqCst));
             // The generation first: a vacant slot's low bits are not `MOVING` (see `PARKED`).
             if word & (GEN_BITS | LIVE) != with_gen(gen) | LIVE {
                 Self::unpin(pins);
@@ -360,6 +473,23 @@ impl Slot {
     pub fn unpin(pins: &Pins) {
         pins.fetch_sub(1, Ordering::Release);
     }
+}
+
+/// `read_at`'s answer for a word that is not the handle's home word: the address if `word` is a
+/// normal word live under generation `gen` (one that is wider than the counter never is).
+#[inline]
+#[cold]
+fn read_normal(word: u64, gen: u64) -> Option<usize> {
+    if gen > u64::from(GEN_COUNTER_MASK) || word >> LIVE_SHIFT != (gen << 1) | 1 {
+        return None;
+    }
+    fence(Ordering::Acquire);
+    Some(address_in(word))
+}
+
+/// Whether a word (of either form) holds an object.
+fn is_live(word: u64) -> bool {
+    word & (HOME_FORM | LIVE) != 0
 }
 
 impl Default for Slot {
@@ -382,92 +512,183 @@ mod tests {
         assert_eq!(std::mem::size_of::<Slot>(), 8);
     }
 
-    #[test]
-    fn life_cycle_and_generations() {
-        let (slot, gate, pins) = (Slot::new(), PinGate::new(), Pins::new(0));
-        assert_eq!(slot.read(0), None);
-        slot.publish_new(0x1000);
-        assert_eq!(slot.read(0), Some(0x1000));
-        assert_eq!(slot.read(1), None);
-        for foreign_tag in [1, 7, crate::MAX_CACHES as u64] {
-            let gen = foreign_tag << GEN_COUNTER_BITS;
-            assert_eq!(slot.read(gen), None, "another cache's handle never matches");
-        }
-        assert_eq!(slot.snapshot(), Some((0, 0x1000)));
-        assert!(slot.try_isolate(&gate, &pins, 0x1000));
-        assert_eq!(
-            slot.read(0),
-            Some(0x1000),
-            "readers keep the old copy while it moves"
-        );
-        assert!(!slot.try_isolate(&gate, &pins, 0x1000), "isolated once");
-        slot.publish_move(0x2008);
-        assert_eq!(slot.read(0), Some(0x2008));
-        assert!(
-            !slot.try_isolate(&gate, &pins, 0x1000),
-            "a stale address is refused"
-        );
-        assert_eq!(slot.pin(&gate, &pins, 0), Some(0x2008));
-        assert!(
-            !slot.try_isolate(&gate, &pins, 0x2008),
-            "a pinned object is refused"
-        );
-        Slot::unpin(&pins);
-        assert_eq!(slot.begin_remove(0), Some(0x2008));
-        assert_eq!(slot.read(0), None);
-        assert_eq!(slot.read(1), None, "vacant under the next generation");
-        assert_eq!(slot.generation(), 1);
-        slot.set_free_link(12345);
-        assert_eq!(slot.free_link(), 12345);
-        assert_eq!(slot.read(1), None, "a free link is not an address");
-        assert_eq!(slot.begin_write(1), None);
-        slot.publish_new(0x3000);
-        assert_eq!(slot.read(1), Some(0x3000));
-        assert_eq!(slot.read(0), None);
+    const NONE: Home = Home::NONE;
+
+    /// A foreign handle of slot `home`'s index, generation `gen`: another cache's tag.
+    fn foreign(home: Home, gen: u32, tag: u32) -> u64 {
+        Home::new(0x40, 5, tag_bits(tag)).handle_bits(gen) & !((1 << INDEX_BITS) - 1)
+            | home.handle_bits(gen) & ((1 << INDEX_BITS) - 1)
     }
 
     #[test]
-    fn a_read_at_home_answers_as_a_read_does() {
+    fn life_cycle_and_generations() {
         let (slot, gate, pins) = (Slot::new(), PinGate::new(), Pins::new(0));
-        let home = 0x4000;
-        assert_eq!(slot.read_at(0, home), None, "vacant");
-        slot.publish_new(home);
-        assert_eq!(slot.read_at(0, home), Some(home));
-        assert_eq!(slot.read_at(1, home), None, "another generation");
-        let foreign = (1 << GEN_COUNTER_BITS) as u64;
-        assert_eq!(slot.read_at(foreign, home), None, "another cache's tag");
-        assert!(slot.try_isolate(&gate, &pins, home));
+        assert_eq!(slot.read(NONE, 0), None);
         assert_eq!(
-            slot.read_at(0, home),
-            Some(home),
-            "moving: read where it was"
+            slot.read_at(0, 0, 0x9000),
+            None,
+            "bits equal to a vacant word are no handle"
         );
-        slot.publish_move(0x8000);
-        assert_eq!(slot.read_at(0, home), Some(0x8000), "moved away from home");
-        assert_eq!(slot.begin_remove(0), Some(0x8000));
-        assert!(!slot.is_free_home(), "on its way back");
+        slot.publish_new(0x1000, NONE);
+        assert_eq!(slot.read(NONE, 0), Some(0x1000));
+        let normal = slot.word.load(Ordering::Relaxed);
+        for tag in [0, tag_bits(0), tag_bits(1)] {
+            assert_eq!(
+                slot.read_at(normal, tag, 0x9000),
+                None,
+                "bits equal to a normal word are no handle"
+            );
+        }
+        assert_eq!(slot.read(NONE, 1), None);
+        // `NONE`'s handles carry tag 0.
+        for foreign_tag in [1, 7, crate::MAX_CACHES as u32] {
+            let bits = tag_bits(foreign_tag) << INDEX_BITS;
+            assert_eq!(
+                slot.read_at(bits, tag_bits(0), 0x9000),
+                None,
+                "another cache's handle never matches"
+            );
+        }
+        assert_eq!(slot.snapshot(NONE), Some((0, 0x1000)));
+        assert!(slot.try_isolate(&gate, &pins, 0x1000, NONE));
+        assert_eq!(
+            slot.read(NONE, 0),
+            Some(0x1000),
+            "readers keep the old copy while it moves"
+        );
+        assert!(
+            !slot.try_isolate(&gate, &pins, 0x1000, NONE),
+            "isolated once"
+        );
+        slot.publish_move(0x2008, NONE);
+        assert_eq!(slot.read(NONE, 0), Some(0x2008));
+        assert!(
+            !slot.try_isolate(&gate, &pins, 0x1000, NONE),
+            "a stale address is refused"
+        );
+        assert_eq!(slot.pin(&gate, &pins, 0, NONE), Some(0x2008));
+        assert!(
+            !slot.try_isolate(&gate, &pins, 0x2008, NONE),
+            "a pinned object is refused"
+        );
+        Slot::unpin(&pins);
+        assert_eq!(slot.begin_remove(0, NONE), Some(0x2008));
+        assert_eq!(slot.read(NONE, 0), None);
+        assert_eq!(slot.read(NONE, 1), None, "vacant under the next generation");
+        assert_eq!(slot.generation(), 1);
+        slot.set_free_link(12345);
+        assert_eq!(slot.free_link(), 12345);
+        assert_eq!(slot.read(NONE, 1), None, "a free link is not an address");
+        assert_eq!(slot.begin_write(1, NONE), None);
+        slot.publish_new(0x3000, NONE);
+        assert_eq!(slot.read(NONE, 1), Some(0x3000));
+        assert_eq!(slot.read(NONE, 0), None);
+    }
+
+    #[test]
+    fn an_object_at_home_has_its_handle_in_its_slot() {
+        let (slot, gate, pins) = (Slot::new(), PinGate::new(), Pins::new(0));
+        let home = Home::new(0x4000, 77, tag_bits(3));
+        assert_eq!(slot.read(home, 0), None, "vacant");
+        slot.publish_new(home.addr(), home);
+        assert_eq!(slot.word.load(Ordering::Relaxed), home.handle_bits(0));
+        assert!(slot.is_live() && !slot.is_parked() && !slot.is_free_home());
+        assert_eq!(slot.read(home, 0), Some(0x4000));
+        assert_eq!(slot.read(home, 1), None, "another generation");
+        for tag in [1, 2, 4, 5, crate::MAX_CACHES as u32] {
+            assert_eq!(
+                slot.read_at(foreign(home, 0, tag), tag_bits(3), 0x4000),
+                None,
+                "another cache's tag {tag}"
+            );
+        }
+        assert_eq!(slot.generation(), 0);
+        assert_eq!(slot.snapshot(home), Some((0, 0x4000)));
+        assert!(!slot.try_isolate(&gate, &pins, 0x8000, home), "not there");
+        assert!(slot.try_isolate(&gate, &pins, 0x4000, home));
+        assert_eq!(
+            slot.read(home, 0),
+            Some(0x4000),
+            "moving: read where it was, in the normal form"
+        );
+        assert_eq!(slot.word.load(Ordering::Relaxed) & HOME_FORM, 0);
+        slot.abort_move(0x4000, home);
+        assert_eq!(
+            slot.word.load(Ordering::Relaxed),
+            home.handle_bits(0),
+            "an abandoned move leaves the object at home, in the home form"
+        );
+        assert!(slot.try_isolate(&gate, &pins, 0x4000, home));
+        slot.publish_move(0x8000, home);
+        assert_eq!(slot.read(home, 0), Some(0x8000), "moved away from home");
+        assert_eq!(slot.begin_write(0, home), Some(0x8000));
+        slot.finish_write(0x4000, home);
+        assert_eq!(slot.read(home, 0), Some(0x4000), "written back at home");
+        assert_eq!(slot.word.load(Ordering::Relaxed), home.handle_bits(0));
+        assert_eq!(slot.pin(&gate, &pins, 0, home), Some(0x4000));
+        assert!(!slot.try_isolate(&gate, &pins, 0x4000, home), "pinned");
+        assert_eq!(
+            slot.word.load(Ordering::Relaxed),
+            home.handle_bits(0),
+            "a refused isolation puts the home word back"
+        );
+        Slot::unpin(&pins);
+        assert_eq!(slot.pin(&gate, &pins, 1, home), None);
+        assert_eq!(slot.begin_remove(1, home), None, "stale");
+        assert_eq!(slot.begin_remove(0, home), Some(0x4000));
+        assert_eq!(slot.read(home, 0), None);
+        assert!(!slot.is_live() && !slot.is_free_home(), "on its way back");
         slot.park();
         assert!(slot.is_free_home() && slot.is_parked() && !slot.is_fresh());
-        assert_eq!(slot.read_at(1, home), None, "parked is vacant");
-        assert_eq!(slot.begin_write(1), None);
+        assert_eq!(slot.read(home, 1), None, "parked is vacant");
+        assert_eq!(slot.begin_write(1, home), None);
         assert_eq!(
-            slot.pin(&gate, &pins, 1),
+            slot.pin(&gate, &pins, 1, home),
             None,
             "a pin does not wait on a parked slot"
         );
-        slot.publish_new(home);
-        assert_eq!(slot.read_at(1, home), Some(home));
+        slot.publish_new(0x4000, home);
+        assert_eq!(slot.read(home, 1), Some(0x4000));
+        assert_eq!(slot.generation(), 1);
+    }
+
+    #[test]
+    fn a_home_word_is_never_read_as_a_normal_one() {
+        // For each home word, the one reader generation whose normal-form test it would pass were it
+        // not for the bound (`LIVE` and the generation are the word's top 20 bits): it must get
+        // nothing, whatever handle bits and tag give it.
+        let slot = Slot::new();
+        let mut tested = 0;
+        for tag in [1, 2, 3, 0x5555, crate::MAX_CACHES as u32] {
+            for gen in [0x1_0000, 0x3_0000, GEN_COUNTER_MASK] {
+                let home = Home::new(0x1_0000, 0x0aa_aaaa, tag_bits(tag));
+                let word = home.handle_bits(gen);
+                assert_ne!(word & LIVE, 0, "bit 44 of these home words is set");
+                slot.word.store(word, Ordering::Relaxed);
+                let reader_gen = word >> GEN_SHIFT;
+                for handle_bits in [u64::MAX, HOME_FORM | reader_gen << INDEX_BITS, word ^ 8] {
+                    let tag = (handle_bits >> INDEX_BITS) ^ reader_gen;
+                    assert_eq!(slot.read_at(handle_bits, tag, 0x1_0000), None);
+                    tested += 1;
+                }
+            }
+        }
+        assert_eq!(tested, 45);
     }
 
     #[test]
     fn the_generation_wraps_within_its_bits() {
         assert_eq!(next_generation(GEN_COUNTER_MASK), 0);
         let slot = Slot::new();
-        slot.word
-            .store(with_gen(GEN_COUNTER_MASK), Ordering::Relaxed);
-        slot.publish_new(0x40);
-        assert_eq!(slot.begin_remove(GEN_COUNTER_MASK), Some(0x40));
-        assert_eq!(slot.generation(), 0);
+        let home = Home::new(0x40, 1, tag_bits(1));
+        for at in [0x40, 0x80] {
+            slot.word
+                .store(with_gen(GEN_COUNTER_MASK), Ordering::Relaxed);
+            slot.publish_new(at, home);
+            assert_eq!(slot.generation(), GEN_COUNTER_MASK);
+            assert_eq!(slot.begin_remove(GEN_COUNTER_MASK, home), Some(at));
+            assert_eq!(slot.generation(), 0);
+        }
     }
 
     #[test]

@@ -320,16 +320,16 @@ impl SlotTable {
 pub(crate) struct ReadOnlySlot<'t>(&'t Slot);
 
 impl ReadOnlySlot<'_> {
-    /// See [`Slot::read`].
-    #[inline]
-    pub(crate) fn read(&self, gen: u64) -> Option<usize> {
-        self.0.read(gen)
-    }
-
     /// See [`Slot::read_at`].
     #[inline]
-    pub(crate) fn read_at(&self, gen: u64, home: usize) -> Option<usize> {
-        self.0.read_at(gen, home)
+    pub(crate) fn read_at(&self, handle_bits: u64, tag_bits: u64, home: usize) -> Option<usize> {
+        self.0.read_at(handle_bits, tag_bits, home)
+    }
+
+    /// See [`Slot::read`].
+    #[cfg(test)]
+    pub(crate) fn read(&self, home: crate::slot::Home, gen: u32) -> Option<usize> {
+        self.0.read(home, gen)
     }
 }
 
@@ -366,6 +366,7 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slot::Home;
 
     #[test]
     fn slots_appear_a_chunk_at_a_time_and_stay_put() {
@@ -393,7 +394,7 @@ mod tests {
         // end of the reservation: those slots read as vacant.
         let uncommitted = SlotTable::new(4 * CHUNK_SLOTS).expect("reservation");
         for index in [0, 3 * CHUNK_SLOTS as u32, 4 * CHUNK_SLOTS as u32, u32::MAX] {
-            assert_eq!(uncommitted.for_read(index).read(0), None);
+            assert_eq!(uncommitted.for_read(index).read(Home::NONE, 0), None);
         }
         assert!(uncommitted.get(0).is_none());
         let pins = table.pins(7);
@@ -410,11 +411,11 @@ mod tests {
         // Both see the same slots: what one writes, the other reads.
         let addr = 0x1000;
         let slot = other.get(150).expect("claimed");
-        slot.publish_new(addr);
-        assert_eq!(table.for_read(150).read(0), Some(addr));
+        slot.publish_new(addr, Home::NONE);
+        assert_eq!(table.for_read(150).read(Home::NONE, 0), Some(addr));
         drop(table);
         assert_eq!(
-            other.get(150).map(Slot::address),
+            other.get(150).map(|slot| slot.address(Home::NONE)),
             Some(addr),
             "kept by the last sharer"
         );

@@ -479,7 +479,7 @@ fn calls_from_inside_a_callback_are_refused() {
     );
 }
 
-/// A slot serves 2^19 generations, then is retired rather than wrap: no handle ever made can name a
+/// A slot serves 2^18 generations, then is retired rather than wrap: no handle ever made can name a
 /// later object, however often slots are reused. The cache fills a slab (one 64 KiB unit of 16-byte
 /// blocks), then `take`s one object: that frees its block and slot at once, so the next insert gets
 /// the block just freed and, with it, the same home slot, which so serves every object from then on,
@@ -487,7 +487,7 @@ fn calls_from_inside_a_callback_are_refused() {
 #[test]
 fn a_slot_is_retired_before_its_generation_wraps() {
     let mut cache: RelocCache<u64> = RelocCache::new().unwrap();
-    const GENERATIONS: usize = 1 << 19;
+    const GENERATIONS: usize = 1 << 18;
     let index = |h: Handle<u64>| h.to_bits() & (relocate_api::MAX_OBJECTS as u64 - 1);
     let mut seen = std::collections::HashSet::new();
     let mut uses: HashMap<u64, usize> = HashMap::new();

@@ -127,7 +127,8 @@ impl Home {
         if addr == 0 {
             return Self::NONE;
         }
-        debug_assert!(storable(addr));
+        // A spare slot's "home" may lie past the region (even past what a slot can store): no
+        // block is there, so its words are all normal.
         Self {
             addr,
             name: tag_bits << INDEX_BITS | u64::from(index),
@@ -650,6 +651,16 @@ mod tests {
         slot.publish_new(0x4000, home);
         assert_eq!(slot.read(home, 1), Some(0x4000));
         assert_eq!(slot.generation(), 1);
+    }
+
+    #[test]
+    fn a_home_no_block_can_be_at_keeps_the_normal_form() {
+        // A spare slot's computed home can lie past anything a slot can store.
+        let (slot, home) = (Slot::new(), Home::new(1 << 45, 3, tag_bits(1)));
+        slot.publish_new(0x1000, home);
+        assert_eq!(slot.word.load(Ordering::Relaxed) & HOME_FORM, 0);
+        assert_eq!(slot.read(home, 0), Some(0x1000));
+        assert_eq!(slot.snapshot(home), Some((0, 0x1000)));
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{
-    next_epoch_id, next_tag, read_many, read_slot, tag_bits, CacheError, Guard, Reader, RelocCache,
+    flush_until_quiet, next_epoch_id, next_tag, read_many, read_slot, tag_bits, CacheError, Guard,
+    Reader, RelocCache,
 };
 use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
@@ -394,10 +395,13 @@ impl BlobCache {
         evicted
     }
 
-    /// Frees what the epoch allows, in every class.
+    /// Frees what the epoch allows, in every class. The classes share one collector, so it is flushed
+    /// until none of them sees more blocks come back (once for all, not once per class), and each
+    /// class then takes its blocks back.
     pub fn flush(&self, reader: &Reader<'_>) {
+        flush_until_quiet(reader, || self.made().map(|(_, c)| c.waiting()).sum());
         for (_, class) in self.made() {
-            class.flush(reader);
+            drop(class.lock());
         }
     }
 

@@ -226,6 +226,25 @@ pub(crate) fn read_many<T>(
     }
 }
 
+/// Flushes `reader`'s collector until `waiting` (blocks retired and not yet taken back) has not
+/// changed for `QUIET_ROUNDS` rounds in a row, or a bound is reached (see [`RelocCache::flush`]).
+pub(crate) fn flush_until_quiet(reader: &Reader<'_>, waiting: impl Fn() -> usize) {
+    const QUIET_ROUNDS: usize = 256;
+    let mut quiet_rounds = 0;
+    for _ in 0..1_000_000 {
+        let before = waiting();
+        reader.pin().flush();
+        if waiting() == before {
+            quiet_rounds += 1;
+            if quiet_rounds == QUIET_ROUNDS {
+                break;
+            }
+        } else {
+            quiet_rounds = 0;
+        }
+    }
+}
+
 /// The next collector identity; never reused (a `usize` counter does not wrap in practice).
 pub(crate) fn next_epoch_id() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(1);
@@ -1161,21 +1180,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// stay pinned hold the epoch back; then it returns after a bounded number of rounds with those
     /// blocks still waiting. Batches still open in other threads' guards wait for those guards.
     pub fn flush(&self, reader: &Reader<'_>) {
-        const QUIET_ROUNDS: usize = 256;
-        let mut quiet_rounds = 0;
-        for _ in 0..1_000_000 {
-            let before = self.retired.waiting();
-            reader.pin().flush();
-            if self.retired.waiting() == before {
-                quiet_rounds += 1;
-                if quiet_rounds == QUIET_ROUNDS {
-                    break;
-                }
-            } else {
-                quiet_rounds = 0;
-            }
-        }
+        flush_until_quiet(reader, || self.retired.waiting());
         drop(self.lock());
+    }
+
+    /// Blocks retired and waiting to be taken back (see [`Retired::waiting`]).
+    pub(crate) fn waiting(&self) -> usize {
+        self.retired.waiting()
     }
 }
 

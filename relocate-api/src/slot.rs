@@ -44,10 +44,12 @@
 //!     `-----------------'                            `--abort_move--------> addr|LIVE
 //! ```
 //!
+//! (Each `addr|LIVE` above is written as the home word when `addr` is the slot's home.)
+//!
 //! - Readers never write the slot: one load (and an `Acquire` fence once it matches) gives the
-//!   generation, `LIVE` and the address (or the home) at once. An object they reach stays valid until their epoch guard is dropped, because every old
-//!   address is retired through the epoch (a move, an update or a remove never frees memory a pinned
-//!   reader may hold).
+//!   generation, `LIVE` and the address (or the home) at once. An object they reach stays valid
+//!   until their epoch guard is dropped, because every old address is retired through the epoch (a
+//!   move, an update or a remove never frees memory a pinned reader may hold).
 //! - Writers, removers and movers take the object by a CAS on the word from a state with neither
 //!   `WRITING` nor `MOVING`, so at most one of them holds it at a time; the others wait (writers,
 //!   removers) or skip it (the mover never waits: it refuses busy objects). Only the holder changes

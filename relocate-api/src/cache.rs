@@ -1180,7 +1180,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// stay pinned hold the epoch back; then it returns after a bounded number of rounds with those
     /// blocks still waiting. Batches still open in other threads' guards wait for those guards.
     pub fn flush(&self, reader: &Reader<'_>) {
-        flush_until_quiet(reader, || self.retired.waiting());
+        flush_until_quiet(reader, || self.waiting());
         drop(self.lock());
     }
 

@@ -13,7 +13,7 @@ pub struct Handle<T> {
     _type: PhantomData<fn() -> T>,
 }
 
-pub(crate) use crate::slot::INDEX_BITS;
+use crate::slot::INDEX_BITS;
 
 impl<T> Handle<T> {
     /// The handle of slot `index` (below `2^INDEX_BITS`) and generation `gen` (tag included).

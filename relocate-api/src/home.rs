@@ -44,7 +44,7 @@
 //! A byte-blob class shares its table with the other classes, which claim runs of it, so it has no
 //! homes ([`Homes::NONE`], base 0: its home addresses are not blocks').
 
-use crate::handle::INDEX_BITS;
+use crate::slot::INDEX_BITS;
 use alloc_core::movable::{movable_geometry, BlockPlace, MovableHeap};
 use alloc_core::size_class::UNIT_SHIFT;
 use core::marker::PhantomData;

@@ -31,7 +31,7 @@
 //! the first slot used in it, and the table's resident size is part of the cache's footprint (in the
 //! `handles` benchmark, huge pages for the table made no measurable difference to `get`).
 
-use crate::handle::INDEX_BITS;
+use crate::slot::INDEX_BITS;
 use crate::slot::{PinGate, Pins, Slot};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

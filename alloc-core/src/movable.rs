@@ -539,12 +539,24 @@ fn view_of(s: &Slab) -> SlabView {
     }
 }
 
-/// Unmaps every movable arena that holds no slab now (rather than after the decommit delay).
-/// Returns the bytes given back.
+/// Unmaps every movable arena that holds no slab now (rather than after the decommit delay), and
+/// decommits the free units of the others. Returns the bytes given back.
 pub fn release_free_arenas() -> usize {
+    release_movable(true)
+}
+
+/// What [`release_free_arenas`] does, for arenas that have had free memory for the decommit delay
+/// (50 ms) only. Cheaper for the process's other threads, when called often: each unmapping or
+/// decommit makes the kernel interrupt every CPU running one of them to flush its TLB, and an arena
+/// that empties and is needed again within the delay is reused instead of unmapped and mapped again.
+pub fn release_aged_arenas() -> usize {
+    release_movable(false)
+}
+
+fn release_movable(force: bool) -> usize {
     arena::POOL
         .lock()
-        .maintain_kinds(&[ArenaKind::Movable], crate::os::now_ms(), true)
+        .maintain_kinds(&[ArenaKind::Movable], crate::os::now_ms(), force)
 }
 
 /// Whether `addr` lies in a movable arena's part of the address space (for callers that must tell

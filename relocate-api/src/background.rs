@@ -90,9 +90,11 @@ impl Drop for Compactor {
 pub trait Compactable: Send + Sync + sealed::Caches {
     /// One round of the background compactor's work, which a caller may also run itself: if the
     /// cache's fragmentation is above `config.target_fragmentation`, compacts it within
-    /// `config.budget`, frees what the epoch allows and releases the arenas that emptied; then does
-    /// the cache's own upkeep (a [`BlobCache`] gives back the vacant runs of handle-table slots of
-    /// its sparse classes). Returns what it did. `reader` must be a reader of this cache.
+    /// `config.budget` and frees what the epoch allows; then gives back to the OS what has been free
+    /// for alloc-core's decommit delay (`release_aged_arenas`: what this round freed goes back in a
+    /// round one delay later, and readers are not interrupted by a TLB shootdown per round), and
+    /// does the cache's own upkeep (a [`BlobCache`] gives back the vacant runs of handle-table
+    /// slots of its sparse classes). Returns what it did. `reader` must be a reader of this cache.
     fn compact_round(&self, reader: &Reader<'_>, config: &CompactorConfig) -> BackgroundReport {
         let mut round = BackgroundReport {
             rounds: 1,
@@ -106,9 +108,9 @@ pub trait Compactable: Send + Sync + sealed::Caches {
                 .unwrap_or_default();
             drop(guard);
             self.flush_with(reader);
-            self.release_arenas();
             round.compactions = 1;
         }
+        self.release_arenas();
         round.returned_slots = self.upkeep() as u64;
         round
     }
@@ -159,7 +161,7 @@ macro_rules! by_own_methods {
         }
 
         fn release_arenas(&self) {
-            self.release_empty_arenas();
+            self.release_aged_arenas();
         }
     };
 }

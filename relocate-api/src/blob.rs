@@ -144,7 +144,7 @@ pub struct BlobCache {
     /// The collector's identity and the tag, shared by the classes (one guard serves them all).
     epoch: usize,
     tag: u32,
-    /// Bytes `release_empty_arenas` gave back.
+    /// Bytes `release_empty_arenas` and `release_aged_arenas` gave back.
     released: AtomicU64,
     /// Blobs removed or evicted so far, and how many there had been when an insert into a full
     /// table last found no vacant run to take back: until more go, a full table refuses at once
@@ -436,8 +436,19 @@ impl BlobCache {
 
     /// Returns the arenas that compaction or eviction emptied to the OS now, rather than after the
     /// decommit delay. Returns the bytes given back (shared by every movable cache in the process).
+    /// As for [`RelocCache::release_empty_arenas`], prefer
+    /// [`release_aged_arenas`](Self::release_aged_arenas) to give memory back often.
     pub fn release_empty_arenas(&self) -> usize {
-        let released = alloc_core::movable::release_free_arenas();
+        self.count_released(alloc_core::movable::release_free_arenas())
+    }
+
+    /// Returns to the OS what was freed more than alloc-core's decommit delay (50 ms) ago, as the
+    /// background compactor does every round (see [`RelocCache::release_aged_arenas`]).
+    pub fn release_aged_arenas(&self) -> usize {
+        self.count_released(alloc_core::movable::release_aged_arenas())
+    }
+
+    fn count_released(&self, released: usize) -> usize {
         self.released.fetch_add(released as u64, Ordering::Relaxed);
         released
     }

@@ -452,8 +452,26 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Returns the arenas that compaction or eviction emptied to the OS now, rather than after the
     /// decommit delay. Returns the bytes given back (shared by every movable cache in the process).
+    ///
+    /// Each arena given back costs every other running thread of the process a TLB shootdown (an
+    /// interrupt: about 10 µs of a reader's time on the machine of `benches/README.md`). To give
+    /// memory back often, as a compaction loop does, prefer
+    /// [`release_aged_arenas`](Self::release_aged_arenas).
     pub fn release_empty_arenas(&self) -> usize {
-        let released = movable::release_free_arenas();
+        self.count_released(movable::release_free_arenas())
+    }
+
+    /// Returns to the OS what compaction, eviction or removals freed more than alloc-core's decommit
+    /// delay (50 ms) ago, as the background compactor does every round: memory comes back one delay
+    /// later than with [`release_empty_arenas`](Self::release_empty_arenas), and an arena that
+    /// empties and is needed again within the delay is reused rather than unmapped and mapped again
+    /// (sparing the other threads the TLB shootdowns). Returns the bytes given back (shared by every
+    /// movable cache in the process).
+    pub fn release_aged_arenas(&self) -> usize {
+        self.count_released(movable::release_aged_arenas())
+    }
+
+    fn count_released(&self, released: usize) -> usize {
         if let Ok(mut inner) = self.lock() {
             inner.counters.released_bytes += released as u64;
         }

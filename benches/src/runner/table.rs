@@ -230,6 +230,24 @@ const HANDLES_MEMORY: &[Column] = &[
         decimals: 1,
         with_ratio: false,
     },
+    Column {
+        header: "p99 compacting, forced release ns/get",
+        value: |r| positive(number(r, "p99_compact_forced_ns")?),
+        decimals: 1,
+        with_ratio: false,
+    },
+    Column {
+        header: "forced release: compacting/idle p99, same layout",
+        value: |r| ratio(r, "p99_compact_forced_ns", "p99_compacted_idle_ns"),
+        decimals: 2,
+        with_ratio: false,
+    },
+    Column {
+        header: "moved while reading, forced release MiB",
+        value: |r| Some(number(r, "moved_reading_forced")? / MIB),
+        decimals: 1,
+        with_ratio: false,
+    },
 ];
 
 const SPEED_AND_MEMORY: &[Column] = &[

@@ -86,42 +86,45 @@ pub struct CacheStats {
 
 struct Pass {
     report: CompactReport,
-    remaining_objects: usize,
-    remaining_bytes: usize,
+    /// Moves the budget still allows: a cache's objects are all of one size, so a budget in bytes
+    /// is one in objects.
+    remaining: usize,
     /// Old copies of the objects moved so far, retired together when the pass ends.
     moved_from: Vec<usize>,
 }
 
 impl Pass {
-    fn new(budget: Budget) -> Self {
-        let (objects, bytes) = match budget {
-            Budget::Unlimited => (usize::MAX, usize::MAX),
-            Budget::Objects(n) => (n, usize::MAX),
-            Budget::Bytes(n) => (usize::MAX, n),
+    fn new(budget: Budget, object_bytes: usize) -> Self {
+        let remaining = match budget {
+            Budget::Unlimited => usize::MAX,
+            Budget::Objects(n) => n,
+            Budget::Bytes(n) => n / object_bytes.max(1),
         };
         Self {
             report: CompactReport::default(),
-            remaining_objects: objects,
-            remaining_bytes: bytes,
+            remaining,
             moved_from: Vec::new(),
         }
     }
 
-    /// How many of `objects` of `bytes_each` the budget lets this pass move.
-    fn objects_within(&self, objects: usize, bytes_each: usize) -> usize {
-        objects
-            .min(self.remaining_objects)
-            .min(self.remaining_bytes / bytes_each.max(1))
+    /// How many of `objects` the budget lets this pass move.
+    fn objects_within(&self, objects: usize) -> usize {
+        objects.min(self.remaining)
     }
 
-    fn spend(&mut self, bytes: usize) -> bool {
-        if self.remaining_objects == 0 || self.remaining_bytes < bytes {
+    /// Takes one move from the budget; false (and the report says so) when it is spent.
+    fn spend(&mut self) -> bool {
+        if self.remaining == 0 {
             self.report.budget_exhausted = true;
             return false;
         }
-        self.remaining_objects -= 1;
-        self.remaining_bytes -= bytes;
+        self.remaining -= 1;
         true
+    }
+
+    /// Gives back a move `spend` took for a block that held nothing to move.
+    fn refund(&mut self) {
+        self.remaining = self.remaining.saturating_add(1);
     }
 }
 
@@ -141,7 +144,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let started = Instant::now();
         let mut inner = self.lock()?;
         let mut slabs: Vec<SlabView> = inner.heap.slabs().collect();
-        let mut pass = Pass::new(budget);
+        let mut pass = Pass::new(budget, self.object_bytes);
         if let Some(per_slab) = slabs.first().map(|s| s.capacity) {
             let live: usize = slabs.iter().map(|s| s.live).sum();
             let needed = live.div_ceil(per_slab).max(1);
@@ -188,7 +191,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let arena = arena & !(alloc_core_arena_bytes() - 1);
         let mut inner = self.lock()?;
         let sources: Vec<SlabView> = inner.heap.slabs().filter(|s| s.arena == arena).collect();
-        let mut pass = Pass::new(budget);
+        let mut pass = Pass::new(budget, self.object_bytes);
         pass.report.source_slabs = sources.len();
         inner.heap.set_avoid_arena(Some(arena));
         inner.heap.begin_drain(|s| s.arena == arena);
@@ -298,7 +301,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// The free blocks the moves will fill are first re-linked in address order.
     fn move_sources(&self, heap: &mut movable::MovableHeap, pass: &mut Pass, sources: &[SlabView]) {
         let moving: usize = sources.iter().map(|s| s.live).sum();
-        let within = pass.objects_within(moving, self.object_bytes);
+        let within = pass.objects_within(moving);
         // Sized once: growing it move by move would fault in fresh pages during the pass.
         pass.moved_from.reserve(within);
         heap.order_free_lists(within);
@@ -377,7 +380,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         in_flight: &mut Option<InFlight<'t>>,
     ) -> bool {
         let bytes = self.object_bytes;
-        if !pass.spend(bytes) {
+        if !pass.spend() {
             return false;
         }
         let old = block.as_ptr() as usize;
@@ -386,7 +389,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         let home = self.home(owner);
         if !slot.try_isolate(self.table.pin_gate(), self.table.pins(owner), old, home) {
-            pass.report.refused += 1;
+            if slot.address(home) == old {
+                // Held by a writer, a remover, a pin or another move.
+                pass.report.refused += 1;
+            } else {
+                // An old copy waiting for the epoch (its object was moved, updated or removed under
+                // a guard still pinned): nothing to move, and no move spent.
+                pass.refund();
+            }
             return true;
         }
         let handle = self.handle_for(owner, slot.generation());

@@ -216,15 +216,15 @@ impl SlotTable {
         true
     }
 
-    /// Starts loading the slot at `index` and its pin count into the cache (a hint; nothing for slots
-    /// beyond the accessible ones).
+    /// Starts loading the slot at `index` (masked as in `for_read`) and, once any slot has been
+    /// pinned, its pin count into the cache: for a move, which reads both. A hint, so no check that
+    /// the chunk is writable, as in [`prefetch_slot`](Self::prefetch_slot).
     #[inline]
     pub(crate) fn prefetch(&self, index: u32) {
-        if let Some(slot) = self.get(index) {
-            alloc_core::os::prefetch((slot as *const Slot).cast());
-            if self.shared.gate.is_open() {
-                alloc_core::os::prefetch((self.pins(index) as *const Pins).cast());
-            }
+        self.prefetch_slot(index);
+        if self.shared.gate.is_open() {
+            let index = index as usize & (RESERVED_SLOTS - 1);
+            alloc_core::os::prefetch(self.pins_base().wrapping_add(index * size_of::<Pins>()));
         }
     }
 

@@ -329,6 +329,52 @@ fn blocks_are_the_size_of_the_type() {
     assert_eq!(object.map(|(last, addr)| (last, addr % 64)), Some((7, 0)));
 }
 
+/// A budget bounds what one pass moves, in objects or in bytes (whole objects only), and the report
+/// says when it ran out.
+#[test]
+fn a_budget_bounds_what_one_pass_moves() {
+    let cache: RelocCache<[u64; 8]> = RelocCache::new().unwrap();
+    let size = cache.block_bytes();
+    assert_eq!(size, 64);
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..20_000u64)
+        .map(|i| cache.insert([i; 8]).unwrap())
+        .collect();
+    let guard = reader.pin();
+    for (i, h) in handles.iter().enumerate() {
+        if i % 8 != 0 {
+            assert!(cache.remove(*h, &guard));
+        }
+    }
+    drop(guard);
+    cache.flush(&reader);
+    let guard = reader.pin();
+    for (budget, moves) in [
+        (Budget::Objects(10), 10),
+        (Budget::Bytes(10 * size + size - 1), 10),
+        (Budget::Bytes(size - 1), 0),
+        (Budget::Objects(0), 0),
+    ] {
+        let report = cache.compact(&guard, budget).unwrap();
+        assert_eq!(report.moved_objects, moves, "{budget:?}: {report:?}");
+        assert_eq!(report.moved_bytes, moves * size, "{budget:?}: {report:?}");
+        assert!(report.budget_exhausted, "{budget:?}: {report:?}");
+    }
+    let report = cache.compact(&guard, Budget::Unlimited).unwrap();
+    assert!(
+        report.moved_objects > 0 && !report.budget_exhausted,
+        "{report:?}"
+    );
+    let budgeted = cache
+        .evacuate_sparsest(&guard, 1, Budget::Objects(3))
+        .unwrap();
+    assert_eq!(budgeted.moved_objects, 3, "{budgeted:?}");
+    assert!(budgeted.budget_exhausted);
+    for (i, h) in handles.iter().enumerate().step_by(8) {
+        assert_eq!(cache.get(*h, &guard), Some(&[i as u64; 8]));
+    }
+}
+
 /// A value that counts its drops in the counter it names.
 struct Counted(u64, &'static AtomicUsize);
 

@@ -548,7 +548,7 @@ pub fn release_free_arenas() -> usize {
 /// What [`release_free_arenas`] does, for arenas that have had free memory for the decommit delay
 /// (50 ms) only. Cheaper for the process's other threads, when called often: each unmapping or
 /// decommit makes the kernel interrupt every CPU running one of them to flush its TLB, and an arena
-/// that empties and is needed again within the delay is reused instead of unmapped and mapped again.
+/// that empties and is needed again soon is reused instead of unmapped and mapped again.
 pub fn release_aged_arenas() -> usize {
     release_movable(false)
 }

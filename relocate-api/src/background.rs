@@ -90,11 +90,12 @@ impl Drop for Compactor {
 pub trait Compactable: Send + Sync + sealed::Caches {
     /// One round of the background compactor's work, which a caller may also run itself: if the
     /// cache's fragmentation is above `config.target_fragmentation`, compacts it within
-    /// `config.budget` and frees what the epoch allows; then gives back to the OS what has been free
-    /// for alloc-core's decommit delay (`release_aged_arenas`: what this round freed goes back in a
-    /// round one delay later, and readers are not interrupted by a TLB shootdown per round), and
-    /// does the cache's own upkeep (a [`BlobCache`] gives back the vacant runs of handle-table
-    /// slots of its sparse classes). Returns what it did. `reader` must be a reader of this cache.
+    /// `config.budget` and frees what the epoch allows; then gives back to the OS the movable arenas
+    /// that have had free memory for alloc-core's decommit delay (`release_aged_arenas`: what this
+    /// round freed goes back up to one delay later, and an arena emptied and needed again meanwhile
+    /// is reused, not unmapped, which spares readers a TLB shootdown each time), and does the
+    /// cache's own upkeep (a [`BlobCache`] gives back the vacant runs of handle-table slots of its
+    /// sparse classes). Returns what it did. `reader` must be a reader of this cache.
     fn compact_round(&self, reader: &Reader<'_>, config: &CompactorConfig) -> BackgroundReport {
         let mut round = BackgroundReport {
             rounds: 1,
@@ -199,7 +200,9 @@ impl Compactable for BlobCache {
 }
 
 /// Starts a thread that compacts `cache` (a [`RelocCache`] or a [`BlobCache`]) according to
-/// `config`: a [`Compactable::compact_round`] every `config.interval`.
+/// `config`: a [`Compactable::compact_round`] every `config.interval`. What its last rounds freed
+/// stays mapped after it stops until alloc-core's own maintenance gives it back; call the cache's
+/// `release_empty_arenas` to give it back at once.
 pub fn start_compactor<C: Compactable + 'static>(
     cache: Arc<C>,
     config: CompactorConfig,

@@ -442,8 +442,9 @@ impl BlobCache {
         self.count_released(alloc_core::movable::release_free_arenas())
     }
 
-    /// Returns to the OS what was freed more than alloc-core's decommit delay (50 ms) ago, as the
-    /// background compactor does every round (see [`RelocCache::release_aged_arenas`]).
+    /// What [`release_empty_arenas`](Self::release_empty_arenas) does, for the movable arenas that
+    /// have had free memory for alloc-core's decommit delay (50 ms) only, as the background compactor
+    /// does every round (see [`RelocCache::release_aged_arenas`]).
     pub fn release_aged_arenas(&self) -> usize {
         self.count_released(alloc_core::movable::release_aged_arenas())
     }

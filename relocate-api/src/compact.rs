@@ -393,8 +393,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 // Held by a writer, a remover, a pin or another move.
                 pass.report.refused += 1;
             } else {
-                // An old copy waiting for the epoch (its object was moved, updated or removed under
-                // a guard still pinned): nothing to move, and no move spent.
+                // Not the object's copy: an old one waiting for the epoch (the object was moved,
+                // updated or removed under a guard still pinned), or an update's new one not yet
+                // published. Nothing to move, and no move spent.
                 pass.refund();
             }
             return true;
@@ -471,12 +472,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.count_released(movable::release_free_arenas())
     }
 
-    /// Returns to the OS what compaction, eviction or removals freed more than alloc-core's decommit
-    /// delay (50 ms) ago, as the background compactor does every round: memory comes back one delay
-    /// later than with [`release_empty_arenas`](Self::release_empty_arenas), and an arena that
-    /// empties and is needed again within the delay is reused rather than unmapped and mapped again
-    /// (sparing the other threads the TLB shootdowns). Returns the bytes given back (shared by every
-    /// movable cache in the process).
+    /// What [`release_empty_arenas`](Self::release_empty_arenas) does, for the movable arenas that
+    /// have had free memory for alloc-core's decommit delay (50 ms) only, as alloc-core's own
+    /// maintenance and the background compactor (every round) do. Memory comes back up to one delay
+    /// later, and an arena that empties and is needed again soon is reused rather than unmapped and
+    /// mapped again, sparing the other threads those TLB shootdowns. Returns the bytes given back
+    /// (shared by every movable cache in the process).
     pub fn release_aged_arenas(&self) -> usize {
         self.count_released(movable::release_aged_arenas())
     }

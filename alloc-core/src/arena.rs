@@ -145,6 +145,9 @@ pub(crate) struct ArenaHeader {
     huge: bool,
     /// Oldest time a unit became dirty, or the arena became empty.
     dirty_since_ms: u64,
+    /// Which arena of its kind this is, in the order they were mapped (from 1). Written once, before
+    /// any unit of the arena is handed out, so whoever holds a unit may read it without the lock.
+    serial: u64,
     next: *mut ArenaMeta,
     prev: *mut ArenaMeta,
 }
@@ -173,6 +176,8 @@ struct KindList {
 pub(crate) struct ArenaPool {
     lists: [KindList; KINDS],
     last_maintenance_ms: u64,
+    /// Arenas mapped so far (the last one's `serial`).
+    mapped: u64,
 }
 
 // SAFETY: the raw pointers are to arenas owned by the pool; the pool is only reached through its lock.
@@ -190,7 +195,17 @@ pub(crate) static POOL: SpinLock<ArenaPool> = SpinLock::new(ArenaPool {
         },
     ],
     last_maintenance_ms: 0,
+    mapped: 0,
 });
+
+/// The `serial` of the arena holding `desc`, a descriptor of units its caller holds (see
+/// `ArenaHeader::serial`): the order in which arenas were mapped.
+pub(crate) fn serial_of(desc: &Slab) -> u64 {
+    // SAFETY: a descriptor lies in its arena's `ArenaMeta`, which starts at the 2 MiB boundary below
+    // it and stays mapped while a unit of the arena is held; `serial` was written before any was
+    // handed out and never changes.
+    unsafe { (*meta_of(desc as *const Slab as usize)).header.serial }
+}
 
 /// The arena metadata for an address inside a normal arena (or a huge mapping's first 2 MiB), or for
 /// the address of any arena's descriptor.
@@ -270,6 +285,8 @@ impl ArenaPool {
         let arena = map_arena(kind, list.arenas)?;
         // SAFETY: `map_arena` returned a mapped, initialised arena that is on no list yet.
         let header = unsafe { &mut (*arena).header };
+        self.mapped += 1;
+        header.serial = self.mapped;
         header.next = list.head;
         if !list.head.is_null() {
             // SAFETY: the old head is a live arena on this list.

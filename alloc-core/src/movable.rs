@@ -122,6 +122,10 @@ pub struct SlabView {
     pub live: usize,
     /// Start address of the 2 MiB arena holding the slab.
     pub arena: usize,
+    /// The order in which that arena was mapped among every arena of the process (higher is newer;
+    /// an arena unmapped and mapped again gets a new one): new slabs go to the newest arena with
+    /// room.
+    pub arena_serial: u64,
 }
 
 /// A single-owner allocator of same-sized blocks on movable slabs.
@@ -536,6 +540,7 @@ fn view_of(s: &Slab) -> SlabView {
         capacity: s.capacity.get() as usize,
         live: s.used() as usize,
         arena: s.start.get() as usize & !arena::ARENA_MASK,
+        arena_serial: arena::serial_of(s),
     }
 }
 

@@ -373,14 +373,39 @@ impl BlobCache {
     }
 
     /// Eviction: removes every blob in the arena holding the fewest live bytes, telling `on_evict`.
-    pub fn reclaim(&self, guard: &Guard, mut on_evict: impl FnMut(BlobHandle, &[u8])) -> usize {
+    /// A cache held to a budget by reclaiming wants [`reclaim_oldest`](Self::reclaim_oldest) (see
+    /// [`RelocCache::reclaim`]).
+    pub fn reclaim(&self, guard: &Guard, on_evict: impl FnMut(BlobHandle, &[u8])) -> usize {
         let mut arenas: Vec<(usize, usize)> = Vec::new();
         for (_, class) in self.made() {
             for (arena, bytes) in class.live_bytes_by_arena().unwrap_or_default() {
                 add_to_arena(&mut arenas, arena, bytes);
             }
         }
-        let Some(&(arena, _)) = arenas.iter().min_by_key(|&&(a, bytes)| (bytes, a)) else {
+        let sparsest = (arenas.iter())
+            .min_by_key(|&&(a, bytes)| (bytes, a))
+            .map(|&(a, _)| a);
+        self.reclaim_arena(guard, sparsest, on_evict)
+    }
+
+    /// Eviction of the arena mapped earliest among those holding blobs: first in, first out (see
+    /// [`RelocCache::reclaim_oldest`]).
+    pub fn reclaim_oldest(&self, guard: &Guard, on_evict: impl FnMut(BlobHandle, &[u8])) -> usize {
+        let oldest = (self.made())
+            .filter_map(|(_, class)| class.oldest_arena().ok().flatten())
+            .min()
+            .map(|(_, arena)| arena);
+        self.reclaim_arena(guard, oldest, on_evict)
+    }
+
+    /// Removes every blob in `arena` (if any), telling `on_evict`; returns how many.
+    fn reclaim_arena(
+        &self,
+        guard: &Guard,
+        arena: Option<usize>,
+        mut on_evict: impl FnMut(BlobHandle, &[u8]),
+    ) -> usize {
+        let Some(arena) = arena else {
             return 0;
         };
         let mut evicted = 0;

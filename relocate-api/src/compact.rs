@@ -229,13 +229,49 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Eviction for re-creatable data: removes every object in the arena with the fewest live objects,
     /// telling `on_evict` of each (handle and value, before it is dropped). Their handles resolve to
     /// `None` at once; the memory goes back after the epoch ([`RelocCache::flush`]).
+    ///
+    /// The fewest live objects are the least data lost per arena freed. But in a cache that holds
+    /// itself to a budget by reclaiming each time it grows past it, that arena is the one it just
+    /// opened for its newest objects, so it keeps its first contents and loses every new object
+    /// (the `zcache` example): such a cache wants [`reclaim_oldest`](Self::reclaim_oldest).
     pub fn reclaim(
         &self,
         guard: &Guard,
-        mut on_evict: impl FnMut(Handle<T>, &T),
+        on_evict: impl FnMut(Handle<T>, &T),
     ) -> Result<CompactReport, CacheError> {
         self.check_guard(guard);
-        let Some(&(arena, _)) = self.arenas_by_live()?.first() else {
+        let sparsest = self.arenas_by_live()?.first().map(|&(arena, _)| arena);
+        self.reclaim_arena(guard, sparsest, on_evict)
+    }
+
+    /// Eviction as [`reclaim`](Self::reclaim) does it, of the arena mapped earliest among those
+    /// holding this cache's objects: first in, first out, for a cache that holds itself to a budget
+    /// by reclaiming. Where objects are only inserted and reclaimed, that arena holds the oldest of
+    /// them; objects stored since into free blocks of its slabs go with them.
+    pub fn reclaim_oldest(
+        &self,
+        guard: &Guard,
+        on_evict: impl FnMut(Handle<T>, &T),
+    ) -> Result<CompactReport, CacheError> {
+        self.check_guard(guard);
+        let oldest = self.oldest_arena()?.map(|(_, arena)| arena);
+        self.reclaim_arena(guard, oldest, on_evict)
+    }
+
+    /// The arena mapped earliest among those holding this cache's slabs, with its serial (see
+    /// `SlabView::arena_serial`).
+    pub(crate) fn oldest_arena(&self) -> Result<Option<(u64, usize)>, CacheError> {
+        let inner = self.lock()?;
+        Ok(inner.heap.slabs().map(|s| (s.arena_serial, s.arena)).min())
+    }
+
+    fn reclaim_arena(
+        &self,
+        guard: &Guard,
+        arena: Option<usize>,
+        mut on_evict: impl FnMut(Handle<T>, &T),
+    ) -> Result<CompactReport, CacheError> {
+        let Some(arena) = arena else {
             return Ok(CompactReport::default());
         };
         self.evict_in_arena(guard, arena, |handle, addr| {

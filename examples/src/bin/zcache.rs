@@ -1,8 +1,12 @@
 //! A compressed page store in the spirit of zcache: 4 KiB pages are compressed (a simple run-length
 //! code) and kept in a `BlobCache` under a memory budget. When the cache's slabs exceed the budget,
-//! `reclaim` drops the arena with the fewest live bytes at once (no copying): its pages' handles stop
+//! `reclaim_oldest` drops the arena mapped earliest at once (no copying): its pages' handles stop
 //! resolving, the eviction callback removes them from the index, and the 2 MiB goes back to the OS.
 //! The pages are clean and re-creatable, so a later lookup of an evicted page regenerates it (a miss).
+//!
+//! First in, first out, rather than `reclaim`'s fewest live bytes: once the cache is full, each page
+//! that needs a new slab opens a new arena, which then holds the fewest bytes, so `reclaim` would
+//! evict the pages stored last, one reclaim each, and the cache would keep its first contents.
 
 use relocate_api::{BlobCache, BlobHandle};
 use std::collections::HashMap;
@@ -84,11 +88,11 @@ fn main() {
             }
         }
         drop(guard);
-        // Over budget: drop the sparsest arena whole, then let the epoch return its memory.
+        // Over budget: drop the oldest arena whole, then let the epoch return its memory.
         while cache.stats().resident_bytes > BUDGET_BYTES {
             reclaims += 1;
             let guard = reader.pin();
-            let dropped = cache.reclaim(&guard, |handle, _| {
+            let dropped = cache.reclaim_oldest(&guard, |handle, _| {
                 if let Some(id) = owners.remove(&handle) {
                     index.remove(&id);
                 }

@@ -56,8 +56,10 @@ use crate::workloads::{Ctx, Variant};
 pub(crate) const BASELINE: &str = "box-mimalloc";
 
 /// The structures compared. The handle maps run on mimalloc, like the baseline, so only the
-/// structure differs; the relocating cache runs with alloc-core as global allocator (its objects
-/// live on alloc-core's movable slabs in any binary).
+/// structure differs; the relocating cache runs with alloc-core as global allocator (`reloc`) and
+/// with mimalloc (`reloc-mimalloc`): its objects live on alloc-core's movable slabs in any binary,
+/// while the benchmark's own arrays (keys, random choices) come from the global allocator, and
+/// mimalloc backs them with huge pages where alloc-core does not.
 pub(crate) const VARIANTS: &[Variant] = &[
     Variant {
         name: "box-mimalloc",
@@ -78,6 +80,11 @@ pub(crate) const VARIANTS: &[Variant] = &[
         name: "reloc",
         peer: Peer::Ours,
         about: "relocate-api RelocCache<[u64; 8]>, guard re-pinned every 256 gets",
+    },
+    Variant {
+        name: "reloc-mimalloc",
+        peer: Peer::Mimalloc,
+        about: "the same RelocCache in the mimalloc binary: only the structure differs from the baseline",
     },
     Variant {
         name: "slotmap",
@@ -347,7 +354,7 @@ impl Structure for Sharded {
 
 pub(crate) fn run(ctx: &Ctx, report: &mut Report) {
     match ctx.variant.map_or(BASELINE, |v| v.name) {
-        "reloc" => {
+        "reloc" | "reloc-mimalloc" => {
             let cache = RelocCache::new().expect("a RelocCache of [u64; 8]");
             let mut reloc = Reloc { cache };
             let mut plan = Plan::new(ctx);

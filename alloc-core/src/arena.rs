@@ -67,7 +67,8 @@ pub(crate) const BACKMAP_ROWS: usize = UNIT_BYTES / BACKMAP_GRANULE;
 
 const _: () = {
     assert!(core::mem::size_of::<[Slab; UNITS_PER_ARENA]>() == HEADER_OFFSET);
-    assert!(HEADER_OFFSET + core::mem::size_of::<ArenaHeader>() <= LIVE_BITMAP_OFFSET);
+    assert!(core::mem::offset_of!(ArenaMeta, header) == HEADER_OFFSET);
+    assert!(core::mem::size_of::<ArenaMeta>() <= LIVE_BITMAP_OFFSET);
     assert!(LIVE_BITMAP_OFFSET + ARENA_BYTES / LIVE_GRANULE / 8 <= UNIT_BYTES);
     assert!(BACKMAP_OFFSET + BACKMAP_ROWS * BACKMAP_COLUMNS * 4 <= MOVABLE_META_UNITS * UNIT_BYTES);
 };
@@ -125,6 +126,11 @@ pub(crate) fn read_thp_policy() -> u8 {
 pub(crate) struct ArenaMeta {
     pub(crate) descs: [Slab; UNITS_PER_ARENA],
     pub(crate) header: ArenaHeader,
+    /// Which arena this is, in the order arenas were mapped (from 1; an arena unmapped and mapped
+    /// again gets a new one). Written under the pool lock before any unit of the arena is handed
+    /// out, and not again while one is held, so a holder reads it without the lock (`serial_of`).
+    /// Outside `header`, which the pool borrows mutably meanwhile.
+    serial: u64,
 }
 
 /// Pool bookkeeping; every field is read and written under the pool lock.
@@ -145,9 +151,6 @@ pub(crate) struct ArenaHeader {
     huge: bool,
     /// Oldest time a unit became dirty, or the arena became empty.
     dirty_since_ms: u64,
-    /// Which arena of its kind this is, in the order they were mapped (from 1). Written once, before
-    /// any unit of the arena is handed out, so whoever holds a unit may read it without the lock.
-    serial: u64,
     next: *mut ArenaMeta,
     prev: *mut ArenaMeta,
 }
@@ -176,7 +179,7 @@ struct KindList {
 pub(crate) struct ArenaPool {
     lists: [KindList; KINDS],
     last_maintenance_ms: u64,
-    /// Arenas mapped so far (the last one's `serial`).
+    /// Arenas mapped so far (the last one's `ArenaMeta::serial`).
     mapped: u64,
 }
 
@@ -198,13 +201,16 @@ pub(crate) static POOL: SpinLock<ArenaPool> = SpinLock::new(ArenaPool {
     mapped: 0,
 });
 
-/// The `serial` of the arena holding `desc`, a descriptor of units its caller holds (see
-/// `ArenaHeader::serial`): the order in which arenas were mapped.
+/// The `ArenaMeta::serial` of the arena holding `desc`, a descriptor of units its caller holds: the
+/// order in which arenas were mapped.
 pub(crate) fn serial_of(desc: &Slab) -> u64 {
-    // SAFETY: a descriptor lies in its arena's `ArenaMeta`, which starts at the 2 MiB boundary below
-    // it and stays mapped while a unit of the arena is held; `serial` was written before any was
-    // handed out and never changes.
-    unsafe { (*meta_of(desc as *const Slab as usize)).header.serial }
+    let meta = meta_of(desc as *const Slab as usize);
+    // SAFETY: a descriptor lies in its arena's `ArenaMeta` (a normal arena's first unit, or a movable
+    // arena's metadata piece), which starts at the 2 MiB boundary below it and stays mapped while a
+    // unit of the arena is held; `serial` was written before any unit was handed out and is not
+    // written while one is held, and no reference to it is live elsewhere (the pool borrows
+    // `header`, not the whole `ArenaMeta`).
+    unsafe { ptr::addr_of!((*meta).serial).read() }
 }
 
 /// The arena metadata for an address inside a normal arena (or a huge mapping's first 2 MiB), or for
@@ -283,10 +289,12 @@ impl ArenaPool {
             arena = header.next;
         }
         let arena = map_arena(kind, list.arenas)?;
-        // SAFETY: `map_arena` returned a mapped, initialised arena that is on no list yet.
-        let header = unsafe { &mut (*arena).header };
         self.mapped += 1;
-        header.serial = self.mapped;
+        // SAFETY: `map_arena` returned a mapped, initialised arena that is on no list yet, so no unit
+        // of it is held and nothing reads its serial.
+        unsafe { ptr::addr_of_mut!((*arena).serial).write(self.mapped) };
+        // SAFETY: as above.
+        let header = unsafe { &mut (*arena).header };
         header.next = list.head;
         if !list.head.is_null() {
             // SAFETY: the old head is a live arena on this list.

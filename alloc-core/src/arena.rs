@@ -126,10 +126,10 @@ pub(crate) fn read_thp_policy() -> u8 {
 pub(crate) struct ArenaMeta {
     pub(crate) descs: [Slab; UNITS_PER_ARENA],
     pub(crate) header: ArenaHeader,
-    /// Which arena this is, in the order arenas were mapped (from 1; an arena unmapped and mapped
-    /// again gets a new one). Written under the pool lock before any unit of the arena is handed
-    /// out, and not again while one is held, so a holder reads it without the lock (`serial_of`).
-    /// Outside `header`, which the pool borrows mutably meanwhile.
+    /// The order in which arenas were *opened* (from 1): mapped, or given a unit again after all of
+    /// them were free, so that an arena's serial dates its oldest contents. Written under the pool
+    /// lock while no unit of the arena is held, so a holder reads it without the lock
+    /// (`serial_of`). Outside `header`, which the pool borrows mutably meanwhile.
     serial: u64,
 }
 
@@ -179,8 +179,8 @@ struct KindList {
 pub(crate) struct ArenaPool {
     lists: [KindList; KINDS],
     last_maintenance_ms: u64,
-    /// Arenas mapped so far (the last one's `ArenaMeta::serial`).
-    mapped: u64,
+    /// Arenas opened so far (the last one's `ArenaMeta::serial`).
+    opened: u64,
 }
 
 // SAFETY: the raw pointers are to arenas owned by the pool; the pool is only reached through its lock.
@@ -198,11 +198,21 @@ pub(crate) static POOL: SpinLock<ArenaPool> = SpinLock::new(ArenaPool {
         },
     ],
     last_maintenance_ms: 0,
-    mapped: 0,
+    opened: 0,
 });
 
+/// Sets an arena's `ArenaMeta::serial`.
+///
+/// # Safety
+/// `arena` is a mapped arena no unit of which is held (so that nothing reads the serial), and the
+/// caller holds the pool lock.
+unsafe fn set_serial(arena: *mut ArenaMeta, serial: u64) {
+    // SAFETY: the caller's contract; no reference to the field is live.
+    unsafe { ptr::addr_of_mut!((*arena).serial).write(serial) };
+}
+
 /// The `ArenaMeta::serial` of the arena holding `desc`, a descriptor of units its caller holds: the
-/// order in which arenas were mapped.
+/// order in which arenas were opened.
 pub(crate) fn serial_of(desc: &Slab) -> u64 {
     let meta = meta_of(desc as *const Slab as usize);
     // SAFETY: a descriptor lies in its arena's `ArenaMeta` (a normal arena's first unit, or a movable
@@ -283,16 +293,22 @@ impl ArenaPool {
             let header = unsafe { &mut (*arena).header };
             if header.base != avoid {
                 if let Some(first) = find_run(header.free_units, count) {
+                    if header.free_units == all_data_units(kind) {
+                        // Wholly free until now: it opens again, as the newest.
+                        self.opened += 1;
+                        // SAFETY: no unit of the arena is held, so nothing reads its serial.
+                        unsafe { set_serial(arena, self.opened) };
+                    }
                     return Some(Self::take(arena, first, count, init));
                 }
             }
             arena = header.next;
         }
         let arena = map_arena(kind, list.arenas)?;
-        self.mapped += 1;
+        self.opened += 1;
         // SAFETY: `map_arena` returned a mapped, initialised arena that is on no list yet, so no unit
         // of it is held and nothing reads its serial.
-        unsafe { ptr::addr_of_mut!((*arena).serial).write(self.mapped) };
+        unsafe { set_serial(arena, self.opened) };
         // SAFETY: as above.
         let header = unsafe { &mut (*arena).header };
         header.next = list.head;

@@ -122,9 +122,9 @@ pub struct SlabView {
     pub live: usize,
     /// Start address of the 2 MiB arena holding the slab.
     pub arena: usize,
-    /// The order in which that arena was mapped among every arena of the process (higher is newer;
-    /// an arena unmapped and mapped again gets a new one): new slabs go to the newest arena with
-    /// room.
+    /// The order in which that arena was opened among every arena of the process (higher is newer):
+    /// mapped, or given a unit again after all its units were free. So it dates the arena's oldest
+    /// contents.
     pub arena_serial: u64,
 }
 

@@ -388,7 +388,7 @@ impl BlobCache {
         self.reclaim_arena(guard, sparsest, on_evict)
     }
 
-    /// Eviction of the arena mapped earliest among those holding blobs: first in, first out (see
+    /// Eviction of the arena opened earliest among those holding blobs: first in, first out (see
     /// [`RelocCache::reclaim_oldest`]).
     pub fn reclaim_oldest(&self, guard: &Guard, on_evict: impl FnMut(BlobHandle, &[u8])) -> usize {
         let oldest = (self.made())

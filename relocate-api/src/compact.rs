@@ -228,7 +228,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Eviction for re-creatable data: removes every object in the arena with the fewest live objects,
     /// telling `on_evict` of each (handle and value, before it is dropped). Their handles resolve to
-    /// `None` at once; the memory goes back after the epoch ([`RelocCache::flush`]).
+    /// `None` at once; the memory goes back after the epoch ([`RelocCache::flush`]). Until then the
+    /// evicted objects' blocks still count in their arena, so flush between two reclaims, or the
+    /// second may pick the same arena and find nothing left to evict.
     ///
     /// The fewest live objects are the least data lost per arena freed. But in a cache that holds
     /// itself to a budget by reclaiming each time it grows past it, that arena is the one it just
@@ -244,10 +246,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.reclaim_arena(guard, sparsest, on_evict)
     }
 
-    /// Eviction as [`reclaim`](Self::reclaim) does it, of the arena mapped earliest among those
-    /// holding this cache's objects: first in, first out, for a cache that holds itself to a budget
-    /// by reclaiming. Where objects are only inserted and reclaimed, that arena holds the oldest of
-    /// them; objects stored since into free blocks of its slabs go with them.
+    /// Eviction as [`reclaim`](Self::reclaim) does it, of the arena opened earliest among those
+    /// holding this cache's objects (mapped, or given a slab again after it was wholly free): first
+    /// in, first out, for a cache that holds itself to a budget by reclaiming. That arena holds the
+    /// oldest objects unless newer ones went into room it had left (free blocks of its slabs, or
+    /// free units while other arenas were full); those go with it.
     pub fn reclaim_oldest(
         &self,
         guard: &Guard,
@@ -258,7 +261,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.reclaim_arena(guard, oldest, on_evict)
     }
 
-    /// The arena mapped earliest among those holding this cache's slabs, with its serial (see
+    /// The arena opened earliest among those holding this cache's slabs, with its serial (see
     /// `SlabView::arena_serial`).
     pub(crate) fn oldest_arena(&self) -> Result<Option<(u64, usize)>, CacheError> {
         let inner = self.lock()?;

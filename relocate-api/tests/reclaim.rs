@@ -1,5 +1,6 @@
 //! Which arena a reclaim empties: `reclaim` the one with the fewest live objects (which may be the
-//! arena the cache just opened for its newest objects), `reclaim_oldest` the one mapped earliest.
+//! arena the cache just opened for its newest objects), `reclaim_oldest` the one opened earliest
+//! (mapped, or given a slab again after it was wholly free).
 //! This file holds one test so that it runs in a process of its own: the arenas are process-wide,
 //! and the test counts on its cache filling them in order.
 
@@ -13,7 +14,7 @@ const PER_ARENA: usize = 32 * 1024;
 type Reclaim<'a> = &'a dyn Fn(&mut dyn FnMut(Handle<[u64; 8]>)) -> usize;
 
 #[test]
-fn reclaim_takes_the_sparsest_arena_and_reclaim_oldest_the_first_mapped() {
+fn reclaim_takes_the_sparsest_arena_and_reclaim_oldest_the_first_opened() {
     let cache: RelocCache<[u64; 8]> = RelocCache::new().unwrap();
     assert_eq!(cache.block_bytes(), 64);
     let reader = cache.reader();
@@ -94,6 +95,29 @@ fn reclaim_takes_the_sparsest_arena_and_reclaim_oldest_the_first_mapped() {
     assert!(handles.iter().all(|h| cache.get(*h, &guard).is_none()));
     drop(guard);
     cache.release_empty_arenas();
+
+    // An arena that empties and takes new objects again counts as opened then: D empties, E stays
+    // full, the next objects go into D (E has no room), and E is now the oldest.
+    let handles: Vec<Handle<[u64; 8]>> = (0..2 * PER_ARENA)
+        .map(|i| cache.insert([i as u64; 8]).unwrap())
+        .collect();
+    {
+        let guard = reader.pin();
+        for h in &handles[..PER_ARENA] {
+            assert!(cache.remove(*h, &guard));
+        }
+    }
+    cache.flush(&reader);
+    let newest: Vec<Handle<[u64; 8]>> = (0..PER_ARENA / 2)
+        .map(|i| cache.insert([i as u64; 8]).unwrap())
+        .collect();
+    let guard = reader.pin();
+    let mut evicted = HashSet::new();
+    let report = cache.reclaim_oldest(&guard, |h, _| assert!(evicted.insert(h)));
+    assert_eq!(report.unwrap().evicted, PER_ARENA);
+    assert!(handles[PER_ARENA..].iter().all(|h| evicted.contains(h)));
+    assert!(newest.iter().all(|h| cache.get(*h, &guard).is_some()));
+    drop(guard);
     drop(reader);
     drop(cache);
 

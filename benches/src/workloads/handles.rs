@@ -23,7 +23,8 @@
 //! 6. the idle p99: a reader times batches of [`BATCH`] random gets of survivors (`p99_idle_ns`, per
 //!    get); and for the relocating cache only:
 //! 7. footprint compaction, timed on one core (`compact_gbs` = moved bytes / compaction time), then
-//!    `flush`, `release_empty_arenas` and `alloc_core::purge()` (`rss_compacted`);
+//!    `flush`, `release_empty_arenas` and the peer's purge (`alloc_core::purge()` in `wl-ours`,
+//!    `mi_collect` in `wl-mimalloc`) (`rss_compacted`);
 //!    then the idle p99 again on the compacted layout (`p99_compacted_idle_ns`), whose objects
 //!    mostly lie away from their home blocks;
 //! 8. the p99 while compacting: the same reader while another thread evacuates the sparsest arena

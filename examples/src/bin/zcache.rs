@@ -1,6 +1,6 @@
 //! A compressed page store in the spirit of zcache: 4 KiB pages are compressed (a simple run-length
 //! code) and kept in a `BlobCache` under a memory budget. When the cache's slabs exceed the budget,
-//! `reclaim_oldest` drops the arena mapped earliest at once (no copying): its pages' handles stop
+//! `reclaim_oldest` drops the arena opened earliest at once (no copying): its pages' handles stop
 //! resolving, the eviction callback removes them from the index, and the 2 MiB goes back to the OS.
 //! The pages are clean and re-creatable, so a later lookup of an evicted page regenerates it (a miss).
 //!

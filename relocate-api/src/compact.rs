@@ -7,6 +7,7 @@
 //!   moved elsewhere (new slabs never come from that arena meanwhile), so the whole arena is freed.
 //! - **Eviction** ([`RelocCache::reclaim`]): for re-creatable data, the arena with the fewest live
 //!   objects is emptied by removing (not moving) its objects; an eviction callback hears of each one.
+//!   [`RelocCache::reclaim_oldest`] empties the arena opened earliest instead (first in, first out).
 //!
 //! Each move: mark the slot moving (refused if a writer, remover or pin holds it) → `isolate` (may
 //! refuse) → allocate the target outside the slabs being emptied (they are *draining*: allocation

@@ -215,11 +215,10 @@ unsafe fn set_serial(arena: *mut ArenaMeta, serial: u64) {
 /// order in which arenas were opened.
 pub(crate) fn serial_of(desc: &Slab) -> u64 {
     let meta = meta_of(desc as *const Slab as usize);
-    // SAFETY: a descriptor lies in its arena's `ArenaMeta` (a normal arena's first unit, or a movable
-    // arena's metadata piece), which starts at the 2 MiB boundary below it and stays mapped while a
-    // unit of the arena is held; `serial` was written before any unit was handed out and is not
-    // written while one is held, and no reference to it is live elsewhere (the pool borrows
-    // `header`, not the whole `ArenaMeta`).
+    // A descriptor lies in its arena's `ArenaMeta` (a normal arena's first unit, or a movable arena's
+    // metadata piece), which starts at the 2 MiB boundary below it. The pool borrows `header`, never
+    // the whole `ArenaMeta`, so no reference covers `serial`.
+    // SAFETY: the arena stays mapped while a unit of it is held, and `serial` is not written then.
     unsafe { ptr::addr_of!((*meta).serial).read() }
 }
 

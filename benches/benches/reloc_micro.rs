@@ -5,7 +5,8 @@
 //! key arrays come from the same allocator for both.
 //!
 //! - `get`: independent gets of random objects (the guard re-pinned every 256 gets, as in the
-//!   workload), `get_many` for the same gets in calls of 256;
+//!   workload), the same through a `View` taken after each re-pin, and `get_many` for the same gets
+//!   in calls of 256;
 //! - `chase`: dependent gets, each object naming the next.
 //!
 //! Per element times; the ratio of `reloc` to `box` in a group is the figure the targets
@@ -106,6 +107,20 @@ fn reads(c: &mut Criterion) {
                     .cache
                     .get(s.handles[i as usize], &guard)
                     .map_or(0, |o| o[1]);
+            }
+            black_box(sum)
+        });
+    });
+    group.bench_function(BenchmarkId::from_parameter("reloc-view"), |b| {
+        let mut guard = reader.pin();
+        b.iter(|| {
+            let mut sum = 0u64;
+            for chunk in s.order[window()].chunks(REPIN_EVERY) {
+                guard.repin();
+                let view = s.cache.view(&guard);
+                for &i in chunk {
+                    sum += view.get(s.handles[i as usize]).map_or(0, |o| o[1]);
+                }
             }
             black_box(sum)
         });

@@ -240,7 +240,7 @@ impl BlobCache {
     /// The bytes a handle names, or `None` (stale, removed, evicted, foreign).
     pub fn get<'g>(&'g self, handle: BlobHandle, guard: &'g Guard) -> Option<&'g [u8]> {
         guard.check(self.epoch);
-        let addr = read_slot(&self.table, (tag_bits(self.tag), 0), handle.inner())?;
+        let addr = read_slot(self.table.slots(), (tag_bits(self.tag), 0), handle.inner())?;
         // SAFETY: a published blob; the epoch keeps it (and any old copy) unchanged while `guard` is
         // pinned.
         Some(unsafe { blob_at(addr) })
@@ -257,7 +257,7 @@ impl BlobCache {
     ) {
         guard.check(self.epoch);
         read_many(
-            &self.table,
+            self.table.slots(),
             (tag_bits(self.tag), 0),
             (handles.len(), |i| handles[i].inner()),
             |i, addr| {
@@ -329,7 +329,7 @@ impl BlobCache {
         guard.check(self.epoch);
         let mut removed = 0;
         read_many(
-            &self.table,
+            self.table.slots(),
             (tag_bits(self.tag), 0),
             (handles.len(), |i| handles[i].inner()),
             |i, addr| {

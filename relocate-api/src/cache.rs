@@ -19,7 +19,7 @@ use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::retire::{OpenBatch, Retired};
 pub(crate) use crate::slot::tag_bits;
 use crate::slot::{self, Home, Slot, GEN_COUNTER_MASK, INDEX_BITS, TAG_BITS};
-use crate::table::SlotTable;
+use crate::table::{SlotTable, Slots};
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, LocalHandle};
 use std::cell::Cell;
@@ -169,14 +169,59 @@ impl Drop for Guard<'_> {
 /// table's collector is pinned. `home_base` is the cache's [`Homes::base`] (0 for no homes).
 #[inline]
 pub(crate) fn read_slot<T>(
-    table: &SlotTable,
+    slots: Slots<'_>,
     (tag_bits, home_base): (u64, usize),
     handle: Handle<T>,
 ) -> Option<usize> {
     let index = handle.index();
     // Computed from the index alone: the object's load need not wait for the slot's (`home`).
     let home = HomeOf::<T>::address(home_base, index);
-    (table.for_read(index)).read_at(handle.to_bits(), tag_bits, home)
+    slots
+        .for_read(index)
+        .read_at(handle.to_bits(), tag_bits, home)
+}
+
+/// A [`RelocCache`] as read under one guard (see [`RelocCache::view`]): copyable, and as long as it
+/// lives the guard stays pinned, so every reference it gives stays valid and unchanged.
+pub struct View<'g, T> {
+    slots: Slots<'g>,
+    tag_bits: u64,
+    home_base: usize,
+    _objects: PhantomData<&'g T>,
+}
+
+impl<T> Clone for View<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for View<'_, T> {}
+
+impl<'g, T> View<'g, T> {
+    /// The object a handle names, or `None` if it was removed, evicted, or is not from this cache:
+    /// [`RelocCache::get`]. Wait-free.
+    #[inline]
+    pub fn get(self, handle: Handle<T>) -> Option<&'g T>
+    where
+        T: Relocatable,
+    {
+        let addr = self.address_of(handle)?;
+        // SAFETY: a published address holds a live `T`; if it is moved, updated or removed meanwhile,
+        // the old block is retired through the epoch, so it stays valid and unchanged (`Relocatable`)
+        // while the guard this view borrows is pinned. (It is not null, being a `T`'s: said so, the
+        // `Option<&T>` needs no test for null.)
+        unsafe {
+            core::hint::assert_unchecked(addr != 0);
+            Some(&*(addr as *const T))
+        }
+    }
+
+    /// The address of the object a handle names, valid while the view lives.
+    #[inline]
+    fn address_of(self, handle: Handle<T>) -> Option<usize> {
+        read_slot(self.slots, (self.tag_bits, self.home_base), handle)
+    }
 }
 
 /// [`read_slot`] for `count` handles, `handle(i)` for `i` in `0..count`: hands `visit(i, address)`
@@ -187,13 +232,13 @@ pub(crate) fn read_slot<T>(
 /// visited; it stays valid while a guard of the table's collector is pinned, as `read_slot`'s does.
 #[inline]
 pub(crate) fn read_many<T>(
-    table: &SlotTable,
+    slots: Slots<'_>,
     (tag_bits, home_base): (u64, usize),
     (count, handle): (usize, impl Fn(usize) -> Handle<T>),
     mut visit: impl FnMut(usize, Option<usize>),
 ) {
     let look_up = |i: usize| {
-        let addr = read_slot(table, (tag_bits, home_base), handle(i));
+        let addr = read_slot(slots, (tag_bits, home_base), handle(i));
         if let Some(addr) = addr {
             alloc_core::os::prefetch(addr as *const u8);
         }
@@ -202,7 +247,7 @@ pub(crate) fn read_many<T>(
     // With homes, an object at home is loaded with its slot, before the slot says where it is.
     let prefetch_slot = |i: usize| {
         let index = handle(i).index();
-        table.prefetch_slot(index);
+        slots.prefetch(index);
         if home_base != 0 {
             alloc_core::os::prefetch(HomeOf::<T>::address(home_base, index) as *const u8);
         }
@@ -902,17 +947,35 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// The object a handle names, or `None` if it was removed, evicted, or is not from this cache.
-    /// Wait-free; the reference lives as long as the guard.
+    /// Wait-free; the reference lives as long as the guard. (For a loop of gets under one guard,
+    /// [`view`](Self::view) checks the guard once and keeps what a get reads from the cache in
+    /// registers.)
     #[inline]
     pub fn get<'g>(&'g self, handle: Handle<T>, guard: &'g Guard) -> Option<&'g T>
     where
         T: Relocatable,
     {
-        let addr = self.address_of(handle, guard)?;
-        // SAFETY: a published address holds a live `T`; if it is moved, updated or removed meanwhile,
-        // the old block is retired through the epoch, so it stays valid and unchanged (`Relocatable`)
-        // while `guard` is pinned.
-        Some(unsafe { &*(addr as *const T) })
+        self.view(guard).get(handle)
+    }
+
+    /// The cache as read under `guard`, for loops of gets: [`View::get`] is [`get`](Self::get)
+    /// without the guard's check (done here, once) and with the cache's constants (table and home
+    /// bases, tag) held in the view, a value the compiler keeps in registers. Through a shared
+    /// reference to the cache they are loaded again after every get's `Acquire` fence, unless the
+    /// compiler knows the reference read-only (a `&RelocCache` parameter of the looping function).
+    /// The view borrows the guard: re-pinning it needs a new view.
+    ///
+    /// # Panics
+    /// If `guard` was not pinned by a [`Reader`] of this cache (or of one sharing its collector).
+    #[inline]
+    pub fn view<'g>(&'g self, guard: &'g Guard) -> View<'g, T> {
+        self.check_guard(guard);
+        View {
+            slots: self.table.slots(),
+            tag_bits: self.tag_bits,
+            home_base: self.homes.base(),
+            _objects: PhantomData,
+        }
     }
 
     /// Reads the objects of many handles: calls `visit(i, object)` for each `handles[i]` in order,
@@ -932,7 +995,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     {
         self.check_guard(guard);
         read_many(
-            &self.table,
+            self.table.slots(),
             (self.tag_bits, self.homes.base()),
             (handles.len(), |i| handles[i]),
             |i, addr| {
@@ -942,13 +1005,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 visit(i, addr.map(|addr| unsafe { &*(addr as *const T) }));
             },
         );
-    }
-
-    /// The address of the object a handle names, valid while `guard` is pinned (as in `get`).
-    #[inline]
-    pub(crate) fn address_of(&self, handle: Handle<T>, guard: &Guard) -> Option<usize> {
-        self.check_guard(guard);
-        read_slot(&self.table, (self.tag_bits, self.homes.base()), handle)
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with

@@ -59,7 +59,7 @@ pub use background::{start_compactor, BackgroundReport, Compactable, Compactor, 
 #[cfg(not(loom))]
 pub use blob::{BlobCache, BlobHandle, MAX_BLOB_BYTES};
 #[cfg(not(loom))]
-pub use cache::{CacheError, Counters, Guard, Reader, RelocCache, MAX_CACHES, MAX_OBJECTS};
+pub use cache::{CacheError, Counters, Guard, Reader, RelocCache, View, MAX_CACHES, MAX_OBJECTS};
 #[cfg(not(loom))]
 pub use compact::{Budget, CacheStats, CompactReport};
 #[cfg(not(loom))]

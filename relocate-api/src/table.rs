@@ -14,7 +14,7 @@
 //! takes it before growing the table. Its slots keep their generations, so handles from the old
 //! owner stay stale under the new one.
 //!
-//! Readers ([`SlotTable::for_read`]) do not check an index at all: every index a handle can hold lies
+//! Readers ([`Slots::for_read`]) do not check an index at all: every index a handle can hold lies
 //! in the reservation (the index is masked to its bits), and which chunks are writable (a bitmap
 //! that growth writes) is for writers: a slot elsewhere reads as zero, vacant, from the kernel's
 //! shared zero page, which is not counted as resident. No load and no branch for the bound, in the `get` loop that
@@ -33,6 +33,7 @@
 
 use crate::slot::INDEX_BITS;
 use crate::slot::{PinGate, Pins, Slot};
+use core::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -137,24 +138,19 @@ impl SlotTable {
         unsafe { self.base.add(RESERVED_SLOTS * size_of::<Slot>()) }
     }
 
-    /// The slot at `index` (masked to a handle's index bits) for reading only (wait-free). Outside the
-    /// writable chunks it reads as vacant.
+    /// The table's slots for reading, as a value: see [`Slots`].
     #[inline]
-    pub(crate) fn for_read(&self, index: u32) -> ReadOnlySlot<'_> {
-        let index = index as usize & (RESERVED_SLOTS - 1);
-        // SAFETY: inside the reservation, which is readable (zero where not yet committed) for the
-        // table's life; `Slot` is one `AtomicU64`, valid for any bits.
-        ReadOnlySlot(unsafe { &*self.base.cast::<Slot>().add(index) })
+    pub(crate) fn slots(&self) -> Slots<'_> {
+        Slots {
+            base: self.base.cast(),
+            _table: PhantomData,
+        }
     }
 
-    /// Starts loading the slot at `index` (masked as in `for_read`) into the cache, for a read or a
-    /// write soon (a hint: it cannot fault, and a slot outside the writable chunks reads as the zero
-    /// page). Asking for the line in exclusive state, for a removal's write, made no difference in the
-    /// `handles` benchmark's removals.
+    /// Starts loading the slot at `index` into the cache: see [`Slots::prefetch`].
     #[inline]
     pub(crate) fn prefetch_slot(&self, index: u32) {
-        let index = index as usize & (RESERVED_SLOTS - 1);
-        alloc_core::os::prefetch(self.base.wrapping_add(index * size_of::<Slot>()));
+        self.slots().prefetch(index);
     }
 
     /// The slot at `index`, if it has been made writable (wait-free).
@@ -316,6 +312,36 @@ impl SlotTable {
     }
 }
 
+/// A table's slots for reading only: its base address as a value, which a loop of reads keeps in a
+/// register. (Read through the table, it would be loaded again after every read's `Acquire` fence.)
+#[derive(Clone, Copy)]
+pub(crate) struct Slots<'t> {
+    base: *const Slot,
+    _table: PhantomData<&'t SlotTable>,
+}
+
+impl<'t> Slots<'t> {
+    /// The slot at `index` (masked to a handle's index bits) for reading only (wait-free). Outside the
+    /// writable chunks it reads as vacant.
+    #[inline]
+    pub(crate) fn for_read(self, index: u32) -> ReadOnlySlot<'t> {
+        let index = index as usize & (RESERVED_SLOTS - 1);
+        // SAFETY: inside the reservation, which is readable (zero where not yet committed) for the
+        // table's life (`'t`); `Slot` is one `AtomicU64`, valid for any bits.
+        ReadOnlySlot(unsafe { &*self.base.add(index) })
+    }
+
+    /// Starts loading the slot at `index` (masked as in `for_read`) into the cache, for a read or a
+    /// write soon (a hint: it cannot fault, and a slot outside the writable chunks reads as the zero
+    /// page). Asking for the line in exclusive state, for a removal's write, made no difference in the
+    /// `handles` benchmark's removals.
+    #[inline]
+    pub(crate) fn prefetch(self, index: u32) {
+        let index = index as usize & (RESERVED_SLOTS - 1);
+        alloc_core::os::prefetch(self.base.wrapping_add(index).cast());
+    }
+}
+
 /// A slot that may lie in the read-only part of the table: it can only be read.
 pub(crate) struct ReadOnlySlot<'t>(&'t Slot);
 
@@ -394,7 +420,10 @@ mod tests {
         // end of the reservation: those slots read as vacant.
         let uncommitted = SlotTable::new(4 * CHUNK_SLOTS).expect("reservation");
         for index in [0, 3 * CHUNK_SLOTS as u32, 4 * CHUNK_SLOTS as u32, u32::MAX] {
-            assert_eq!(uncommitted.for_read(index).read(Home::NONE, 0), None);
+            assert_eq!(
+                uncommitted.slots().for_read(index).read(Home::NONE, 0),
+                None
+            );
         }
         assert!(uncommitted.get(0).is_none());
         let pins = table.pins(7);
@@ -412,7 +441,7 @@ mod tests {
         let addr = 0x1000;
         let slot = other.get(150).expect("claimed");
         slot.publish_new(addr, Home::NONE);
-        assert_eq!(table.for_read(150).read(Home::NONE, 0), Some(addr));
+        assert_eq!(table.slots().for_read(150).read(Home::NONE, 0), Some(addr));
         drop(table);
         assert_eq!(
             other.get(150).map(|slot| slot.address(Home::NONE)),

@@ -1,5 +1,6 @@
 //! Model-based test: random sequences of insert / get / update / remove / compact / evacuate / reclaim
-//! (either kind) against a plain `HashMap`, with the whole contents compared after every step. Also: stale and
+//! (either kind) against a plain `HashMap`, with the whole contents compared after every step (through
+//! `get`, a `View` and `get_many`). Also: stale and
 //! foreign handles resolve to `None` (through `get` and `get_many`), `remove_many` removes what a
 //! `remove` of each handle would, and a type too large for a slab is refused.
 
@@ -44,12 +45,14 @@ fn check_all(
     model: &HashMap<Handle<Value>, Value>,
     guard: &relocate_api::Guard,
 ) {
+    let view = cache.view(guard);
     for (handle, expected) in model {
         assert_eq!(
             cache.get(*handle, guard),
             Some(expected),
             "handle {handle:?}"
         );
+        assert_eq!(view.get(*handle), Some(expected), "handle {handle:?}");
     }
     let handles: Vec<Handle<Value>> = model.keys().copied().collect();
     let mut visited = 0;
@@ -303,6 +306,15 @@ fn a_guard_from_another_cache_is_refused() {
     let handle = a.insert(1).unwrap();
     let rb = b.reader();
     let _ = a.get(handle, &rb.pin());
+}
+
+#[test]
+#[should_panic(expected = "guard from another cache")]
+fn a_view_refuses_a_guard_from_another_cache() {
+    let a: RelocCache<u64> = RelocCache::new().unwrap();
+    let b: RelocCache<u64> = RelocCache::new().unwrap();
+    let rb = b.reader();
+    let _ = a.view(&rb.pin());
 }
 
 #[test]

@@ -136,6 +136,12 @@ const HANDLES_SPEED: &[Column] = &[
         with_ratio: true,
     },
     Column {
+        header: "get through a view ns (get where none)",
+        value: |r| positive(number(r, "view_get_ns").or_else(|| number(r, "get_ns"))?),
+        decimals: 1,
+        with_ratio: true,
+    },
+    Column {
         header: "multi-get ns",
         value: |r| positive(number(r, "multi_get_ns")?),
         decimals: 1,

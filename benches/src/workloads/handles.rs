@@ -8,7 +8,9 @@
 //! 1. insert the objects (`insert_mops`); object `i` holds `[next(i), i, i, ...]`, where `next` is one
 //!    random cycle through all objects, and its key (handle, slotmap key, slab index or pointer) goes
 //!    to `keys[i]`;
-//! 2. independent gets: [`GETS`] lookups of `keys[i]` for random `i` (`get_ns` per get); then the
+//! 2. independent gets: [`GETS`] lookups of `keys[i]` for random `i` (`get_ns` per get); for the
+//!    relocating cache the same gets again through a `View` taken at each re-pin (`view_get_ns`: the
+//!    way to write a loop of gets under one guard, see `RelocCache::view`); then the
 //!    same number again as multi-gets of [`MULTI_GET`] random keys at a time (`multi_get_ns` per
 //!    get): the relocating cache answers each with one `get_many`, which overlaps the lookups' cache
 //!    misses; every other structure (the raw pointers too) with a plain loop of gets;
@@ -145,6 +147,11 @@ trait Structure: Sync {
             found(i, self.get(session, key));
         }
     }
+    /// [`random_gets`] through another single-get path the structure offers for loops of gets, if
+    /// any (the relocating cache's `View`); false if it has none.
+    fn view_gets(&self, _keys: &[u64], _among: &[u32], _gets: usize, _seed: u64) -> bool {
+        false
+    }
     /// Inserts `make(i)` for every `i`, writing its key to `keys[i]`.
     fn insert_all(&mut self, keys: &mut [u64], make: &dyn Fn(usize) -> Obj);
     /// Removes the objects `keys[i]` for `i` in `order`.
@@ -235,6 +242,27 @@ impl Structure for Reloc {
         self.cache.get_many(handles, &session.guard, |i, obj| {
             found(i, obj.map(|obj| (obj[0], obj[1])));
         });
+    }
+
+    /// The same gets as `random_gets`, re-pinning as often, each run of gets under one pin through
+    /// a `View`.
+    fn view_gets(&self, keys: &[u64], among: &[u32], gets: usize, seed: u64) -> bool {
+        let reader = self.cache.reader();
+        let mut guard = reader.pin();
+        let mut rng = Rng::new(seed);
+        let mut left = gets;
+        while left > 0 {
+            let run = left.min(REPIN_EVERY as usize);
+            left -= run;
+            guard.repin();
+            let view = self.cache.view(&guard);
+            for _ in 0..run {
+                let i = among[rng.below(among.len())] as usize;
+                let obj = view.get(Handle::from_bits(keys[i]));
+                check(obj.map(|obj| (obj[0], obj[1])), i);
+            }
+        }
+        true
     }
 
     fn insert_all(&mut self, keys: &mut [u64], make: &dyn Fn(usize) -> Obj) {
@@ -515,6 +543,11 @@ fn phases<S: Structure>(ctx: &Ctx, report: &mut Report, plan: &mut Plan, s: &mut
     random_gets(s, keys, all, gets, 1);
     let get = began.elapsed();
     report.set("get_ns", per_get_ns(get, gets));
+
+    let began = Instant::now();
+    if s.view_gets(keys, all, gets, 5) {
+        report.set("view_get_ns", per_get_ns(began.elapsed(), gets));
+    }
 
     let began = Instant::now();
     multi_gets(s, keys, all, gets, 4);

@@ -144,6 +144,13 @@ pub struct BlobCache {
     /// The collector's identity and the tag, shared by the classes (one guard serves them all).
     epoch: usize,
     tag: u32,
+    /// What changes, boxed so that the cache holds no interior mutability: a loop of gets then
+    /// keeps what it reads from the cache in registers (see `RelocCache`).
+    counts: Box<BlobCounts>,
+}
+
+/// A [`BlobCache`]'s counters.
+struct BlobCounts {
     /// Bytes `release_empty_arenas` and `release_aged_arenas` gave back.
     released: AtomicU64,
     /// Blobs removed or evicted so far, and how many there had been when an insert into a full
@@ -166,9 +173,11 @@ impl BlobCache {
             collector: Collector::new(),
             epoch: next_epoch_id(),
             tag: next_tag()?,
-            released: AtomicU64::new(0),
-            removals: AtomicU64::new(0),
-            fruitless_at: AtomicU64::new(u64::MAX),
+            counts: Box::new(BlobCounts {
+                released: AtomicU64::new(0),
+                removals: AtomicU64::new(0),
+                fruitless_at: AtomicU64::new(u64::MAX),
+            }),
         })
     }
 
@@ -226,13 +235,13 @@ impl BlobCache {
     /// vacant runs (no class lock is held here; the give-back takes each in turn). It scans only if
     /// blobs went since the last scan that found nothing.
     fn took_back_slots(&self) -> bool {
-        let removals = self.removals.load(Ordering::Relaxed);
-        if !self.table.is_full() || self.fruitless_at.load(Ordering::Relaxed) == removals {
+        let removals = self.counts.removals.load(Ordering::Relaxed);
+        if !self.table.is_full() || self.counts.fruitless_at.load(Ordering::Relaxed) == removals {
             return false;
         }
         let given = self.release_vacant_slots();
         if given == 0 {
-            self.fruitless_at.store(removals, Ordering::Relaxed);
+            self.counts.fruitless_at.store(removals, Ordering::Relaxed);
         }
         given > 0
     }
@@ -316,7 +325,7 @@ impl BlobCache {
             .owner(handle, guard)
             .is_some_and(|(_, c)| c.remove_at(handle.inner(), guard, |_| ()).is_some());
         if removed {
-            self.removals.fetch_add(1, Ordering::Relaxed);
+            self.counts.removals.fetch_add(1, Ordering::Relaxed);
         }
         removed
     }
@@ -345,7 +354,9 @@ impl BlobCache {
                 }
             },
         );
-        self.removals.fetch_add(removed as u64, Ordering::Relaxed);
+        self.counts
+            .removals
+            .fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
 
@@ -416,7 +427,9 @@ impl BlobCache {
             });
             evicted += report.map_or(0, |r| r.evicted);
         }
-        self.removals.fetch_add(evicted as u64, Ordering::Relaxed);
+        self.counts
+            .removals
+            .fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
     }
 
@@ -475,7 +488,9 @@ impl BlobCache {
     }
 
     fn count_released(&self, released: usize) -> usize {
-        self.released.fetch_add(released as u64, Ordering::Relaxed);
+        self.counts
+            .released
+            .fetch_add(released as u64, Ordering::Relaxed);
         released
     }
 
@@ -491,7 +506,7 @@ impl BlobCache {
             table_bytes: self.table.resident_bytes(),
             counters: Default::default(),
         };
-        total.counters.released_bytes = self.released.load(Ordering::Relaxed);
+        total.counters.released_bytes = self.counts.released.load(Ordering::Relaxed);
         for (_, class) in self.made() {
             let s = class.slab_stats();
             total.live_objects += s.live_objects;

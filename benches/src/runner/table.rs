@@ -159,6 +159,14 @@ const HANDLES_SPEED: &[Column] = &[
         decimals: 1,
         with_ratio: true,
     },
+    Column {
+        header: "2 readers through views Mgets/s (readers where none)",
+        value: |r| {
+            positive(number(r, "readers2_view_mgets").or_else(|| number(r, "readers2_mgets"))?)
+        },
+        decimals: 1,
+        with_ratio: true,
+    },
 ];
 
 const HANDLES_MEMORY: &[Column] = &[

@@ -17,6 +17,7 @@
 //! 3. a dependent chase: follow `next` from object 0 for [`CHASE_STEPS`] steps, each step a get of
 //!    `keys[next]` (`chase_ns` per get);
 //! 4. two reader threads doing independent gets at once (`readers2_mgets`, total gets per second);
+//!    for the relocating cache, again through views (`readers2_view_mgets`);
 //! 5. remove a random 90 % in random order, the first half one at a time (`remove_mops`), the second
 //!    half as multi-removes of [`MULTI_GET`] keys (`multi_remove_mops`: the relocating cache answers
 //!    each with one `remove_many`, which overlaps the removals' cache misses; every other structure
@@ -584,6 +585,26 @@ fn phases<S: Structure>(ctx: &Ctx, report: &mut Report, plan: &mut Plan, s: &mut
         "readers2_mgets",
         (2 * reader_gets) as f64 / two.as_secs_f64() / 1e6,
     );
+
+    let began = Instant::now();
+    let mut views = true;
+    {
+        let shared: &S = s;
+        std::thread::scope(|scope| {
+            let readers = [2, 3]
+                .map(|seed| scope.spawn(move || shared.view_gets(keys, all, reader_gets, seed)));
+            for reader in readers {
+                views &= reader.join().unwrap_or(false);
+            }
+        });
+    }
+    if views {
+        let two = began.elapsed();
+        report.set(
+            "readers2_view_mgets",
+            (2 * reader_gets) as f64 / two.as_secs_f64() / 1e6,
+        );
+    }
 
     let removed = plan.removed();
     let (singly, batched) = removed.split_at(removed.len() / 2);

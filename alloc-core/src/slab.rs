@@ -49,6 +49,8 @@ pub(crate) const FLAG_FULL: u8 = 1;
 pub(crate) const FLAG_MOVABLE: u8 = 2;
 /// A movable slab a compactor is emptying: allocation skips it.
 pub(crate) const FLAG_DRAINING: u8 = 4;
+/// A movable slab whose free list is re-linked in address order before its next allocation.
+pub(crate) const FLAG_ORDER: u8 = 8;
 
 /// Largest slab in OS pages (4 units of 64 KiB at 4 KiB pages); `unthreaded` has one bit per page.
 const MAX_SLAB_PAGES: usize = 64;

@@ -165,7 +165,18 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 slabs
                     .sort_by_cached_key(|s| std::cmp::Reverse((live_of(s.arena), s.arena, s.live)));
                 let mut sources: Vec<SlabView> = slabs.split_off(needed);
-                sources.sort_by_key(|s| s.live);
+                // Sparsest arenas first (of what the sources hold), so that whole arenas empty
+                // first; an arena's slabs one after another, sparsest first, since they share the
+                // rows of the arena's back-map (a slab's owners are a column of it): each row read
+                // for one slab then serves the next ones from the cache.
+                let mut source_live: Vec<(usize, usize)> = Vec::new();
+                for slab in &sources {
+                    add_to_arena(&mut source_live, slab.arena, slab.live);
+                }
+                sources.sort_by_cached_key(|s| {
+                    let arena_live = source_live.iter().find(|(a, _)| *a == s.arena);
+                    (arena_live.map_or(0, |(_, l)| *l), s.arena, s.live)
+                });
                 let mut source_starts: Vec<usize> = sources.iter().map(|s| s.start).collect();
                 source_starts.sort_unstable();
                 pass.report.source_slabs = sources.len();

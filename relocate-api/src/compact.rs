@@ -2,7 +2,8 @@
 //!
 //! - **Footprint compaction** ([`RelocCache::compact`]): with `n` live objects and `c` per slab, only
 //!   `ceil(n / c)` slabs are needed. The densest of them are targets; every live object in the others
-//!   (sparsest first) is moved into a target, so the sources empty and go back to their arenas.
+//!   (arena by arena, the sparsest arenas and slabs first) is moved into a target, so the sources
+//!   empty and go back to their arenas.
 //! - **Fragmentation compaction** ([`RelocCache::evacuate_arena`]): every object in one 2 MiB arena is
 //!   moved elsewhere (new slabs never come from that arena meanwhile), so the whole arena is freed.
 //! - **Eviction** ([`RelocCache::reclaim`]): for re-creatable data, the arena with the fewest live
@@ -151,7 +152,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let needed = live.div_ceil(per_slab).max(1);
             if slabs.len() > needed {
                 // Targets: the densest slabs of the densest arenas, so that whole arenas empty and
-                // their metadata goes back too. Sources: the rest, sparsest first.
+                // their metadata goes back too. Sources: the rest.
                 let mut arena_live: Vec<(usize, usize)> = Vec::new();
                 for slab in &slabs {
                     add_to_arena(&mut arena_live, slab.arena, slab.live);

@@ -183,6 +183,33 @@ pub(crate) fn read_slot<T>(
 
 /// A [`RelocCache`] as read under one guard (see [`RelocCache::view`]): copyable, and as long as it
 /// lives the guard stays pinned, so every reference it gives stays valid and unchanged.
+///
+/// ```
+/// let cache: relocate_api::RelocCache<u64> = relocate_api::RelocCache::new().unwrap();
+/// let handles: Vec<_> = (0..1000).map(|i| cache.insert(i).unwrap()).collect();
+/// let reader = cache.reader();
+/// let mut guard = reader.pin();
+/// let mut sum = 0;
+/// for run in handles.chunks(256) {
+///     guard.repin(); // let the epoch move on between runs of gets
+///     let view = cache.view(&guard);
+///     sum += run.iter().filter_map(|&h| view.get(h)).sum::<u64>();
+/// }
+/// assert_eq!(sum, 999 * 1000 / 2);
+/// ```
+///
+/// A reference it gave keeps the guard borrowed, so the guard cannot be re-pinned (or dropped)
+/// while the reference lives:
+///
+/// ```compile_fail
+/// let cache: relocate_api::RelocCache<u64> = relocate_api::RelocCache::new().unwrap();
+/// let handle = cache.insert(7).unwrap();
+/// let reader = cache.reader();
+/// let mut guard = reader.pin();
+/// let seven = cache.view(&guard).get(handle);
+/// guard.repin(); // error: `guard` is borrowed by `seven`
+/// assert_eq!(seven, Some(&7));
+/// ```
 pub struct View<'g, T> {
     slots: Slots<'g>,
     tag_bits: u64,

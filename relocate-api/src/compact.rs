@@ -2,8 +2,8 @@
 //!
 //! - **Footprint compaction** ([`RelocCache::compact`]): with `n` live objects and `c` per slab, only
 //!   `ceil(n / c)` slabs are needed. The densest of them are targets; every live object in the others
-//!   (arena by arena, the sparsest arenas and slabs first) is moved into a target, so the sources
-//!   empty and go back to their arenas.
+//!   (arena by arena, those whose source slabs are sparsest on average first, and sparsest slab
+//!   first) is moved into a target, so the sources empty and go back to their arenas.
 //! - **Fragmentation compaction** ([`RelocCache::evacuate_arena`]): every object in one 2 MiB arena is
 //!   moved elsewhere (new slabs never come from that arena meanwhile), so the whole arena is freed.
 //! - **Eviction** ([`RelocCache::reclaim`]): for re-creatable data, the arena with the fewest live
@@ -166,17 +166,26 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 slabs
                     .sort_by_cached_key(|s| std::cmp::Reverse((live_of(s.arena), s.arena, s.live)));
                 let mut sources: Vec<SlabView> = slabs.split_off(needed);
-                // Sparsest arenas first (of what the sources hold), so that whole arenas empty
-                // first; an arena's slabs one after another, sparsest first, since they share the
-                // rows of the arena's back-map (a slab's owners are a column of it): each row read
-                // for one slab then serves the next ones from the cache.
-                let mut source_live: Vec<(usize, usize)> = Vec::new();
+                // Arena by arena: those whose source slabs are sparsest on average first (so a
+                // budgeted pass frees about as many slabs per move as taking the sparsest slabs one
+                // by one would), and an arena's slabs sparsest first, one after another: they share
+                // the rows of the arena's back-map (a slab's owners are a column of it), so each row
+                // read for one slab serves the next ones from the cache.
+                let (mut source_live, mut source_slabs) = (Vec::new(), Vec::new());
                 for slab in &sources {
                     add_to_arena(&mut source_live, slab.arena, slab.live);
+                    add_to_arena(&mut source_slabs, slab.arena, 1);
                 }
+                let total = |totals: &[(usize, usize)], arena: usize| {
+                    totals
+                        .iter()
+                        .find(|(a, _)| *a == arena)
+                        .map_or(0, |(_, t)| *t)
+                };
                 sources.sort_by_cached_key(|s| {
-                    let arena_live = source_live.iter().find(|(a, _)| *a == s.arena);
-                    (arena_live.map_or(0, |(_, l)| *l), s.arena, s.live)
+                    let per_slab =
+                        total(&source_live, s.arena) * 1024 / total(&source_slabs, s.arena).max(1);
+                    (per_slab, s.arena, s.live)
                 });
                 let mut source_starts: Vec<usize> = sources.iter().map(|s| s.start).collect();
                 source_starts.sort_unstable();

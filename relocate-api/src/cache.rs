@@ -1,7 +1,8 @@
 //! `RelocCache<T>`: same-sized objects on movable slabs, reached through handles.
 //!
 //! Concurrency, in one paragraph: reads are wait-free (`get` checks the slot's generation and loads its
-//! address, under an epoch guard of this cache's own collector). Everything that allocates or frees
+//! address, under an epoch guard of this cache's own collector; a [`View`] does the same for a loop
+//! of gets under one guard). Everything that allocates or frees
 //! blocks or slots (insert, compaction, the freeing of retired blocks, the linking of vacant slots)
 //! holds the cache's `inner` lock; updates, removes and moves of one object are serialised by that
 //! object's slot (see `slot`), and a remove never takes `inner` (only, once per batch, `retired`'s). Memory that a pinned reader might

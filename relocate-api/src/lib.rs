@@ -21,6 +21,13 @@
 //!     assert_eq!(cache.get(handle, &guard), Some(&[2; 8]));
 //!     cache.compact(&guard, Budget::Objects(10_000))?;
 //! }
+//! {
+//!     // A loop of gets under one guard: a view checks the guard once and keeps the cache's
+//!     // constants in registers.
+//!     let guard = reader.pin();
+//!     let view = cache.view(&guard);
+//!     assert_eq!(view.get(handle).map(|x| x[0]), Some(2));
+//! }
 //! cache.flush(&reader);
 //! cache.release_empty_arenas();
 //! # Ok(())

@@ -154,6 +154,7 @@ fn sibling_binaries(peers: &[Peer]) -> Result<Vec<PathBuf>, String> {
         .map(|path| path.display().to_string())
         .collect();
     if missing.is_empty() {
+        warn_if_stale(&exe, &binaries);
         Ok(binaries)
     } else {
         Err(format!(
@@ -161,6 +162,26 @@ fn sibling_binaries(peers: &[Peer]) -> Result<Vec<PathBuf>, String> {
              cargo build --release -p benches",
             missing.join(", ")
         ))
+    }
+}
+
+/// Warns (on stderr) about workload binaries built well before the runner: `cargo run --bin
+/// bench-runner` rebuilds the runner only, so after a change they may measure the old code. One
+/// `cargo build` links them all within seconds of each other.
+fn warn_if_stale(runner: &Path, binaries: &[PathBuf]) {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(runner_built) = modified(runner) else {
+        return;
+    };
+    for binary in binaries {
+        let older = modified(binary).and_then(|built| runner_built.duration_since(built).ok());
+        if older.is_some_and(|by| by.as_secs() > 60) {
+            eprintln!(
+                "warning: {} was built before the runner; it may not hold the latest changes \
+                 (cargo build --release -p benches)",
+                binary.display()
+            );
+        }
     }
 }
 

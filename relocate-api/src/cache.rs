@@ -235,10 +235,9 @@ impl<'g, T> View<'g, T> {
         T: Relocatable,
     {
         let addr = self.address_of(handle)?;
-        // SAFETY: a published address holds a live `T`; if it is moved, updated or removed meanwhile,
-        // the old block is retired through the epoch, so it stays valid and unchanged (`Relocatable`)
-        // while the guard this view borrows is pinned. (It is not null, being a `T`'s: said so, the
-        // `Option<&T>` needs no test for null.)
+        // A published address holds a live `T` (never at 0: saying so spares the `Option<&T>` a test
+        // for null); moved, updated or removed meanwhile, its old block is retired through the epoch.
+        // SAFETY: the `T` stays valid and unchanged (`Relocatable`) while the view's guard is pinned.
         unsafe {
             core::hint::assert_unchecked(addr != 0);
             Some(&*(addr as *const T))

@@ -157,14 +157,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 for slab in &slabs {
                     add_to_arena(&mut arena_live, slab.arena, slab.live);
                 }
-                let live_of = |arena: usize| {
-                    arena_live
-                        .iter()
-                        .find(|(a, _)| *a == arena)
-                        .map_or(0, |(_, l)| *l)
-                };
-                slabs
-                    .sort_by_cached_key(|s| std::cmp::Reverse((live_of(s.arena), s.arena, s.live)));
+                slabs.sort_by_cached_key(|s| {
+                    std::cmp::Reverse((arena_total(&arena_live, s.arena), s.arena, s.live))
+                });
                 let mut sources: Vec<SlabView> = slabs.split_off(needed);
                 // Arena by arena: those whose source slabs are sparsest on average first (so a
                 // budgeted pass frees about as many slabs per move as taking the sparsest slabs one
@@ -176,15 +171,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     add_to_arena(&mut source_live, slab.arena, slab.live);
                     add_to_arena(&mut source_slabs, slab.arena, 1);
                 }
-                let total = |totals: &[(usize, usize)], arena: usize| {
-                    totals
-                        .iter()
-                        .find(|(a, _)| *a == arena)
-                        .map_or(0, |(_, t)| *t)
-                };
                 sources.sort_by_cached_key(|s| {
-                    let per_slab =
-                        total(&source_live, s.arena) * 1024 / total(&source_slabs, s.arena).max(1);
+                    let per_slab = arena_total(&source_live, s.arena) * 1024
+                        / arena_total(&source_slabs, s.arena).max(1);
                     (per_slab, s.arena, s.live)
                 });
                 let mut source_starts: Vec<usize> = sources.iter().map(|s| s.start).collect();
@@ -614,6 +603,14 @@ pub(crate) fn add_to_arena(totals: &mut Vec<(usize, usize)>, arena: usize, amoun
         Some((_, total)) => *total += amount,
         None => totals.push((arena, amount)),
     }
+}
+
+/// `arena`'s total in `totals` (as [`add_to_arena`] keeps them), 0 if it has none.
+fn arena_total(totals: &[(usize, usize)], arena: usize) -> usize {
+    totals
+        .iter()
+        .find(|(a, _)| *a == arena)
+        .map_or(0, |(_, t)| *t)
 }
 
 fn slab_bytes(slab: &SlabView) -> usize {

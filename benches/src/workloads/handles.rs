@@ -8,9 +8,10 @@
 //! 1. insert the objects (`insert_mops`); object `i` holds `[next(i), i, i, ...]`, where `next` is one
 //!    random cycle through all objects, and its key (handle, slotmap key, slab index or pointer) goes
 //!    to `keys[i]`;
-//! 2. independent gets: [`GETS`] lookups of `keys[i]` for random `i` (`get_ns` per get); for the
-//!    relocating cache the same gets again through a `View` taken at each re-pin (`view_get_ns`: the
-//!    way to write a loop of gets under one guard, see `RelocCache::view`); then the
+//! 2. independent gets: [`GETS`] lookups of `keys[i]` for random `i` (`get_ns` per get), in runs of
+//!    [`REPIN_EVERY`] between which the relocating cache re-pins its guard (every phase reads in such
+//!    runs); for the relocating cache the same gets again through a `View` taken at each re-pin
+//!    (`view_get_ns`: the way to write a loop of gets under one guard, see `RelocCache::view`); then the
 //!    same number again as multi-gets of [`MULTI_GET`] random keys at a time (`multi_get_ns` per
 //!    get): the relocating cache answers each with one `get_many`, which overlaps the lookups' cache
 //!    misses; every other structure (the raw pointers too) with a plain loop of gets;
@@ -135,6 +136,9 @@ trait Structure: Sync {
     where
         Self: 'a;
     fn session(&self) -> Self::Session<'_>;
+    /// Called by every phase between runs of at most [`REPIN_EVERY`] gets: the relocating cache
+    /// re-pins its reader's guard there, so that the epoch (and retired memory) can move on.
+    fn repin(&self, _session: &mut Self::Session<'_>) {}
     /// Words 0 and 1 of the object `key` names, if it is there.
     fn get(&self, session: &mut Self::Session<'_>, key: u64) -> Option<(u64, u64)>;
     /// `get` of every key of `keys`, in order, handed to `found` with its position.
@@ -198,12 +202,11 @@ struct Reloc {
     cache: RelocCache<Obj>,
 }
 
-/// A reader of the relocating cache: its guard is re-pinned every [`REPIN_EVERY`] gets, so the
-/// epoch (and retired memory) can move on while it reads.
+/// A reader of the relocating cache: its guard is re-pinned between runs of gets
+/// ([`Structure::repin`]).
 struct RelocSession<'a> {
     guard: Guard<'a>,
     _reader: Reader<'a>,
-    gets: u32,
 }
 
 impl Structure for Reloc {
@@ -214,16 +217,15 @@ impl Structure for Reloc {
         RelocSession {
             guard: reader.pin(),
             _reader: reader,
-            gets: 0,
         }
+    }
+
+    fn repin(&self, session: &mut RelocSession<'_>) {
+        session.guard.repin();
     }
 
     #[inline]
     fn get(&self, session: &mut RelocSession<'_>, key: u64) -> Option<(u64, u64)> {
-        session.gets = session.gets.wrapping_add(1);
-        if session.gets % REPIN_EVERY == 0 {
-            session.guard.repin();
-        }
         let obj = self.cache.get(Handle::from_bits(key), &session.guard)?;
         Some((obj[0], obj[1]))
     }
@@ -245,16 +247,12 @@ impl Structure for Reloc {
         });
     }
 
-    /// The same gets as `random_gets`, re-pinning as often, each run of gets under one pin through
-    /// a `View`.
+    /// The same gets as `random_gets`, in the same runs between re-pins, each run through a `View`.
     fn view_gets(&self, keys: &[u64], among: &[u32], gets: usize, seed: u64) -> bool {
         let reader = self.cache.reader();
         let mut guard = reader.pin();
         let mut rng = Rng::new(seed);
-        let mut left = gets;
-        while left > 0 {
-            let run = left.min(REPIN_EVERY as usize);
-            left -= run;
+        for run in runs(gets) {
             guard.repin();
             let view = self.cache.view(&guard);
             for _ in 0..run {
@@ -474,13 +472,22 @@ fn check(found: Option<(u64, u64)>, index: usize) -> Option<u64> {
     }
 }
 
+/// `total` gets as runs of [`REPIN_EVERY`] (the last one shorter).
+fn runs(total: usize) -> impl Iterator<Item = usize> {
+    let run = REPIN_EVERY as usize;
+    (0..total.div_ceil(run)).map(move |k| run.min(total - k * run))
+}
+
 /// `gets` independent gets of random objects of `among` (indices into `keys`).
 fn random_gets<S: Structure>(s: &S, keys: &[u64], among: &[u32], gets: usize, seed: u64) {
     let mut session = s.session();
     let mut rng = Rng::new(seed);
-    for _ in 0..gets {
-        let i = among[rng.below(among.len())] as usize;
-        check(s.get(&mut session, keys[i]), i);
+    for run in runs(gets) {
+        s.repin(&mut session);
+        for _ in 0..run {
+            let i = among[rng.below(among.len())] as usize;
+            check(s.get(&mut session, keys[i]), i);
+        }
     }
 }
 
@@ -501,13 +508,18 @@ fn multi_gets<S: Structure>(s: &S, keys: &[u64], among: &[u32], gets: usize, see
     }
 }
 
-/// The p99 over `BATCHES` timed batches of random gets of `among`, in ns per get.
+/// The p99 over `BATCHES` timed batches of random gets of `among`, in ns per get. The reader
+/// re-pins every [`REPIN_EVERY`] gets, at the start of a batch, inside its timing.
 fn p99_ns<S: Structure>(s: &S, keys: &[u64], among: &[u32], batches: usize, seed: u64) -> f64 {
     let mut session = s.session();
     let mut rng = Rng::new(seed);
     let mut times: Vec<u64> = Vec::with_capacity(batches);
-    for _ in 0..batches {
+    let repin_every = (REPIN_EVERY as usize / BATCH).max(1);
+    for batch in 0..batches {
         let began = Instant::now();
+        if batch % repin_every == 0 {
+            s.repin(&mut session);
+        }
         for _ in 0..BATCH {
             let i = among[rng.below(among.len())] as usize;
             check(s.get(&mut session, keys[i]), i);
@@ -563,8 +575,11 @@ fn phases<S: Structure>(ctx: &Ctx, report: &mut Report, plan: &mut Plan, s: &mut
     {
         let mut session = s.session();
         let mut at = 0usize;
-        for _ in 0..steps {
-            at = check(s.get(&mut session, keys[at]), at).unwrap_or(0) as usize;
+        for run in runs(steps) {
+            s.repin(&mut session);
+            for _ in 0..run {
+                at = check(s.get(&mut session, keys[at]), at).unwrap_or(0) as usize;
+            }
         }
     }
     let chase = began.elapsed();

@@ -35,9 +35,11 @@
 //! ```
 //!
 //! Module map: `slot` (the per-object state machine, loom-checked), `retire` (removed blocks and
-//! vacant slots handed back in batches through the epoch, loom-checked), `table` (slots that never move),
-//! `home` (slot indices that name a block's place, so a read need not wait for the slot), `handle`, `policy` (the [`Relocatable`] contract and callbacks), `cache` (access), `compact` (moves,
-//! evacuation, eviction, statistics).
+//! vacant slots handed back in batches through the epoch, loom-checked), `table` (slots that never
+//! move), `home` (slot indices that name a block's place, so a read need not wait for the slot),
+//! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `cache` (access), `compact`
+//! (moves, evacuation, eviction, statistics), `blob` (the byte-blob flavour), `background` (the
+//! compactor thread).
 
 mod sync;
 

@@ -102,7 +102,7 @@ impl<'c> Reader<'c> {
 /// classes that share the guard's collector). A guard lives no longer than its cache,
 /// so every batch is handed over while the cache's memory is there:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0505
 /// let cache: relocate_api::RelocCache<String> = relocate_api::RelocCache::new().unwrap();
 /// let guard = cache.reader().pin();
 /// drop(cache); // error: the guard borrows the cache
@@ -202,7 +202,7 @@ pub(crate) fn read_slot<T>(
 /// A reference it gave keeps the guard borrowed, so the guard cannot be re-pinned (or dropped)
 /// while the reference lives:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0502
 /// let cache: relocate_api::RelocCache<u64> = relocate_api::RelocCache::new().unwrap();
 /// let handle = cache.insert(7).unwrap();
 /// let reader = cache.reader();

@@ -94,7 +94,31 @@ pub enum Isolation {
 /// If a callback panics, the move is abandoned: the object stays at its old address, the new memory is
 /// freed (without dropping it), and the panic is counted, not propagated. A `migrate` that panics after
 /// changing outside pointers leaves them as it left them; keep `migrate` free of panics.
-pub trait Relocator<T>: Send + Sync {
+///
+/// # Safety
+/// The cache publishes whatever `migrate` leaves at `new` as the object, so an implementation must,
+/// whenever `migrate` returns, have left a valid `T` there that the cache may read, hand out as `&T`,
+/// move again and drop; and it must not drop or write to the `T` at `old`, which readers may still be
+/// reading. (A `migrate` that panics instead publishes nothing.) The default methods meet this.
+///
+/// So a policy is written with `unsafe impl` (or made with [`FnRelocator::new`], which is unsafe);
+/// safe code cannot make one whose `migrate` leaves `new` uninitialised:
+///
+/// ```compile_fail,E0200
+/// struct Forgets;
+/// impl relocate_api::Relocator<String> for Forgets {
+///     unsafe fn migrate(&self, _: *const String, _: *mut String, _: relocate_api::Handle<String>) {}
+/// }
+/// ```
+///
+/// ```compile_fail,E0451
+/// use relocate_api::{FnRelocator, Handle, Isolation};
+/// let forgets = FnRelocator {
+///     isolate: |_: &String, _: Handle<String>| Isolation::Ready,
+///     migrate: |_: *const String, _: *mut String, _: Handle<String>| {},
+/// };
+/// ```
+pub unsafe trait Relocator<T>: Send + Sync {
     /// Runs one batch of moves: `moves` makes the `isolate` and `migrate` calls of up to
     /// [`MOVE_BATCH`] objects, one object after another, on this thread. The default just runs it. A
     /// relocator whose moves all need one lock can take it here, hold it while `moves` runs, and so
@@ -131,15 +155,34 @@ pub trait Relocator<T>: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BitwiseMove;
 
-impl<T> Relocator<T> for BitwiseMove {}
+// SAFETY: the default methods: `migrate` copies the valid `T` at `old` to `new` and leaves `old` as it
+// was.
+unsafe impl<T> Relocator<T> for BitwiseMove {}
 
-/// A policy built from closures (for callbacks that fix outside pointers).
+/// A policy built from closures (for callbacks that fix outside pointers): `isolate(object, handle)`
+/// and `migrate(old, new, handle)` are [`Relocator`]'s methods.
 pub struct FnRelocator<I, M> {
-    pub isolate: I,
-    pub migrate: M,
+    isolate: I,
+    migrate: M,
 }
 
-impl<T, I, M> Relocator<T> for FnRelocator<I, M>
+impl<I, M> FnRelocator<I, M> {
+    /// A policy that calls `isolate` and `migrate`.
+    ///
+    /// # Safety
+    /// `migrate` must meet [`Relocator`]'s contract: whenever it returns, a valid `T` is at `new`,
+    /// and the `T` at `old` was neither dropped nor written.
+    pub unsafe fn new<T>(isolate: I, migrate: M) -> Self
+    where
+        I: Fn(&T, Handle<T>) -> Isolation + Send + Sync,
+        M: Fn(*const T, *mut T, Handle<T>) + Send + Sync,
+    {
+        Self { isolate, migrate }
+    }
+}
+
+// SAFETY: `FnRelocator::new`'s caller promised that `migrate` meets the contract.
+unsafe impl<T, I, M> Relocator<T> for FnRelocator<I, M>
 where
     I: Fn(&T, Handle<T>) -> Isolation + Send + Sync,
     M: Fn(*const T, *mut T, Handle<T>) + Send + Sync,

@@ -45,7 +45,10 @@ fn list_cache(
         // SAFETY: as `move_node` requires: the cache's arguments to `migrate`.
         unsafe { move_node(old, new, &head) };
     });
-    RelocCache::with_relocator(FnRelocator { isolate, migrate }).unwrap()
+    // SAFETY: `migrate` either panics before it touches anything or moves the node with
+    // `move_node`, which leaves a valid node at `new` and the one at `old` as it was.
+    let relocator = unsafe { FnRelocator::new(isolate, migrate) };
+    RelocCache::with_relocator(relocator).unwrap()
 }
 
 /// Moves a list node from `old` to `new` and points its neighbours (or the head) at `new`.
@@ -276,7 +279,9 @@ struct BatchingList {
 
 struct Batching(Arc<BatchingList>);
 
-impl Relocator<Node> for Batching {
+// SAFETY: `migrate` either panics before it touches anything or moves the node with `move_node`,
+// which leaves a valid node at `new` and the one at `old` as it was.
+unsafe impl Relocator<Node> for Batching {
     fn batch(&self, moves: &mut dyn FnMut()) {
         let list = &self.0;
         if list.skip.load(Ordering::Relaxed) {

@@ -517,11 +517,9 @@ fn calls_from_inside_a_callback_are_refused() {
         Isolation::Ready
     });
     let cache: Arc<Cache> = Arc::new(
-        RelocCache::with_relocator(FnRelocator {
-            isolate,
-            migrate: copy as MigrateFn,
-        })
-        .unwrap(),
+        // SAFETY: `copy` copies the valid `u64` at `old` to `new`.
+        RelocCache::with_relocator(unsafe { FnRelocator::new(isolate, copy as MigrateFn) })
+            .unwrap(),
     );
     slot.set(cache.clone()).ok().unwrap();
     let reader = cache.reader();

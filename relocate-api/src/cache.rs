@@ -27,6 +27,7 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -589,6 +590,10 @@ pub struct Counters {
     /// Slots handed back to a table shared with other caches (a [`crate::BlobCache`]'s classes), for
     /// them to reuse.
     pub returned_slots: u64,
+    /// Removed (or replaced) values whose drop panicked when the epoch let them go. The drop runs
+    /// in whichever thread pins or flushes then, so its panic is caught there, counted here, and the
+    /// value's block freed all the same; the panic hook has reported it.
+    pub drop_panics: u64,
 }
 
 /// A block for the object of slot `owner`, at an address a slot can hold (always, for alloc-core's
@@ -645,6 +650,63 @@ pub(crate) fn next_tag() -> Result<u32, CacheError> {
 thread_local! {
     /// The cache whose relocation callback this thread is running (0: none).
     static IN_CALLBACK: Cell<usize> = const { Cell::new(0) };
+    /// The innermost slot this thread holds for writing while an update's closure runs (null:
+    /// none), linked to the ones it holds further out (see [`HeldSlot`]).
+    static HELD: Cell<*const HeldSlot> = const { Cell::new(ptr::null()) };
+}
+
+/// A slot this thread holds for writing, registered in `HELD` while the update's closure runs, so
+/// that a call from inside the closure that would wait for the slot is refused instead of waiting
+/// forever for its own thread. Lives on the stack of the update holding it; `HeldGuard` unlinks it
+/// (also on unwinding) before that frame ends.
+struct HeldSlot {
+    slot: *const Slot,
+    outer: *const HeldSlot,
+}
+
+impl HeldSlot {
+    /// `slot`, to be linked in as the innermost slot this thread holds.
+    fn new(slot: &Slot) -> Self {
+        Self {
+            slot,
+            outer: HELD.with(Cell::get),
+        }
+    }
+}
+
+/// Unlinks a [`HeldSlot`] when dropped.
+struct HeldGuard(*const HeldSlot);
+
+impl HeldGuard {
+    /// Links `held` (made just now by [`HeldSlot::new`]) in as the innermost slot this thread holds.
+    ///
+    /// # Safety
+    /// - `held` stays where it is until the returned guard is dropped (declare it before the guard).
+    unsafe fn link(held: &HeldSlot) -> Self {
+        HELD.with(|h| h.set(held));
+        Self(held.outer)
+    }
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        HELD.with(|h| h.set(self.0));
+    }
+}
+
+/// Whether this thread holds `slot` for writing (inside an update's closure).
+fn held_by_this_thread(slot: &Slot) -> bool {
+    let mut held = HELD.with(Cell::get);
+    while !held.is_null() {
+        // SAFETY: linked nodes live on the stacks of updates still running on this thread
+        // (`HeldGuard::link`).
+        let node = unsafe { &*held };
+        if ptr::eq(node.slot, slot) {
+            return true;
+        }
+        held = node.outer;
+    }
+    false
 }
 
 /// A cache of `T` on movable slabs, relocated by `R` (bytewise by default).
@@ -673,6 +735,8 @@ pub struct RelocCache<T, R = BitwiseMove> {
     tag_bits: u64,
     /// Where each slot's object lives when it is at home (see `home`).
     homes: Homes,
+    /// The size of the blocks objects occupy (fixed when the heap is made).
+    block_bytes: usize,
     _type: PhantomData<T>,
 }
 
@@ -752,6 +816,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         } else {
             Homes::NONE
         };
+        let block_bytes = heap.block_bytes();
         Ok(Self {
             table,
             claim_slots,
@@ -777,6 +842,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             object_bytes,
             tag_bits: tag_bits(tag),
             homes,
+            block_bytes,
             _type: PhantomData,
         })
     }
@@ -788,9 +854,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// The block size each object occupies.
     pub fn block_bytes(&self) -> usize {
-        self.lock()
-            .map(|inner| inner.heap.block_bytes())
-            .unwrap_or(0)
+        self.block_bytes
     }
 
     #[inline]
@@ -813,9 +877,24 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Handle::new(index, self.tag_bits | u64::from(counter))
     }
 
+    /// Whether this thread runs one of this cache's relocation callbacks (and so holds its lock, and
+    /// is the one thread that moves its objects).
+    fn in_own_callback(&self) -> bool {
+        IN_CALLBACK.with(Cell::get) == self as *const Self as usize
+    }
+
+    /// Takes the cache lock for a call `what` that has no error to return: panics, rather than wait
+    /// for itself, when called from inside one of this cache's relocation callbacks (a panic there
+    /// abandons the move in progress, and is counted, see [`Relocator`]).
+    pub(crate) fn lock_outside_callback(&self, what: &str) -> MutexGuard<'_, Inner> {
+        self.lock().unwrap_or_else(|_| {
+            panic!("relocate-api: RelocCache::{what} called from inside the cache's relocation callback")
+        })
+    }
+
     /// Takes the cache lock, refusing calls from inside this cache's own relocation callback.
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Inner>, CacheError> {
-        if IN_CALLBACK.with(|c| c.get()) == self as *const Self as usize {
+        if self.in_own_callback() {
             return Err(CacheError::Reentrant);
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -1035,7 +1114,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
-    /// atomics inside: writes through `&T` then always reach the one live copy).
+    /// atomics inside: writes through `&T` then always reach the one live copy). `None` for a stale
+    /// handle, and, inside one of this cache's relocation callbacks, for the object being moved.
     pub fn with_pinned<U>(
         &self,
         handle: Handle<T>,
@@ -1046,6 +1126,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let (slot, counter) = self.resolve(handle)?;
         let pins = self.table.pins(handle.index());
         let home = self.home(handle.index());
+        if self.in_own_callback() && slot.is_moving(home) {
+            // The pin would wait for the move this very thread is making.
+            return None;
+        }
         let addr = slot.pin(self.table.pin_gate(), pins, counter, home)?;
         struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
@@ -1062,6 +1146,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// never a torn one; concurrent updates of one object are serialised, and a move of it waits for
     /// this update (or this update for the move). The old value is dropped after the epoch. Returns
     /// false for a stale handle.
+    ///
+    /// `f` may update or remove other objects (an update holds its object as a lock would, so two
+    /// threads that update two objects inside each other's closures, in opposite orders, deadlock).
+    /// An update or removal of the same object from inside `f` would wait for itself: it is refused
+    /// (`Err(CacheError::Reentrant)`, and a removal removes nothing), as is an update from inside one
+    /// of this cache's relocation callbacks, before its closure runs.
     pub fn update(
         &self,
         handle: Handle<T>,
@@ -1097,6 +1187,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some((slot, counter)) = self.resolve(handle) else {
             return Ok(false);
         };
+        // An update needs the lock for its new block, which a relocation callback's thread holds;
+        // and waiting for a slot this thread holds for writing would never end.
+        if self.in_own_callback() || held_by_this_thread(slot) {
+            return Err(CacheError::Reentrant);
+        }
         let home = self.home(handle.index());
         let Some(old) = slot.begin_write(counter, home) else {
             return Ok(false);
@@ -1109,7 +1204,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }
         }
         let restore = Restore(slot, old, home);
+        let held = HeldSlot::new(slot);
+        // SAFETY: `held` is declared before `holding`, so it stays put until `holding` is dropped.
+        let holding = unsafe { HeldGuard::link(&held) };
         let new_value = make(old);
+        drop(holding);
         std::mem::forget(restore);
         let block = match self.lock() {
             Ok(mut inner) => alloc_block(&mut inner.heap, handle.index()),
@@ -1129,7 +1228,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Ok(true)
     }
 
-    /// Removes the object; it is dropped once no reader can hold it. False for a stale handle.
+    /// Removes the object; it is dropped once no reader can hold it. False for a stale handle, and
+    /// for a removal that would wait for its own thread: of an object inside its own `update`'s
+    /// closure, or, inside one of this cache's relocation callbacks, of an object that is held (the
+    /// one being moved, or one whose update waits for the cache's lock).
     pub fn remove(&self, handle: Handle<T>, guard: &Guard) -> bool {
         self.remove_with(handle, guard, |_| ()).is_some()
     }
@@ -1175,7 +1277,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ) -> Option<U> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
-        let addr = slot.begin_remove(counter, self.home(handle.index()))?;
+        let home = self.home(handle.index());
+        let addr = if self.in_own_callback() {
+            // Waiting for a holder would never end: the mover is this thread, and a writer needs
+            // the lock this thread holds to finish.
+            slot.try_begin_remove(counter, home)?
+        } else if held_by_this_thread(slot) {
+            // Inside this object's own update: it would wait for itself.
+            return None;
+        } else {
+            slot.begin_remove(counter, home)?
+        };
         // Account for the removal before `f` runs, so that a panicking `f` loses nothing: the block
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
         // guard is gone.
@@ -1236,8 +1348,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         T: Relocatable,
     {
         self.check_guard(guard);
-        let ranges =
-            (self.inner.lock().unwrap_or_else(|e| e.into_inner())).slot_ranges(&self.homes);
+        let ranges = self
+            .lock_outside_callback("for_each")
+            .slot_ranges(&self.homes);
         for index in ranges.into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {
                 continue;
@@ -1252,8 +1365,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// Number of live objects.
+    ///
+    /// # Panics
+    /// If called from inside one of this cache's relocation callbacks (as `is_empty`, `for_each` and
+    /// `stats` do), whose thread holds the lock this needs.
     pub fn len(&self) -> usize {
-        self.live(&self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+        self.live(&self.lock_outside_callback("len"))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1295,17 +1412,25 @@ impl<T, R> RelocCache<T, R> {
 }
 
 impl<T, R> Drop for RelocCache<T, R> {
+    /// Drops every live object. If one's drop panics, the others are dropped all the same (as a
+    /// `Vec` does) and the first panic goes on once the cache is gone.
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut panic = None;
         for index in inner.slot_ranges(&self.homes).into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {
                 continue;
             };
             let addr = slot.address(self.home(index));
             if addr != 0 {
-                // SAFETY: `&mut self`: no reader; the live object is dropped once, its block freed by
-                // the heap's drop.
-                unsafe { ptr::drop_in_place(addr as *mut T) };
+                // SAFETY: `&mut self`: no reader; the live object is dropped once (a drop that
+                // panicked is not retried), its block freed by the heap's drop.
+                let dropped = catch_unwind(AssertUnwindSafe(|| unsafe {
+                    ptr::drop_in_place(addr as *mut T)
+                }));
+                if let Err(payload) = dropped {
+                    panic.get_or_insert(payload);
+                }
             }
         }
         // Dropping the collector (when this cache owns it; the byte-blob classes share one, and hold
@@ -1313,6 +1438,9 @@ impl<T, R> Drop for RelocCache<T, R> {
         // queued); then the heap's drop returns all slabs.
         // SAFETY: dropped once, here; no reader (they borrow the cache) or guard is left.
         unsafe { ManuallyDrop::drop(&mut self.collector) };
+        if let Some(payload) = panic {
+            resume_unwind(payload);
+        }
     }
 }
 

@@ -519,7 +519,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// memory back often, as a compaction loop does, prefer
     /// [`release_aged_arenas`](Self::release_aged_arenas).
     pub fn release_empty_arenas(&self) -> usize {
-        self.count_released(movable::release_free_arenas())
+        self.count_released(movable::release_free_arenas)
     }
 
     /// What [`release_empty_arenas`](Self::release_empty_arenas) does, for the movable arenas that
@@ -529,13 +529,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// mapped again, sparing the other threads those TLB shootdowns. Returns the bytes given back
     /// (shared by every movable cache in the process).
     pub fn release_aged_arenas(&self) -> usize {
-        self.count_released(movable::release_aged_arenas())
+        self.count_released(movable::release_aged_arenas)
     }
 
-    fn count_released(&self, released: usize) -> usize {
-        if let Ok(mut inner) = self.lock() {
-            inner.counters.released_bytes += released as u64;
-        }
+    /// Runs `release` and counts what it gave back; from inside one of this cache's relocation
+    /// callbacks, refused like every call that takes the lock: releases nothing and returns 0.
+    fn count_released(&self, release: impl FnOnce() -> usize) -> usize {
+        let Ok(mut inner) = self.lock() else {
+            return 0;
+        };
+        let released = release();
+        inner.counters.released_bytes += released as u64;
         released
     }
 
@@ -552,7 +556,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Statistics of this cache but its handle table (which a byte-blob class shares with the
     /// others: the `BlobCache` reads it once for all).
     pub(crate) fn slab_stats(&self) -> CacheStats {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.lock_outside_callback("stats");
         let (slabs, resident) = inner
             .heap
             .slabs()
@@ -571,7 +575,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             } else {
                 resident as f64 / live_bytes as f64
             },
-            counters: inner.counters,
+            counters: Counters {
+                drop_panics: self.retired.drop_panics() as u64,
+                ..inner.counters
+            },
         }
     }
 }

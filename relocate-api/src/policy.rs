@@ -1,6 +1,8 @@
 //! What may be moved, and how: the type-level contract and the per-cache relocation callbacks.
 
 use crate::handle::Handle;
+#[cfg(doc)]
+use crate::CacheError;
 
 /// Types whose bytes may be copied to a new address while shared references to the old copy exist.
 ///
@@ -85,11 +87,21 @@ pub enum Isolation {
 /// what every move needs (the lock of the structure whose pointers `migrate` fixes) can be taken once
 /// per batch, as the kernel's migration takes its locks for a batch of pages.
 ///
-/// What a callback may do: read the object and other structures, update pointers, take its own locks.
-/// What it may not do: call back into the same cache (insert, remove, update, compact: they would wait
-/// for the compaction in progress; the cache detects this and returns an error or `None` instead of
-/// deadlocking), or keep the `new` pointer beyond the publication rules of its own structures. The
-/// compactor holds the cache's lock while callbacks run, so a thread that holds a lock a callback
+/// What a callback may do: read the object and other structures, update pointers, take its own locks,
+/// read the cache (`get`, `get_many`, views), remove other objects.
+/// What it may not do: keep the `new` pointer beyond the publication rules of its own structures, or
+/// make a call into the same cache that would wait for the compaction in progress (which holds the
+/// cache's lock and has the object marked moving). The cache detects those calls and answers them
+/// at once instead of deadlocking:
+/// - `insert`, `update`, `compact`, `evacuate_*`, `reclaim*` return [`CacheError::Reentrant`]
+///   (`update` without calling its closure); `release_*_arenas` release nothing and return 0;
+/// - `remove`, `remove_with` and `remove_many` remove nothing of an object that is held (the one
+///   being moved, or one whose update waits for the lock this thread holds), as for a stale handle;
+///   `with_pinned` returns `None` for the object being moved;
+/// - `len`, `is_empty`, `stats` and `for_each`, which have no error to return, panic (so the move
+///   is abandoned, see below).
+///
+/// The compactor holds the cache's lock while callbacks run, so a thread that holds a lock a callback
 /// takes must not call into the cache meanwhile (it would wait for the compactor, which waits for it).
 /// If a callback panics, the move is abandoned: the object stays at its old address, the new memory is
 /// freed (without dropping it), and the panic is counted, not propagated. A `migrate` that panics after

@@ -22,13 +22,18 @@
 //!   thread, inside any cache operation, without deadlock;
 //! - `Retired`'s count of waiting entries is a hint read without the lock: a stale zero only delays
 //!   the entries to a later call, and a call that took the lock first (as `RelocCache::flush` does,
-//!   to count) sees the current count.
+//!   to count) sees the current count;
+//! - a deferred function does not unwind: it runs in whichever thread pins or flushes next, and a
+//!   panic out of it would leave the other deferred functions of its epoch bag never run (their
+//!   blocks never freed). A value whose drop panics is counted (`Retired::drop_panics`), and the
+//!   batch goes on with the next value.
 //!
 //! Built under `--cfg loom` too (its lock, counter and `Arc` come from the `sync` shim), so that
 //! `loom-tests` checks the hand-over with the real code (`tests/batch_retire.rs`).
 
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 use core::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Blocks per batch.
 pub const BATCH_BLOCKS: usize = 32;
@@ -43,6 +48,8 @@ pub struct Retired {
     /// How many blocks and slots wait: a hint, written under the lock, that lets a cache skip the
     /// lock when nothing waits (every insert and update takes the cache lock, and checks here).
     queued: AtomicUsize,
+    /// Values whose drop panicked in a deferred function (caught there, see the module doc).
+    drop_panics: AtomicUsize,
 }
 
 /// The blocks and slots taken from [`Retired`] in one go.
@@ -74,6 +81,12 @@ impl Retired {
     /// Blocks and slots waiting (under the lock: exact).
     pub fn waiting(&self) -> usize {
         self.lists.lock().unwrap_or_else(|e| e.into_inner()).count()
+    }
+
+    /// Values whose drop panicked after their removal (each was caught, and its block freed all the
+    /// same).
+    pub fn drop_panics(&self) -> usize {
+        self.drop_panics.load(Ordering::Relaxed)
     }
 
     /// Whether anything may wait: the hint, without the lock.
@@ -239,8 +252,13 @@ impl Batch {
                 if let Some(drop_value) = owner.drop_value {
                     for &block in &picked[..n] {
                         // SAFETY: `OpenBatch::retire`'s contract: the epoch has passed, so nothing
-                        // reaches the value, and it is dropped once, here.
-                        unsafe { drop_value(block) };
+                        // reaches the value, and it is dropped once, here (a drop that panicked
+                        // is not retried: the value is gone).
+                        let dropped =
+                            catch_unwind(AssertUnwindSafe(|| unsafe { drop_value(block) }));
+                        if dropped.is_err() {
+                            owner.retired.drop_panics.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 owner.retired.push(&picked[..n], &[]);

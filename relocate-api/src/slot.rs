@@ -367,7 +367,7 @@ impl Slot {
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
     /// `None` when the slot no longer holds generation `gen`.
     pub fn begin_write(&self, gen: u32, home: Home) -> Option<usize> {
-        self.take(gen, WRITING, home)
+        self.take(gen, WRITING, home, true)
     }
 
     /// Ends a write by publishing `new` (which may equal the old address).
@@ -378,7 +378,16 @@ impl Slot {
     /// Empties the slot; waits while a writer or mover holds it. Returns the old address; the slot is
     /// then vacant under the next generation, so handles to it are stale. `None` if already stale.
     pub fn begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
-        let addr = self.take(gen, WRITING, home)?;
+        self.remove_taken(gen, self.take(gen, WRITING, home, true)?)
+    }
+
+    /// [`begin_remove`](Self::begin_remove) that never waits: `None` also while a writer or mover
+    /// holds the slot (for a thread the holder may be waiting for).
+    pub fn try_begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
+        self.remove_taken(gen, self.take(gen, WRITING, home, false)?)
+    }
+
+    fn remove_taken(&self, gen: u32, addr: usize) -> Option<usize> {
         // One store clears `LIVE` and bumps the generation: no reader can pair either generation with
         // the other state.
         self.word
@@ -386,7 +395,10 @@ impl Slot {
         Some(addr)
     }
 
-    fn take(&self, gen: u32, bit: u64, home: Home) -> Option<usize> {
+    /// Sets `bit` on the slot of the live object of generation `gen` and returns the object's
+    /// address; while another holder has it, waits (`wait`) or gives up. `None` if the slot no
+    /// longer holds generation `gen`, or it gave up.
+    fn take(&self, gen: u32, bit: u64, home: Home, wait: bool) -> Option<usize> {
         let expected = with_gen(gen) | LIVE;
         let mut spins = 0;
         loop {
@@ -396,6 +408,9 @@ impl Slot {
                 return None;
             }
             if word & HELD != 0 {
+                if !wait {
+                    return None;
+                }
                 backoff(&mut spins);
                 continue;
             }
@@ -439,6 +454,12 @@ impl Slot {
             return false;
         }
         true
+    }
+
+    /// Whether a move of the live object holds the slot now (reliable for the one thread that moves
+    /// the cache's objects, the holder of its lock).
+    pub fn is_moving(&self, home: Home) -> bool {
+        home.normal(self.word.load(Ordering::Relaxed)) & (LIVE | MOVING) == LIVE | MOVING
     }
 
     /// Completes a move: the object now lives at `new`.

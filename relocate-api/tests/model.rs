@@ -495,52 +495,6 @@ fn the_background_compactor_brings_fragmentation_down() {
     }
 }
 
-#[test]
-fn calls_from_inside_a_callback_are_refused() {
-    use relocate_api::{FnRelocator, Isolation};
-    use std::sync::{Arc, OnceLock};
-    type IsolateFn = Box<dyn Fn(&u64, Handle<u64>) -> Isolation + Send + Sync>;
-    type MigrateFn = fn(*const u64, *mut u64, Handle<u64>);
-    type Cache = RelocCache<u64, FnRelocator<IsolateFn, MigrateFn>>;
-    let slot: Arc<OnceLock<Arc<Cache>>> = Arc::new(OnceLock::new());
-    let seen: Arc<std::sync::Mutex<Vec<CacheError>>> = Arc::default();
-    let (slot2, seen2) = (slot.clone(), seen.clone());
-    fn copy(old: *const u64, new: *mut u64, _: Handle<u64>) {
-        // SAFETY: the cache passes a live value and room for one.
-        unsafe { new.write(*old) };
-    }
-    let isolate: IsolateFn = Box::new(move |_, _| {
-        let cache = slot2.get().unwrap();
-        if let Err((_, e)) = cache.insert(1) {
-            seen2.lock().unwrap().push(e);
-        }
-        Isolation::Ready
-    });
-    let cache: Arc<Cache> = Arc::new(
-        // SAFETY: `copy` copies the valid `u64` at `old` to `new`.
-        RelocCache::with_relocator(unsafe { FnRelocator::new(isolate, copy as MigrateFn) })
-            .unwrap(),
-    );
-    slot.set(cache.clone()).ok().unwrap();
-    let reader = cache.reader();
-    let handles: Vec<_> = (0..10_000u64).map(|i| cache.insert(i).unwrap()).collect();
-    {
-        let guard = reader.pin();
-        for h in handles.iter().skip(1).step_by(2) {
-            cache.remove(*h, &guard);
-        }
-    }
-    cache.flush(&reader);
-    let guard = reader.pin();
-    let report = cache.compact(&guard, Budget::Objects(10)).unwrap();
-    assert!(report.moved_objects > 0);
-    let seen = seen.lock().unwrap();
-    assert!(
-        !seen.is_empty() && seen.iter().all(|e| *e == CacheError::Reentrant),
-        "{seen:?}"
-    );
-}
-
 /// A slot serves 2^18 generations, then is retired rather than wrap: no handle ever made can name a
 /// later object, however often slots are reused. The cache fills a slab (one 64 KiB unit of 16-byte
 /// blocks), then `take`s one object: that frees its block and slot at once, so the next insert gets

@@ -1,0 +1,272 @@
+//! Calls that would wait for their own thread, and values whose drop panics: each gets an answer at
+//! once and loses nothing.
+//!
+//! - From inside a relocation callback, calls into the same cache that would wait for the compaction
+//!   in progress are refused (an error, `None`, `false` or 0; a panic for the calls with no error to
+//!   return), calls that cannot wait work, and the compaction goes on.
+//! - From inside an update's closure, an update or removal of the same object is refused.
+//! - A value whose drop panics: after a removal, the panic is caught where the epoch drops it and
+//!   counted, and every other value is dropped and its block freed; when the cache is dropped, every
+//!   other value is dropped and the panic goes on.
+
+use relocate_api::{Budget, CacheError, FnRelocator, Handle, Isolation, RelocCache, Relocatable};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+type IsolateFn = Box<dyn Fn(&u64, Handle<u64>) -> Isolation + Send + Sync>;
+type MigrateFn = fn(*const u64, *mut u64, Handle<u64>);
+type Cache = RelocCache<u64, FnRelocator<IsolateFn, MigrateFn>>;
+
+fn copy(old: *const u64, new: *mut u64, _: Handle<u64>) {
+    // SAFETY: the cache passes a live value and room for one.
+    unsafe { new.write(*old) };
+}
+
+/// What the first `isolate` call saw of each call it made into its own cache.
+#[derive(Debug, Default)]
+struct Seen {
+    insert: Option<CacheError>,
+    update_own: Option<Result<bool, CacheError>>,
+    update_other: Option<Result<bool, CacheError>>,
+    update_closures_ran: bool,
+    remove_own: Option<bool>,
+    pinned_own: Option<Option<u64>>,
+    get_other: Option<Option<u64>>,
+    pinned_other: Option<Option<u64>>,
+    remove_other: Option<bool>,
+    compact: Option<CacheError>,
+    reclaim: Option<CacheError>,
+    block_bytes: usize,
+    released: Option<usize>,
+    panicked: Vec<&'static str>,
+}
+
+#[test]
+fn calls_from_inside_a_callback_get_an_answer_at_once() {
+    let slot: Arc<OnceLock<Arc<Cache>>> = Arc::new(OnceLock::new());
+    // The handle the callback removes (an object that is not moving), and what it saw.
+    let other: Arc<OnceLock<Handle<u64>>> = Arc::new(OnceLock::new());
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let probed = Arc::new(AtomicBool::new(false));
+    let (slot2, other2, seen2, probed2) =
+        (slot.clone(), other.clone(), seen.clone(), probed.clone());
+    let isolate: IsolateFn = Box::new(move |&value, own| {
+        if probed2.swap(true, Ordering::Relaxed) {
+            return Isolation::Ready;
+        }
+        let cache = slot2.get().unwrap();
+        let other = *other2.get().unwrap();
+        let reader = cache.reader();
+        let guard = reader.pin();
+        let mut seen = seen2.lock().unwrap();
+        let mut ran = false;
+        seen.insert = cache.insert(1).err().map(|(_, e)| e);
+        seen.update_own = Some(cache.update(own, &guard, |x| {
+            ran = true;
+            *x
+        }));
+        seen.update_other = Some(cache.update(other, &guard, |x| {
+            ran = true;
+            *x
+        }));
+        seen.update_closures_ran = ran;
+        seen.remove_own = Some(cache.remove(own, &guard));
+        seen.pinned_own = Some(cache.with_pinned(own, &guard, |x| *x));
+        seen.get_other = Some(cache.get(other, &guard).copied());
+        seen.pinned_other = Some(cache.with_pinned(other, &guard, |x| *x));
+        seen.compact = cache.compact(&guard, Budget::Unlimited).err();
+        seen.reclaim = cache.reclaim(&guard, |_, _| ()).err();
+        seen.block_bytes = cache.block_bytes();
+        seen.released = Some(cache.release_empty_arenas());
+        let probes: [(&'static str, &dyn Fn()); 4] = [
+            ("len", &|| {
+                let _ = cache.len();
+            }),
+            ("is_empty", &|| {
+                let _ = cache.is_empty();
+            }),
+            ("stats", &|| {
+                let _ = cache.stats();
+            }),
+            ("for_each", &|| cache.for_each(&guard, |_, _| ())),
+        ];
+        for (name, probe) in probes {
+            if catch_unwind(AssertUnwindSafe(probe)).is_err() {
+                seen.panicked.push(name);
+            }
+        }
+        seen.remove_other = Some(cache.remove(other, &guard));
+        assert_eq!(value % 2, 0, "only even values are left to move");
+        Isolation::Ready
+    });
+    // SAFETY: `copy` copies the valid `u64` at `old` to `new`.
+    let relocator = unsafe { FnRelocator::new(isolate, copy as MigrateFn) };
+    let cache: Arc<Cache> = Arc::new(RelocCache::with_relocator(relocator).unwrap());
+    slot.set(cache.clone()).ok().unwrap();
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..10_000u64).map(|i| cache.insert(i).unwrap()).collect();
+    {
+        let guard = reader.pin();
+        for h in handles.iter().skip(1).step_by(2) {
+            assert!(cache.remove(*h, &guard));
+        }
+    }
+    cache.flush(&reader);
+    // The first object, at the start of the densest slab, is not among the first moved.
+    other.set(handles[0]).unwrap();
+    let guard = reader.pin();
+    let report = cache.compact(&guard, Budget::Objects(100)).unwrap();
+    assert!(probed.load(Ordering::Relaxed));
+    assert_eq!(
+        report.panics, 0,
+        "the callback caught its own probes' panics"
+    );
+    assert!(report.moved_objects > 0);
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.insert, Some(CacheError::Reentrant));
+    assert_eq!(seen.update_own, Some(Err(CacheError::Reentrant)));
+    assert_eq!(seen.update_other, Some(Err(CacheError::Reentrant)));
+    assert!(
+        !seen.update_closures_ran,
+        "a refused update does not run its closure"
+    );
+    assert_eq!(
+        seen.remove_own,
+        Some(false),
+        "the object being moved is not removed"
+    );
+    assert_eq!(
+        seen.pinned_own,
+        Some(None),
+        "the object being moved is not pinned"
+    );
+    assert_eq!(seen.get_other, Some(Some(0)));
+    assert_eq!(seen.pinned_other, Some(Some(0)));
+    assert_eq!(seen.remove_other, Some(true));
+    assert_eq!(seen.compact, Some(CacheError::Reentrant));
+    assert_eq!(seen.reclaim, Some(CacheError::Reentrant));
+    assert_eq!(seen.block_bytes, cache.block_bytes());
+    assert_eq!(seen.released, Some(0));
+    assert_eq!(seen.panicked, ["len", "is_empty", "stats", "for_each"]);
+
+    // Everything else is where it was: the removed object is gone, every other survivor readable.
+    assert_eq!(cache.get(handles[0], &guard), None);
+    for (i, h) in handles.iter().enumerate().skip(2).step_by(2) {
+        assert_eq!(cache.get(*h, &guard), Some(&(i as u64)), "object {i}");
+    }
+    assert_eq!(cache.len(), handles.len() / 2 - 1);
+}
+
+#[test]
+fn an_update_inside_its_own_closure_is_refused() {
+    let cache: RelocCache<[u64; 4]> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let a = cache.insert([1; 4]).unwrap();
+    let b = cache.insert([2; 4]).unwrap();
+    let mut inner = Vec::new();
+    let outer = cache.update(a, &guard, |old| {
+        inner.push(format!(
+            "{:?}",
+            cache.update(a, &guard, |x| x.map(|v| v + 10))
+        ));
+        inner.push(format!("{}", cache.remove(a, &guard)));
+        inner.push(format!("{}", cache.remove_many(&[a, a], &guard)));
+        // Another object, and a read of this one, are fine; so is a nested update of another
+        // object whose closure tries this one.
+        inner.push(format!(
+            "{:?}",
+            cache.update(b, &guard, |x| {
+                inner_try(&cache, a, &guard);
+                x.map(|v| v + 1)
+            })
+        ));
+        inner.push(format!("{:?}", cache.get(a, &guard)));
+        old.map(|v| v + 1)
+    });
+    assert_eq!(outer, Ok(true));
+    assert_eq!(
+        inner,
+        [
+            "Err(Reentrant)",
+            "false",
+            "0",
+            "Ok(true)",
+            "Some([1, 1, 1, 1])"
+        ]
+    );
+    assert_eq!(cache.get(a, &guard), Some(&[2; 4]));
+    assert_eq!(cache.get(b, &guard), Some(&[3; 4]));
+    // Outside any closure, both are free again.
+    assert_eq!(cache.update(a, &guard, |x| x.map(|v| v * 10)), Ok(true));
+    assert!(cache.remove(b, &guard));
+    assert_eq!(cache.get(a, &guard), Some(&[20; 4]));
+}
+
+/// From two updates deep: the outer one's object is still refused.
+fn inner_try(cache: &RelocCache<[u64; 4]>, a: Handle<[u64; 4]>, guard: &relocate_api::Guard) {
+    assert_eq!(cache.update(a, guard, |x| *x), Err(CacheError::Reentrant));
+    assert!(!cache.remove(a, guard));
+}
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts itself in `LIVE`; its drop panics when `panics` is set, after uncounting.
+struct Touchy {
+    panics: bool,
+}
+
+impl Touchy {
+    fn new(panics: bool) -> Self {
+        LIVE.fetch_add(1, Ordering::Relaxed);
+        Self { panics }
+    }
+}
+
+impl Drop for Touchy {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+        if self.panics {
+            panic!("test: a value whose drop panics");
+        }
+    }
+}
+
+// SAFETY: a plain value without interior mutability.
+unsafe impl Relocatable for Touchy {}
+
+/// Both halves share `LIVE`, so they run in one test.
+#[test]
+fn values_whose_drop_panics_lose_nothing() {
+    let cache: RelocCache<Touchy> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..2_000)
+        .map(|i| cache.insert(Touchy::new(i % 10 == 3)).ok().unwrap())
+        .collect();
+    assert_eq!(LIVE.load(Ordering::Relaxed), 2_000);
+    {
+        let guard = reader.pin();
+        for h in &handles[..1_000] {
+            assert!(cache.remove(*h, &guard));
+        }
+    }
+    cache.flush(&reader);
+    // Every removed value was dropped (100 of them panicking), and every block came back.
+    assert_eq!(LIVE.load(Ordering::Relaxed), 1_000);
+    let stats = cache.stats();
+    assert_eq!(stats.counters.drop_panics, 100);
+    assert_eq!(stats.live_objects, 1_000);
+    let guard = reader.pin();
+    assert!(handles[1_000..]
+        .iter()
+        .all(|&h| cache.get(h, &guard).is_some()));
+    drop(guard);
+    drop(reader);
+
+    // Dropping the cache drops every value and then lets the first panic go on.
+    let dropped = catch_unwind(AssertUnwindSafe(move || drop(cache)));
+    assert!(dropped.is_err(), "the drops' panic goes on");
+    assert_eq!(LIVE.load(Ordering::Relaxed), 0);
+}

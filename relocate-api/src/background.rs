@@ -95,7 +95,10 @@ pub trait Compactable: Send + Sync + sealed::Caches {
     /// round freed goes back up to one delay later, and an arena emptied and needed again meanwhile
     /// is reused, not unmapped, which spares readers a TLB shootdown each time), and does the
     /// cache's own upkeep (a [`BlobCache`] gives back the vacant runs of handle-table slots of its
-    /// sparse classes). Returns what it did. `reader` must be a reader of this cache.
+    /// sparse classes). Returns what it did.
+    ///
+    /// # Panics
+    /// If `reader` is not a reader of this cache.
     fn compact_round(&self, reader: &Reader<'_>, config: &CompactorConfig) -> BackgroundReport {
         let mut round = BackgroundReport {
             rounds: 1,

@@ -436,8 +436,13 @@ impl BlobCache {
     /// Frees what the epoch allows, in every class. The classes share one collector, so it is flushed
     /// until none of them sees more blocks come back (once for all, not once per class), and each
     /// class then takes its blocks back.
+    ///
+    /// # Panics
+    /// If `reader` is not a reader of this cache.
     pub fn flush(&self, reader: &Reader<'_>) {
-        flush_until_quiet(reader, || self.made().map(|(_, c)| c.waiting()).sum());
+        flush_until_quiet(reader, self.epoch, || {
+            self.made().map(|(_, c)| c.waiting()).sum()
+        });
         for (_, class) in self.made() {
             drop(class.lock());
         }

@@ -301,7 +301,11 @@ pub(crate) fn read_many<T>(
 
 /// Flushes `reader`'s collector until `waiting` (blocks retired and not yet taken back) has not
 /// changed for `QUIET_ROUNDS` rounds in a row, or a bound is reached (see [`RelocCache::flush`]).
-pub(crate) fn flush_until_quiet(reader: &Reader<'_>, waiting: impl Fn() -> usize) {
+pub(crate) fn flush_until_quiet(reader: &Reader<'_>, epoch: usize, waiting: impl Fn() -> usize) {
+    assert!(
+        reader.epoch == epoch,
+        "relocate-api: a reader of another cache was passed to this cache's flush"
+    );
     const QUIET_ROUNDS: usize = 256;
     let mut quiet_rounds = 0;
     for _ in 0..1_000_000 {
@@ -1385,8 +1389,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// so this flushes until `QUIET_ROUNDS` rounds in a row retire nothing more. Other threads that
     /// stay pinned hold the epoch back; then it returns after a bounded number of rounds with those
     /// blocks still waiting. Batches still open in other threads' guards wait for those guards.
+    ///
+    /// # Panics
+    /// If `reader` is not a reader of this cache (or of one sharing its collector).
     pub fn flush(&self, reader: &Reader<'_>) {
-        flush_until_quiet(reader, || self.waiting());
+        flush_until_quiet(reader, self.epoch, || self.waiting());
         drop(self.lock());
     }
 

@@ -140,7 +140,13 @@ struct InFlight<'t> {
 }
 
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
-    /// Footprint compaction within `budget`.
+    /// Footprint compaction within `budget`: moves objects out of the sparsest slabs into the
+    /// densest, so the emptied slabs go back to their arenas (and empty arenas to the OS, see
+    /// [`release_empty_arenas`](Self::release_empty_arenas)).
+    ///
+    /// A removed object's block counts as live until the epoch lets it go: compacting right after
+    /// removals, under the guard they were made under or before a [`flush`](Self::flush), finds their
+    /// blocks still in place and moves little. Drop (or re-pin) that guard and flush first.
     pub fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
         self.check_guard(guard);
         let started = Instant::now();

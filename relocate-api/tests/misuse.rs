@@ -8,6 +8,8 @@
 //! - A value whose drop panics: after a removal, the panic is caught where the epoch drops it and
 //!   counted, and every other value is dropped and its block freed; when the cache is dropped, every
 //!   other value is dropped and the panic goes on.
+//! - A reader of another cache passed to `flush` is refused with a panic, as a guard of another cache
+//!   is everywhere.
 
 use relocate_api::{Budget, CacheError, FnRelocator, Handle, Isolation, RelocCache, Relocatable};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -269,4 +271,12 @@ fn values_whose_drop_panics_lose_nothing() {
     let dropped = catch_unwind(AssertUnwindSafe(move || drop(cache)));
     assert!(dropped.is_err(), "the drops' panic goes on");
     assert_eq!(LIVE.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+#[should_panic(expected = "a reader of another cache")]
+fn flush_refuses_a_reader_from_another_cache() {
+    let cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let other: RelocCache<u64> = RelocCache::new().unwrap();
+    cache.flush(&other.reader());
 }

@@ -30,6 +30,11 @@
 //! - dirty units are decommitted (`MADV_DONTNEED`) once they have been dirty for `DECOMMIT_DELAY_MS`;
 //! - an arena whose units are all free is unmapped after the same delay;
 //! - `purge` does both at once, whatever the age.
+//!
+//! "After the delay" means at the first maintenance pass after it: a slow-path free or slab release
+//! that finds a pass due, `maintain`, `purge`, or the background purger's round. A program that stops
+//! allocating and freeing, and runs no purger, keeps its dirty units until it calls one of them
+//! (`start_background_purger` bounds the delay).
 
 use crate::lock::SpinLock;
 use crate::os;

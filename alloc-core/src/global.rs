@@ -260,8 +260,11 @@ unsafe impl GlobalAlloc for SlabAlloc {
 /// in the shared slab pool, returns empty slabs, decommits free pages inside partly used slabs and
 /// free units, and unmaps empty arenas. Returns the bytes given back to the OS.
 ///
-/// Live heaps of other threads are not touched (their owners are running): they return empty slabs
-/// as they free, and everything at thread exit.
+/// Live heaps of other threads are not touched (their owners are running): a slab returns to its
+/// arena when it empties in its owner's hands, and frees made by other threads reach the owner when
+/// it collects them (on its allocation slow path, or its own `purge`). So memory that other threads
+/// free into the slabs of a thread that neither allocates nor exits stays with that thread until it
+/// does one or the other.
 pub fn purge() -> usize {
     ensure_init();
     let heap = thread_heap();
@@ -269,6 +272,7 @@ pub fn purge() -> usize {
     if is_real_heap(heap) {
         released += heap.collect(true, false);
     }
+    released += crate::thread::collect_fallback();
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), true);
@@ -278,7 +282,8 @@ pub fn purge() -> usize {
 /// One round of the background purger: what `purge` does for abandoned heaps and the pool, and the
 /// delayed (not forced) decommit of free units and empty arenas.
 pub fn maintain() -> usize {
-    let mut released = pool::collect_abandoned(true);
+    let mut released = crate::thread::collect_fallback();
+    released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), false);
     released
@@ -286,10 +291,17 @@ pub fn maintain() -> usize {
 
 static PURGER_STARTED: AtomicU8 = AtomicU8::new(0);
 
+/// In a child process made by `fork`: the purger thread, if the parent had one, did not come along,
+/// so the child may start its own.
+pub(crate) fn forget_purger_after_fork() {
+    PURGER_STARTED.store(0, Ordering::Relaxed);
+}
+
 /// Starts a background thread that calls [`maintain`] every `interval`, so that memory freed by
 /// exited threads and free arenas goes back to the OS within about `interval` plus the decommit delay
 /// even if the program never allocates again. Call it from `main`; returns false if it was already
-/// running or the thread could not be spawned.
+/// running or the thread could not be spawned. A child process made by `fork` has no purger (threads
+/// do not survive `fork`), whatever its parent had: call this again in the child to have one.
 pub fn start_background_purger(interval: std::time::Duration) -> bool {
     if PURGER_STARTED.swap(1, Ordering::AcqRel) != 0 {
         return false;

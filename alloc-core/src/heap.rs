@@ -12,8 +12,9 @@
 //! parking and un-parking, taking slabs from the shared pool or the arenas, and returning slabs.
 //!
 //! Hoard-style bound: a slab that empties goes back to its arena (unless it is the class's current
-//! slab), and at thread exit or on `purge` the heap gives its partly used slabs to the shared pool,
-//! so that one thread's frees cannot pin memory another thread could use.
+//! slab), and at thread exit the heap gives its sparse slabs to the shared pool, so that one thread's
+//! frees cannot pin memory another thread could use. (`purge` on a running thread keeps its slabs,
+//! which that thread is likely to fill again, and decommits their free pages.)
 
 use crate::arena::{ArenaKind, POOL};
 use crate::os;

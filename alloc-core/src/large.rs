@@ -266,13 +266,24 @@ pub(crate) unsafe fn grow_huge(object: *mut u8, new_size: usize) -> *mut u8 {
     new_object
 }
 
-/// Records a new size for a huge allocation that still fits its mapping.
+/// Records a new size for a huge allocation that still fits its mapping, and unmaps the whole pages
+/// past it (a shrink gives its tail back at once; `grow_huge` can extend the mapping again).
 ///
 /// # Safety
 /// - `object` was returned by `alloc_huge`, is live, and `size <= huge_capacity(object)`.
 pub(crate) unsafe fn set_huge_size(object: *mut u8, size: usize) {
     let meta = huge_meta_of(object);
     // SAFETY: the caller's contract.
+    let (base, old_bytes) = unsafe { ((*meta).map_base, (*meta).map_bytes) };
+    let new_bytes = (object as usize - base + size).next_multiple_of(os::page_size());
+    if new_bytes < old_bytes {
+        os::unmap((base + new_bytes) as *mut u8, old_bytes - new_bytes);
+        crate::stats::sub_huge(old_bytes);
+        crate::stats::add_huge(new_bytes);
+        // SAFETY: as above; the metadata lies before the object, in the part still mapped.
+        unsafe { (*meta).map_bytes = new_bytes };
+    }
+    // SAFETY: as above.
     unsafe { (*meta).object_bytes = size };
 }
 

@@ -11,8 +11,9 @@
 //!   users measure) and `MADV_FREE` is offered only as `decommit_lazy`, with `MADV_DONTNEED` as fallback.
 //! - A 2 MiB-aligned reservation is made by over-mapping and trimming both ends: `mmap` has no alignment
 //!   argument, and trimming keeps the kernel's view exact.
-//! - `MAP_HUGETLB` fails unless huge pages were reserved by the administrator; it is opt-in
-//!   (`ALLOC_CORE_HUGETLB=1`) and falls back silently to an ordinary mapping.
+//! - No `MAP_HUGETLB`: a hugetlb page cannot be partly given back (`MADV_DONTNEED` on less than the
+//!   whole page fails), and the arena layer decommits 64 KiB units and counts on them reading as zero
+//!   afterwards. Arenas that pay for huge pages get transparent ones instead (see `arena`).
 //! - The page size is read at run time (`sysconf`), never assumed: 16 KiB and 64 KiB kernels exist.
 //!
 //! Nothing here allocates through the global allocator or panics; a failed call is a null return.
@@ -78,7 +79,7 @@ pub(crate) fn env_first_byte(name_nul: &[u8]) -> Option<u8> {
 }
 
 /// Maps `bytes` of fresh, zeroed, readable and writable memory anywhere. Null on failure.
-fn map_anywhere(bytes: usize, extra_flags: libc::c_int) -> *mut u8 {
+fn map_anywhere(bytes: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping with a null hint has no preconditions; the result is
     // checked against MAP_FAILED before use.
     let addr = unsafe {
@@ -86,7 +87,7 @@ fn map_anywhere(bytes: usize, extra_flags: libc::c_int) -> *mut u8 {
             ptr::null_mut(),
             bytes,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra_flags,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
         )
@@ -103,19 +104,10 @@ fn map_anywhere(bytes: usize, extra_flags: libc::c_int) -> *mut u8 {
 pub(crate) fn map_aligned(bytes: usize, align: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two() && align >= page_size());
     debug_assert_eq!(bytes % page_size(), 0);
-    if align == ARENA_BYTES && bytes == ARENA_BYTES && hugetlb_enabled() {
-        let huge = map_anywhere(bytes, libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT));
-        if !huge.is_null() {
-            if (huge as usize) % align == 0 {
-                return huge;
-            }
-            unmap(huge, bytes);
-        }
-    }
     let Some(over) = bytes.checked_add(align - page_size()) else {
         return ptr::null_mut();
     };
-    let raw = map_anywhere(over, 0);
+    let raw = map_anywhere(over);
     if raw.is_null() {
         return raw;
     }
@@ -246,19 +238,6 @@ pub fn decommit_lazy(addr: *mut u8, bytes: usize) {
     let rc = unsafe { libc::madvise(addr.cast(), bytes, libc::MADV_FREE) };
     if rc != 0 {
         decommit(addr, bytes);
-    }
-}
-
-fn hugetlb_enabled() -> bool {
-    // 0 = unread, 1 = off, 2 = on.
-    static HUGETLB: AtomicUsize = AtomicUsize::new(0);
-    match HUGETLB.load(Ordering::Relaxed) {
-        0 => {
-            let on = matches!(env_first_byte(b"ALLOC_CORE_HUGETLB\0"), Some(b) if b != b'0');
-            HUGETLB.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        state => state == 2,
     }
 }
 

@@ -94,6 +94,7 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     // SAFETY: the child is single-threaded and inherited the locks `fork_prepare` took.
     unsafe { pool::unlock_all_after_fork() };
+    crate::global::forget_purger_after_fork();
 }
 
 /// The thread-exit destructor registered with `pthread_key_create`.
@@ -125,6 +126,19 @@ fn init_thread_heap() -> Option<&'static Heap> {
         };
     }
     Some(heap)
+}
+
+/// Collects the fallback heap, if there is one: the frees other threads made into its slabs (threads
+/// past their thread-local destructors allocate from it, and their blocks are freed anywhere), empty
+/// slabs back to their arenas, sparse ones to the shared pool, free pages decommitted. For `purge`
+/// and `maintain`: the heap's own slow path collects only when it runs out.
+pub(crate) fn collect_fallback() -> usize {
+    let fallback = FALLBACK.lock();
+    if fallback.0.is_null() {
+        return 0;
+    }
+    // SAFETY: the fallback heap is immortal and owned by the FALLBACK lock holder.
+    unsafe { &*fallback.0 }.collect(true, true)
 }
 
 /// Called by a heap's slow path: serves the two sentinel heaps (`None` for a real heap).

@@ -5,6 +5,9 @@
 //! every path, free, purge, start a thread that allocates, and exit cleanly. A child that deadlocks
 //! on an inherited lock is killed after a timeout and fails the test instead of hanging it.
 //!
+//! `a_forked_child_can_start_its_own_purger`: a purger the parent started does not survive `fork`,
+//! and the child can start one of its own, which gives its freed memory back.
+//!
 //! This binary's global allocator is ours, so the child's thread creation runs on it as well.
 
 mod common;
@@ -142,4 +145,53 @@ fn fork_while_threads_allocate() {
         w.join().unwrap();
     }
     assert!(ops.load(Ordering::Relaxed) >= FORKS * 200);
+}
+
+/// A purger started in the parent does not come along into a forked child (no thread does), so the
+/// child may start its own, and that one gives memory back.
+#[test]
+fn a_forked_child_can_start_its_own_purger() {
+    alloc_core::start_background_purger(Duration::from_millis(10));
+    // SAFETY: the child runs only the allocator and a fresh thread, and ends in `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            if !alloc_core::start_background_purger(Duration::from_millis(10)) {
+                return 20;
+            }
+            // 64 MiB of 256 KiB spans, freed: the child's purger gives their units back.
+            let layout = Layout::from_size_align(256 << 10, 8).unwrap();
+            let blocks: Vec<*mut u8> = (0..256)
+                .map(|_| {
+                    // SAFETY: non-zero size; the block is written whole below.
+                    let p = unsafe { A.alloc(layout) };
+                    // SAFETY: `p` is 256 KiB long (or null, caught by the check after).
+                    unsafe { p.write_bytes(0x5a, layout.size()) };
+                    p
+                })
+                .collect();
+            let peak = common::resident_bytes();
+            for p in blocks {
+                // SAFETY: allocated above with this layout, freed once.
+                unsafe { A.dealloc(p, layout) };
+            }
+            // The decommit delay is 50 ms; the purger runs every 10 ms.
+            for _ in 0..200 {
+                std::thread::sleep(Duration::from_millis(10));
+                if common::resident_bytes() + (48 << 20) < peak {
+                    return 0;
+                }
+            }
+            21
+        });
+        // SAFETY: _exit has no preconditions.
+        unsafe { libc::_exit(code.unwrap_or(22)) }
+    }
+    let status = common::wait_pid_timeout(pid, Duration::from_secs(30)).expect("child hung");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child {} (20: purger not started, 21: memory not given back)",
+        common::describe_status(status)
+    );
 }

@@ -6,6 +6,12 @@
 //!   frees everything, calls `purge()`, and its resident set is back within 64 MiB of where it started.
 //! - `one_gib_freed_remotely_goes_back`: the same, but another thread (which then exits) frees half of
 //!   the objects, so the memory comes back through remote frees and an abandoned heap.
+//! - `a_shrunk_huge_allocation_gives_its_tail_back`: a 256 MiB allocation shrunk in place to 160 MiB
+//!   keeps its first 160 MiB and gives the rest back at once.
+//! - `what_threads_free_after_their_heap_is_gone_goes_back`: two threads at once allocate and free
+//!   400,000 boxes each from a thread-local destructor that runs after the allocator's own (they then
+//!   allocate from the shared fallback heap, and free into its slabs as remote frees); `purge` gives
+//!   it back (before it collected the fallback heap, 88 MiB stayed resident).
 
 mod common;
 
@@ -145,5 +151,117 @@ fn one_gib_freed_remotely_goes_back() {
         Ok("remote") => child(true),
         Ok(_) => {}
         Err(_) => parent("one_gib_freed_remotely_goes_back", "remote"),
+    }
+}
+
+/// 256 MiB, written whole, shrunk with `realloc` to 160 MiB (more than half: kept in place).
+fn shrink_child() {
+    alloc_core::purge();
+    let before = common::resident_bytes();
+    let (big, small) = (256 << 20, 160 << 20);
+    let old = Layout::from_size_align(big, 8).unwrap();
+    // SAFETY: non-zero size.
+    let p = unsafe { ALLOC.alloc(old) };
+    assert!(!p.is_null());
+    // SAFETY: `p` is `big` bytes long.
+    unsafe { common::fill(p, big, 7) };
+    let peak = common::resident_bytes();
+    // SAFETY: `p` was allocated with `old`; the new size is non-zero.
+    let q = unsafe { ALLOC.realloc(p, old, small) };
+    assert!(!q.is_null());
+    let after = common::resident_bytes();
+    // SAFETY: `q` holds the first `small` bytes of what `fill` wrote (a prefix of the pattern).
+    let intact = unsafe { common::check(q, small, 7) };
+    println!(
+        "CHILD objects=1 before={before} peak={peak} after={after} moved={}",
+        p != q
+    );
+    assert!(
+        peak >= before + big,
+        "peak resident set only {} MiB",
+        peak >> 20
+    );
+    assert!(
+        after + (big - small) <= peak + SLACK,
+        "shrinking left {} MiB resident (peak {} MiB)",
+        after >> 20,
+        peak >> 20
+    );
+    // SAFETY: `q` is live with the new layout.
+    unsafe { ALLOC.dealloc(q, Layout::from_size_align(small, 8).unwrap()) };
+    assert!(
+        intact.is_ok(),
+        "contents changed at byte {:?}",
+        intact.err()
+    );
+}
+
+/// Set once the allocator's own thread-exit key exists, so that ours, made after it, runs after it.
+static LATE_KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
+
+extern "C" fn late_destructor(_: *mut libc::c_void) {
+    // The allocator's destructor has run: this thread's allocations come from the fallback heap,
+    // and its frees reach that heap's slabs as remote frees.
+    let boxes: Vec<Box<[u8; 100]>> = (0..400_000).map(|i| Box::new([i as u8; 100])).collect();
+    assert!(boxes.iter().enumerate().all(|(i, b)| b[99] == i as u8));
+    drop(boxes);
+}
+
+fn late_child() {
+    drop(vec![0u8; 64]);
+    let key = *LATE_KEY.get_or_init(|| {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: a valid out-pointer and a destructor with the right signature.
+        assert_eq!(
+            unsafe { libc::pthread_key_create(&mut key, Some(late_destructor)) },
+            0
+        );
+        key
+    });
+    alloc_core::purge();
+    let before = common::resident_bytes();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                drop(vec![0u8; 100]);
+                // SAFETY: the key is live; a non-null value makes the destructor run at thread
+                // exit.
+                unsafe { libc::pthread_setspecific(key, 1 as *const libc::c_void) };
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let joined = common::resident_bytes();
+    let released = alloc_core::purge();
+    let after = common::resident_bytes();
+    println!("CHILD objects=2 before={before} joined={joined} after={after} released={released}");
+    assert!(
+        after <= before + SLACK,
+        "resident set grew from {} MiB to {} MiB",
+        before >> 20,
+        after >> 20
+    );
+}
+
+#[test]
+fn a_shrunk_huge_allocation_gives_its_tail_back() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("shrink") => shrink_child(),
+        Ok(_) => {}
+        Err(_) => parent("a_shrunk_huge_allocation_gives_its_tail_back", "shrink"),
+    }
+}
+
+#[test]
+fn what_threads_free_after_their_heap_is_gone_goes_back() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("late") => late_child(),
+        Ok(_) => {}
+        Err(_) => parent(
+            "what_threads_free_after_their_heap_is_gone_goes_back",
+            "late",
+        ),
     }
 }

@@ -212,10 +212,8 @@ fn late_child() {
     let key = *LATE_KEY.get_or_init(|| {
         let mut key: libc::pthread_key_t = 0;
         // SAFETY: a valid out-pointer and a destructor with the right signature.
-        assert_eq!(
-            unsafe { libc::pthread_key_create(&mut key, Some(late_destructor)) },
-            0
-        );
+        let made = unsafe { libc::pthread_key_create(&mut key, Some(late_destructor)) };
+        assert_eq!(made, 0);
         key
     });
     alloc_core::purge();
@@ -226,7 +224,7 @@ fn late_child() {
                 drop(vec![0u8; 100]);
                 // SAFETY: the key is live; a non-null value makes the destructor run at thread
                 // exit.
-                unsafe { libc::pthread_setspecific(key, 1 as *const libc::c_void) };
+                unsafe { libc::pthread_setspecific(key, std::ptr::dangling()) };
             })
         })
         .collect();

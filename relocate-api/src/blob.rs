@@ -527,9 +527,7 @@ impl BlobCache {
             total.counters.returned_slots += s.counters.returned_slots;
             total.counters.compaction_nanos += s.counters.compaction_nanos;
         }
-        if total.live_bytes > 0 {
-            total.fragmentation = total.resident_bytes as f64 / total.live_bytes as f64;
-        }
+        total.fragmentation = crate::compact::fragmentation(total.resident_bytes, total.live_bytes);
         total
     }
 }

@@ -86,6 +86,7 @@ impl<'c> Reader<'c> {
             inner: self.local.pin(),
             epoch: self.epoch,
             batch: OpenBatch::default(),
+            deferred: Cell::new(false),
             _cache: PhantomData,
         }
     }
@@ -114,6 +115,8 @@ pub struct Guard<'c> {
     epoch: usize,
     /// Blocks removed under this guard, not yet handed to the epoch.
     batch: OpenBatch,
+    /// Whether old blocks of moved objects were handed to the epoch under this guard.
+    deferred: Cell<bool>,
     _cache: PhantomData<&'c ()>,
 }
 
@@ -151,6 +154,7 @@ impl Guard<'_> {
     /// Runs `f` once no thread can hold what was reachable when it was deferred.
     pub(crate) fn defer(&self, f: impl FnOnce() + Send + 'static) {
         self.inner.defer(f);
+        self.deferred.set(true);
     }
 
     /// Hands this thread's deferred functions to the collector and runs those whose epoch passed.
@@ -161,8 +165,14 @@ impl Guard<'_> {
 }
 
 impl Drop for Guard<'_> {
+    /// Hands the open batch to the epoch; if anything was handed over under this guard, flushes the
+    /// thread's bag of deferred functions to the collector, where any thread's `flush` finds it (see
+    /// [`OpenBatch::handed_any`]).
     fn drop(&mut self) {
         self.defer_batch();
+        if self.deferred.get() || self.batch.handed_any() {
+            self.inner.flush();
+        }
     }
 }
 
@@ -1118,8 +1128,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
-    /// atomics inside: writes through `&T` then always reach the one live copy). `None` for a stale
+    /// atomics inside: no move copies the object while `f` writes through `&T`). `None` for a stale
     /// handle, and, inside one of this cache's relocation callbacks, for the object being moved.
+    ///
+    /// A pin excludes moves only. An [`update`](Self::update) replaces the object with a new value
+    /// made from the old one while pins may be writing to the old one, and a removal or eviction
+    /// takes it away; a write through a pinned reference after that lands in the old copy and is
+    /// lost with it. For such types, write in place through `with_pinned` and do not `update`
+    /// objects that others are writing to (or order the two yourself).
     pub fn with_pinned<U>(
         &self,
         handle: Handle<T>,

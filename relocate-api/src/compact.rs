@@ -73,7 +73,9 @@ pub struct CacheStats {
     pub slabs: usize,
     /// Bytes of slab memory the cache holds (slabs × slab size): what compaction can shrink.
     pub resident_bytes: usize,
-    /// `resident_bytes / live_bytes` (1.0 when empty).
+    /// `resident_bytes / live_bytes`: 1.0 when the cache holds no slab, and infinite when it holds
+    /// slabs but no live object (its removed objects' blocks waiting for the epoch, say), which is as
+    /// far above any target as a cache can be.
     pub fragmentation: f64,
     /// Bytes of handle table resident, as the kernel reports them (`mincore`): the pages that hold a
     /// slot this cache used, 8 bytes a slot (and of pin counts, 4 bytes a slot, for caches that pin).
@@ -576,11 +578,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             resident_bytes: resident,
             table_committed_bytes: 0,
             table_bytes: 0,
-            fragmentation: if live_bytes == 0 {
-                1.0
-            } else {
-                resident as f64 / live_bytes as f64
-            },
+            fragmentation: fragmentation(resident, live_bytes),
             counters: Counters {
                 drop_panics: self.retired.drop_panics() as u64,
                 ..inner.counters
@@ -608,6 +606,15 @@ fn abandon(heap: &mut movable::MovableHeap, in_flight: Option<InFlight<'_>>) -> 
     }
     slot.abort_move(old, home);
     true
+}
+
+/// `resident / live_bytes` as [`CacheStats::fragmentation`] defines it.
+pub(crate) fn fragmentation(resident: usize, live_bytes: usize) -> f64 {
+    match (resident, live_bytes) {
+        (0, _) => 1.0,
+        (_, 0) => f64::INFINITY,
+        _ => resident as f64 / live_bytes as f64,
+    }
 }
 
 /// Adds `amount` to `arena`'s total in `totals` (a short list: a cache spans few arenas).

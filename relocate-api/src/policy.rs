@@ -18,7 +18,8 @@ use crate::CacheError;
 ///   forgotten).
 ///
 /// Types that do not qualify can still live in a cache: they are reached with
-/// [`crate::RelocCache::with_pinned`], which excludes moves while the closure runs.
+/// [`crate::RelocCache::with_pinned`], which excludes moves while the closure runs (moves only:
+/// see there for updates).
 pub unsafe trait Relocatable {}
 
 macro_rules! relocatable {

@@ -32,7 +32,7 @@
 //! `loom-tests` checks the hand-over with the real code (`tests/batch_retire.rs`).
 
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Blocks per batch.
@@ -281,7 +281,11 @@ fn owner_in<'a>(
 
 /// A guard's batch of retired blocks, not yet handed to the epoch.
 #[derive(Default)]
-pub struct OpenBatch(RefCell<Option<Batch>>);
+pub struct OpenBatch {
+    open: RefCell<Option<Batch>>,
+    /// Whether a batch was handed over (see [`handed_any`](Self::handed_any)).
+    handed: Cell<bool>,
+}
 
 impl OpenBatch {
     /// Retires `block` of the cache whose retired lists are `retired`: after the epoch of `guard`
@@ -301,7 +305,7 @@ impl OpenBatch {
         block: usize,
         slot: Option<u32>,
     ) {
-        let mut batch = self.0.borrow_mut();
+        let mut batch = self.open.borrow_mut();
         if let Some(open) = batch.as_mut() {
             if open.add(retired, drop_value, block, slot) {
                 if open.len == BATCH_BLOCKS {
@@ -331,15 +335,24 @@ impl OpenBatch {
         self.hand_over(guard);
         let mut fresh = Batch::new();
         fresh.add(retired, drop_value, block, slot);
-        *self.0.borrow_mut() = Some(fresh);
+        *self.open.borrow_mut() = Some(fresh);
     }
 
     /// Hands the open batch, if any, to the epoch (`guard` is the batch's own guard, still pinned).
     pub fn hand_over(&self, guard: &crossbeam_epoch::Guard) {
-        let open = self.0.borrow_mut().take();
+        let open = self.open.borrow_mut().take();
         if let Some(open) = open {
             open.defer(guard);
+            self.handed.set(true);
         }
+    }
+
+    /// Whether this batch handed anything to the epoch so far. A deferred function waits in the
+    /// pinning thread's own bag until the bag fills or the thread flushes, so the guard that owns
+    /// the batch flushes when it is dropped: else a thread that removes and then idles (keeping its
+    /// reader) would hold the blocks back from every other thread's `flush`.
+    pub fn handed_any(&self) -> bool {
+        self.handed.get()
     }
 }
 

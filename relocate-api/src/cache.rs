@@ -86,7 +86,7 @@ impl<'c> Reader<'c> {
             inner: self.local.pin(),
             epoch: self.epoch,
             batch: OpenBatch::default(),
-            deferred: Cell::new(false),
+            deferred: Cell::new(0),
             _cache: PhantomData,
         }
     }
@@ -115,8 +115,8 @@ pub struct Guard<'c> {
     epoch: usize,
     /// Blocks removed under this guard, not yet handed to the epoch.
     batch: OpenBatch,
-    /// Whether old blocks of moved objects were handed to the epoch under this guard.
-    deferred: Cell<bool>,
+    /// Deferred functions (old blocks of moved objects) handed to the epoch under this guard.
+    deferred: Cell<u32>,
     _cache: PhantomData<&'c ()>,
 }
 
@@ -154,7 +154,7 @@ impl Guard<'_> {
     /// Runs `f` once no thread can hold what was reachable when it was deferred.
     pub(crate) fn defer(&self, f: impl FnOnce() + Send + 'static) {
         self.inner.defer(f);
-        self.deferred.set(true);
+        self.deferred.set(self.deferred.get().saturating_add(1));
     }
 
     /// Hands this thread's deferred functions to the collector and runs those whose epoch passed.
@@ -164,13 +164,40 @@ impl Guard<'_> {
     }
 }
 
+thread_local! {
+    /// Deferred functions this thread's guards handed to the epoch since it last flushed its bag.
+    static UNFLUSHED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A guard flushes its thread's bag when it is dropped once the thread's guards have handed this
+/// many deferred functions to the epoch since the last flush.
+const FLUSH_AFTER: u32 = 8;
+
 impl Drop for Guard<'_> {
-    /// Hands the open batch to the epoch; if anything was handed over under this guard, flushes the
-    /// thread's bag of deferred functions to the collector, where any thread's `flush` finds it (see
-    /// [`OpenBatch::handed_any`]).
+    /// Hands the open batch to the epoch, and flushes the thread's bag of deferred functions to the
+    /// collector, where any thread's `flush` finds them, once its guards have handed over
+    /// [`FLUSH_AFTER`] since the last flush. A deferred function waits in the bag of the thread that
+    /// made it until the bag fills (64) or the thread flushes; without this, a thread that removes
+    /// objects and then idles, keeping its reader, would hold up to 64 batches (2,048 blocks, and
+    /// their slabs) back from every other thread's `flush`. So it holds back at most 7 batches, and a
+    /// thread that removes one object per guard (an LRU's evictions) flushes every 8 guards, not
+    /// every one: a flush costs a global queue push and a collection.
     fn drop(&mut self) {
         self.defer_batch();
-        if self.deferred.get() || self.batch.handed_any() {
+        let handed = self.deferred.get().saturating_add(self.batch.handed());
+        if handed == 0 {
+            return;
+        }
+        let unflushed = UNFLUSHED.with(|u| {
+            let unflushed = u.get().saturating_add(handed);
+            u.set(if unflushed >= FLUSH_AFTER {
+                0
+            } else {
+                unflushed
+            });
+            unflushed
+        });
+        if unflushed >= FLUSH_AFTER {
             self.inner.flush();
         }
     }

@@ -283,8 +283,8 @@ fn owner_in<'a>(
 #[derive(Default)]
 pub struct OpenBatch {
     open: RefCell<Option<Batch>>,
-    /// Whether a batch was handed over (see [`handed_any`](Self::handed_any)).
-    handed: Cell<bool>,
+    /// Batches handed over so far (see [`handed`](Self::handed)).
+    handed: Cell<u32>,
 }
 
 impl OpenBatch {
@@ -343,15 +343,13 @@ impl OpenBatch {
         let open = self.open.borrow_mut().take();
         if let Some(open) = open {
             open.defer(guard);
-            self.handed.set(true);
+            self.handed.set(self.handed.get().saturating_add(1));
         }
     }
 
-    /// Whether this batch handed anything to the epoch so far. A deferred function waits in the
-    /// pinning thread's own bag until the bag fills or the thread flushes, so the guard that owns
-    /// the batch flushes when it is dropped: else a thread that removes and then idles (keeping its
-    /// reader) would hold the blocks back from every other thread's `flush`.
-    pub fn handed_any(&self) -> bool {
+    /// How many batches this guard's batch handed to the epoch so far (each one deferred function:
+    /// see the cache's `Guard`, which counts them to know when to flush its thread's bag).
+    pub fn handed(&self) -> u32 {
         self.handed.get()
     }
 }

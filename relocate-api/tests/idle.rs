@@ -2,9 +2,10 @@
 //!
 //! - `a_thread_that_removes_and_idles_holds_nothing_back`: a thread removes every object under one
 //!   guard, drops the guard and idles with its reader kept (one reader per thread, as the docs
-//!   advise); another thread's `flush` then drops every value and frees every block. (A guard that
-//!   handed removals to the epoch flushes its thread's bag of deferred functions when it is dropped;
-//!   before, up to about 2,000 values and their slabs waited there for the idle thread.)
+//!   advise); another thread's `flush` then drops every value and frees every block. (A guard flushes
+//!   its thread's bag of deferred functions when it is dropped once the thread has handed 8 batches
+//!   to the epoch since its last flush; before, up to about 2,000 values and their slabs waited
+//!   there for the idle thread.)
 //! - `an_emptied_cache_goes_back_under_the_background_compactor`: every object of a cache is removed
 //!   while a background compactor runs with a target of 1.2; its rounds give back every slab. (An
 //!   empty cache that still holds slabs has infinite fragmentation; it had 1.0, below every target,

@@ -276,8 +276,9 @@ pub(crate) unsafe fn set_huge_size(object: *mut u8, size: usize) {
     // SAFETY: the caller's contract.
     let (base, old_bytes) = unsafe { ((*meta).map_base, (*meta).map_bytes) };
     let new_bytes = (object as usize - base + size).next_multiple_of(os::page_size());
-    if new_bytes < old_bytes {
-        os::unmap((base + new_bytes) as *mut u8, old_bytes - new_bytes);
+    // (If the kernel refuses, the mapping keeps its tail, and its size says so.)
+    if new_bytes < old_bytes && os::try_unmap((base + new_bytes) as *mut u8, old_bytes - new_bytes)
+    {
         crate::stats::sub_huge(old_bytes);
         crate::stats::add_huge(new_bytes);
         // SAFETY: as above; the metadata lies before the object, in the part still mapped.

@@ -174,6 +174,13 @@ pub(crate) fn unmap(addr: *mut u8, bytes: usize) {
     unsafe { libc::munmap(addr.cast(), bytes) };
 }
 
+/// `unmap`, saying whether the kernel did it (it may refuse to split a mapping when the process is
+/// at its limit of mappings, `vm.max_map_count`).
+pub(crate) fn try_unmap(addr: *mut u8, bytes: usize) -> bool {
+    // SAFETY: as in `unmap`.
+    bytes == 0 || unsafe { libc::munmap(addr.cast(), bytes) } == 0
+}
+
 /// Grows a mapping where it is, if the address space after it is free. No copying.
 pub(crate) fn remap_in_place(addr: *mut u8, old_bytes: usize, new_bytes: usize) -> bool {
     // SAFETY: `addr..addr+old_bytes` is a whole mapping of ours; without MREMAP_MAYMOVE the kernel either

@@ -131,6 +131,8 @@ mod sealed {
 
     pub trait Caches {
         fn fragmentation(&self) -> f64;
+        /// Resident slab bytes and live objects, what a fruitful round changes.
+        fn footprint(&self) -> (usize, usize);
         fn compact_within(
             &self,
             guard: &Guard,
@@ -150,6 +152,11 @@ macro_rules! by_own_methods {
     () => {
         fn fragmentation(&self) -> f64 {
             self.stats().fragmentation
+        }
+
+        fn footprint(&self) -> (usize, usize) {
+            let stats = self.stats();
+            (stats.resident_bytes, stats.live_objects)
         }
 
         fn compact_within(
@@ -202,8 +209,43 @@ impl Compactable for BlobCache {
     }
 }
 
+/// How many rounds the compactor sits out after rounds that compacted but moved nothing and freed
+/// nothing (its objects refused, or its removed blocks held back by a thread that neither flushes
+/// nor unpins): one, then twice as many after each such round, up to [`Backoff::MOST`]; none once
+/// a round does something. So a cache above its target that compaction cannot improve costs a
+/// round now and then, and one that can is tried again within `MOST` intervals.
+#[derive(Default)]
+struct Backoff {
+    rounds: u32,
+    left: u32,
+}
+
+impl Backoff {
+    const MOST: u32 = 64;
+
+    /// Whether to sit this round out.
+    fn skip(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
+    fn after(&mut self, fruitless: bool) {
+        self.rounds = if fruitless {
+            (self.rounds * 2).clamp(1, Self::MOST)
+        } else {
+            0
+        };
+        self.left = self.rounds;
+    }
+}
+
 /// Starts a thread that compacts `cache` (a [`RelocCache`] or a [`BlobCache`]) according to
-/// `config`: a [`Compactable::compact_round`] every `config.interval`. What its last rounds freed
+/// `config`: a [`Compactable::compact_round`] every `config.interval`; after rounds that compacted but
+/// moved and freed nothing, it sits out a growing number of intervals (up to 64) until a round does
+/// something again. What its last rounds freed
 /// stays mapped after it stops until alloc-core's own maintenance gives it back; call the cache's
 /// `release_empty_arenas` to give it back at once.
 pub fn start_compactor<C: Compactable + 'static>(
@@ -218,12 +260,21 @@ pub fn start_compactor<C: Compactable + 'static>(
             .name("relocate-compactor".into())
             .spawn(move || {
                 let reader = cache.round_reader();
+                let mut backoff = Backoff::default();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::park_timeout(config.interval);
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
+                    if backoff.skip() {
+                        continue;
+                    }
+                    let before = cache.footprint();
                     let round = cache.compact_round(&reader, &config);
+                    let fruitless = round.compactions > 0
+                        && round.compacted.moved_objects == 0
+                        && cache.footprint() == before;
+                    backoff.after(fruitless);
                     report
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -17,6 +17,7 @@
 use crate::handle::Handle;
 use crate::home::{HomeOf, Homes};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
+use crate::reentry;
 use crate::retire::{OpenBatch, Retired};
 pub(crate) use crate::slot::tag_bits;
 use crate::slot::{self, Home, Slot, GEN_COUNTER_MASK, INDEX_BITS, TAG_BITS};
@@ -161,43 +162,87 @@ impl Guard<'_> {
     pub(crate) fn flush(&self) {
         self.defer_batch();
         self.inner.flush();
+        UNFLUSHED.with(|u| {
+            let mut counts = u.get();
+            counts.forget(self.epoch);
+            u.set(counts);
+        });
     }
 }
 
+/// Collectors a thread keeps counts for (see [`Unflushed`]).
+const COUNTED_COLLECTORS: usize = 4;
+
 thread_local! {
-    /// Deferred functions this thread's guards handed to the epoch since it last flushed its bag.
-    static UNFLUSHED: Cell<u32> = const { Cell::new(0) };
+    /// Deferred functions this thread's guards handed to each collector's epoch since the thread
+    /// last flushed its bag of that collector.
+    static UNFLUSHED: Cell<Unflushed> = const { Cell::new(Unflushed([(0, 0); COUNTED_COLLECTORS])) };
 }
 
-/// A guard flushes its thread's bag when it is dropped once the thread's guards have handed this
-/// many deferred functions to the epoch since the last flush.
+/// `(collector identity, deferred functions handed over since its last flush)` for the collectors
+/// this thread used last (identity 0: a free entry).
+#[derive(Clone, Copy)]
+struct Unflushed([(usize, u32); COUNTED_COLLECTORS]);
+
+impl Unflushed {
+    /// Adds `handed` to `epoch`'s count and says whether it reached [`FLUSH_AFTER`] (the count then
+    /// starts again). A collector without an entry takes a free one, or the one with the smallest
+    /// count (whose batches then wait in that collector's bag for its next count to fill, or for
+    /// the bag itself to fill).
+    fn add(&mut self, epoch: usize, handed: u32) -> bool {
+        let at = (self.0.iter().position(|&(e, _)| e == epoch))
+            .or_else(|| self.0.iter().position(|&(e, _)| e == 0))
+            .unwrap_or_else(|| {
+                (0..COUNTED_COLLECTORS)
+                    .min_by_key(|&i| self.0[i].1)
+                    .unwrap_or(0)
+            });
+        let count = if self.0[at].0 == epoch {
+            self.0[at].1
+        } else {
+            0
+        };
+        let count = count.saturating_add(handed);
+        let due = count >= FLUSH_AFTER;
+        self.0[at] = (epoch, if due { 0 } else { count });
+        due
+    }
+
+    /// Starts `epoch`'s count again (its bag was just flushed).
+    fn forget(&mut self, epoch: usize) {
+        if let Some(entry) = self.0.iter_mut().find(|(e, _)| *e == epoch) {
+            entry.1 = 0;
+        }
+    }
+}
+
+/// A guard flushes its thread's bag of its collector when it is dropped once the thread's guards of
+/// that collector have handed this many deferred functions to the epoch since the last flush.
 const FLUSH_AFTER: u32 = 8;
 
 impl Drop for Guard<'_> {
     /// Hands the open batch to the epoch, and flushes the thread's bag of deferred functions to the
-    /// collector, where any thread's `flush` finds them, once its guards have handed over
-    /// [`FLUSH_AFTER`] since the last flush. A deferred function waits in the bag of the thread that
-    /// made it until the bag fills (64) or the thread flushes; without this, a thread that removes
-    /// objects and then idles, keeping its reader, would hold up to 64 batches (2,048 blocks, and
-    /// their slabs) back from every other thread's `flush`. So it holds back at most 7 batches, and a
-    /// thread that removes one object per guard (an LRU's evictions) flushes every 8 guards, not
-    /// every one: a flush costs a global queue push and a collection.
+    /// collector, where any thread's `flush` finds them, once its guards of this collector have
+    /// handed over [`FLUSH_AFTER`] since the last flush. A deferred function waits in the bag of the
+    /// thread that made it until the bag fills (64) or the thread flushes; without this, a thread
+    /// that removes objects and then idles, keeping its reader, would hold up to 64 batches (2,048
+    /// blocks, and their slabs) back from every other thread's `flush`. So it holds back at most 7
+    /// batches of each of the last [`COUNTED_COLLECTORS`] collectors it used, and a thread that
+    /// removes one object per guard (an LRU's evictions) flushes every 8 guards, not every one: a
+    /// flush costs a global queue push and a collection.
     fn drop(&mut self) {
         self.defer_batch();
         let handed = self.deferred.get().saturating_add(self.batch.handed());
         if handed == 0 {
             return;
         }
-        let unflushed = UNFLUSHED.with(|u| {
-            let unflushed = u.get().saturating_add(handed);
-            u.set(if unflushed >= FLUSH_AFTER {
-                0
-            } else {
-                unflushed
-            });
-            unflushed
+        let due = UNFLUSHED.with(|u| {
+            let mut counts = u.get();
+            let due = counts.add(self.epoch, handed);
+            u.set(counts);
+            due
         });
-        if unflushed >= FLUSH_AFTER {
+        if due {
             self.inner.flush();
         }
     }
@@ -688,68 +733,6 @@ pub(crate) fn next_tag() -> Result<u32, CacheError> {
     take_tag(&NEXT_TAG).ok_or(CacheError::TooManyCaches)
 }
 
-thread_local! {
-    /// The cache whose relocation callback this thread is running (0: none).
-    static IN_CALLBACK: Cell<usize> = const { Cell::new(0) };
-    /// The innermost slot this thread holds for writing while an update's closure runs (null:
-    /// none), linked to the ones it holds further out (see [`HeldSlot`]).
-    static HELD: Cell<*const HeldSlot> = const { Cell::new(ptr::null()) };
-}
-
-/// A slot this thread holds for writing, registered in `HELD` while the update's closure runs, so
-/// that a call from inside the closure that would wait for the slot is refused instead of waiting
-/// forever for its own thread. Lives on the stack of the update holding it; `HeldGuard` unlinks it
-/// (also on unwinding) before that frame ends.
-struct HeldSlot {
-    slot: *const Slot,
-    outer: *const HeldSlot,
-}
-
-impl HeldSlot {
-    /// `slot`, to be linked in as the innermost slot this thread holds.
-    fn new(slot: &Slot) -> Self {
-        Self {
-            slot,
-            outer: HELD.with(Cell::get),
-        }
-    }
-}
-
-/// Unlinks a [`HeldSlot`] when dropped.
-struct HeldGuard(*const HeldSlot);
-
-impl HeldGuard {
-    /// Links `held` (made just now by [`HeldSlot::new`]) in as the innermost slot this thread holds.
-    ///
-    /// # Safety
-    /// - `held` stays where it is until the returned guard is dropped (declare it before the guard).
-    unsafe fn link(held: &HeldSlot) -> Self {
-        HELD.with(|h| h.set(held));
-        Self(held.outer)
-    }
-}
-
-impl Drop for HeldGuard {
-    fn drop(&mut self) {
-        HELD.with(|h| h.set(self.0));
-    }
-}
-
-/// Whether this thread holds `slot` for writing (inside an update's closure).
-fn held_by_this_thread(slot: &Slot) -> bool {
-    let mut held = HELD.with(Cell::get);
-    while !held.is_null() {
-        // SAFETY: linked nodes live on the stacks of updates still running on this thread
-        // (`HeldGuard::link`).
-        let node = unsafe { &*held };
-        if ptr::eq(node.slot, slot) {
-            return true;
-        }
-        held = node.outer;
-    }
-    false
-}
-
 /// A cache of `T` on movable slabs, relocated by `R` (bytewise by default).
 ///
 /// Its state that changes (`inner`, `removed`) lies behind boxes, so that the cache itself holds no
@@ -918,10 +901,30 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Handle::new(index, self.tag_bits | u64::from(counter))
     }
 
+    /// Panics if taking or pinning `slot` would wait for this very thread, for a call `what` that
+    /// has no error to return: inside an update's closure of this object, or inside a relocation
+    /// callback of this cache while this object is the one being moved. (Any other holder finishes
+    /// on its own: a writer holds no lock while it holds a slot, see `update_with`.) Nothing is
+    /// lost: an update's closure that panics leaves its object as it was, and a callback's panic
+    /// abandons its move.
+    fn refuse_waiting_for_itself(&self, slot: &Slot, home: Home, what: &str) {
+        if reentry::contains(&reentry::HELD, slot as *const Slot as usize) {
+            panic!(
+                "relocate-api: RelocCache::{what} of an object from inside its own update closure"
+            );
+        }
+        if self.in_own_callback() && slot.is_moving(home) {
+            panic!(
+                "relocate-api: RelocCache::{what} of the object being moved, from inside its \
+                 relocation callback"
+            );
+        }
+    }
+
     /// Whether this thread runs one of this cache's relocation callbacks (and so holds its lock, and
     /// is the one thread that moves its objects).
     fn in_own_callback(&self) -> bool {
-        IN_CALLBACK.with(Cell::get) == self as *const Self as usize
+        reentry::contains(&reentry::CALLBACKS, self as *const Self as usize)
     }
 
     /// Takes the cache lock for a call `what` that has no error to return: panics, rather than wait
@@ -995,10 +998,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Runs `f` with this thread marked as inside a callback of this cache.
     pub(crate) fn in_callback<U>(&self, f: impl FnOnce() -> U) -> U {
-        let previous = IN_CALLBACK.with(|c| c.replace(self as *const Self as usize));
-        let result = f();
-        IN_CALLBACK.with(|c| c.set(previous));
-        result
+        reentry::within(&reentry::CALLBACKS, self as *const Self as usize, f)
     }
 
     /// Stores `value` and returns its handle; gives the value back when memory is exhausted.
@@ -1156,7 +1156,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
     /// atomics inside: no move copies the object while `f` writes through `&T`). `None` for a stale
-    /// handle, and, inside one of this cache's relocation callbacks, for the object being moved.
+    /// handle. Panics from inside one of this cache's relocation callbacks for the object being moved
+    /// (which would wait for itself; the callback has the object already).
     ///
     /// A pin excludes moves only. An [`update`](Self::update) replaces the object with a new value
     /// made from the old one while pins may be writing to the old one, and a removal or eviction
@@ -1173,10 +1174,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let (slot, counter) = self.resolve(handle)?;
         let pins = self.table.pins(handle.index());
         let home = self.home(handle.index());
-        if self.in_own_callback() && slot.is_moving(home) {
-            // The pin would wait for the move this very thread is making.
-            return None;
-        }
+        self.refuse_waiting_for_itself(slot, home, "with_pinned");
         let addr = slot.pin(self.table.pin_gate(), pins, counter, home)?;
         struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
@@ -1196,9 +1194,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ///
     /// `f` may update or remove other objects (an update holds its object as a lock would, so two
     /// threads that update two objects inside each other's closures, in opposite orders, deadlock).
-    /// An update or removal of the same object from inside `f` would wait for itself: it is refused
-    /// (`Err(CacheError::Reentrant)`, and a removal removes nothing), as is an update from inside one
-    /// of this cache's relocation callbacks, before its closure runs.
+    /// An update of the same object from inside `f` would wait for itself, and returns
+    /// `Err(CacheError::Reentrant)` (a removal of it panics, see [`remove`](Self::remove)); so does
+    /// an update from inside one of this cache's relocation callbacks, whose thread holds the lock an
+    /// update needs. Either way, before its closure runs.
     pub fn update(
         &self,
         handle: Handle<T>,
@@ -1217,9 +1216,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         }
     }
 
-    /// The shape of every update: with the object held for writing, `make(old address)` computes
-    /// what the new copy needs (it may panic: the object is then released unchanged), a block is
-    /// allocated, `write` fills it, the new address is published and the old copy retired.
+    /// The shape of every update: a block is allocated; with the object held for writing,
+    /// `make(old address)` computes what the new copy needs (it may panic: the object is then
+    /// released unchanged, and the block freed), `write` fills the block, the new address is
+    /// published and the old copy retired.
+    ///
+    /// The block comes first, so that a writer never waits for the cache's lock while it holds a
+    /// slot: a thread that waits for a writer (a removal from inside a relocation callback, whose
+    /// thread holds the lock) then waits for the writer's own code only.
     ///
     /// # Safety
     /// - `write` leaves a valid object (`object_bytes` bytes) in the block and does not panic.
@@ -1234,16 +1238,32 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some((slot, counter)) = self.resolve(handle) else {
             return Ok(false);
         };
-        // An update needs the lock for its new block, which a relocation callback's thread holds;
-        // and waiting for a slot this thread holds for writing would never end.
-        if self.in_own_callback() || held_by_this_thread(slot) {
+        let key = slot as *const Slot as usize;
+        // From inside an update's closure of this very object, taking it would wait for itself.
+        if reentry::contains(&reentry::HELD, key) {
             return Err(CacheError::Reentrant);
         }
+        // (Refused from inside this cache's relocation callbacks, whose thread holds the lock.)
+        let block =
+            alloc_block(&mut self.lock()?.heap, handle.index()).ok_or(CacheError::OutOfMemory)?;
+        /// Frees the block unless it was published (a stale handle, a panicking `make`).
+        struct Unpublished<'a>(&'a Mutex<Inner>, Option<NonNull<u8>>);
+        impl Drop for Unpublished<'_> {
+            fn drop(&mut self) {
+                if let Some(block) = self.1 {
+                    let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                    // SAFETY: allocated by this update from this heap, and never published.
+                    unsafe { inner.heap.free(block) };
+                }
+            }
+        }
+        let mut unpublished = Unpublished(&self.inner, Some(block));
         let home = self.home(handle.index());
         let Some(old) = slot.begin_write(counter, home) else {
             return Ok(false);
         };
-        // Restores the slot if `make` panics, so the object does not stay locked.
+        // Restores the slot if `make` panics, so the object does not stay locked (dropped before
+        // `unpublished`, which then frees the block).
         struct Restore<'a>(&'a Slot, usize, Home);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
@@ -1251,34 +1271,23 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }
         }
         let restore = Restore(slot, old, home);
-        let held = HeldSlot::new(slot);
-        // SAFETY: `held` is declared before `holding`, so it stays put until `holding` is dropped.
-        let holding = unsafe { HeldGuard::link(&held) };
-        let new_value = make(old);
-        drop(holding);
+        let new_value = reentry::within(&reentry::HELD, key, || make(old));
         std::mem::forget(restore);
-        let block = match self.lock() {
-            Ok(mut inner) => alloc_block(&mut inner.heap, handle.index()),
-            Err(e) => {
-                slot.finish_write(old, home);
-                return Err(e);
-            }
-        };
-        let Some(block) = block else {
-            slot.finish_write(old, home);
-            return Err(CacheError::OutOfMemory);
-        };
         write(new_value, block);
         slot.finish_write(block.as_ptr() as usize, home);
+        unpublished.1 = None;
         // SAFETY: `finish_write` published the new block in place of `old`, which this update took.
         unsafe { self.retire(guard, old, None) };
         Ok(true)
     }
 
-    /// Removes the object; it is dropped once no reader can hold it. False for a stale handle, and
-    /// for a removal that would wait for its own thread: of an object inside its own `update`'s
-    /// closure, or, inside one of this cache's relocation callbacks, of an object that is held (the
-    /// one being moved, or one whose update waits for the cache's lock).
+    /// Removes the object; it is dropped once no reader can hold it. False for a stale handle.
+    ///
+    /// # Panics
+    /// If the removal would wait for its own thread: of an object from inside its own `update`'s
+    /// closure, or from inside one of this cache's relocation callbacks of the object being moved
+    /// (the same for `remove_with` and `remove_many`). The object stays as it was: the update's
+    /// closure, or the move, is abandoned.
     pub fn remove(&self, handle: Handle<T>, guard: &Guard) -> bool {
         self.remove_with(handle, guard, |_| ()).is_some()
     }
@@ -1325,16 +1334,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
         let home = self.home(handle.index());
-        let addr = if self.in_own_callback() {
-            // Waiting for a holder would never end: the mover is this thread, and a writer needs
-            // the lock this thread holds to finish.
-            slot.try_begin_remove(counter, home)?
-        } else if held_by_this_thread(slot) {
-            // Inside this object's own update: it would wait for itself.
-            return None;
-        } else {
-            slot.begin_remove(counter, home)?
-        };
+        self.refuse_waiting_for_itself(slot, home, "remove");
+        let addr = slot.begin_remove(counter, home)?;
         // Account for the removal before `f` runs, so that a panicking `f` loses nothing: the block
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
         // guard is gone.
@@ -1478,8 +1479,11 @@ impl<T, R> Drop for RelocCache<T, R> {
                 let dropped = catch_unwind(AssertUnwindSafe(|| unsafe {
                     ptr::drop_in_place(addr as *mut T)
                 }));
-                if let Err(payload) = dropped {
-                    panic.get_or_insert(payload);
+                match (dropped, &panic) {
+                    (Err(payload), None) => panic = Some(payload),
+                    // Not dropped: a payload whose own drop panics would unwind from here.
+                    (Err(payload), Some(_)) => std::mem::forget(payload),
+                    (Ok(()), _) => {}
                 }
             }
         }

@@ -39,7 +39,8 @@
 //! move), `home` (slot indices that name a block's place, so a read need not wait for the slot),
 //! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `cache` (access), `compact`
 //! (moves, evacuation, eviction, statistics), `blob` (the byte-blob flavour), `background` (the
-//! compactor thread).
+//! compactor thread), `reentry` (what a thread is in the middle of, so that calls that would wait
+//! for their own thread are refused).
 
 mod sync;
 
@@ -60,6 +61,8 @@ mod handle;
 mod home;
 #[cfg(not(loom))]
 mod policy;
+#[cfg(not(loom))]
+mod reentry;
 #[cfg(not(loom))]
 mod table;
 

@@ -96,11 +96,13 @@ pub enum Isolation {
 /// at once instead of deadlocking:
 /// - `insert`, `update`, `compact`, `evacuate_*`, `reclaim*` return [`CacheError::Reentrant`]
 ///   (`update` without calling its closure); `release_*_arenas` release nothing and return 0;
-/// - `remove`, `remove_with` and `remove_many` remove nothing of an object that is held (the one
-///   being moved, or one whose update waits for the lock this thread holds), as for a stale handle;
-///   `with_pinned` returns `None` for the object being moved;
-/// - `len`, `is_empty`, `stats` and `for_each`, which have no error to return, panic (so the move
-///   is abandoned, see below).
+/// - `remove`, `remove_with`, `remove_many` and `with_pinned` of the object being moved, and `len`,
+///   `is_empty`, `stats` and `for_each`, which have no error to return, panic (so the move is
+///   abandoned, see below); removals and pins of other objects work (a writer holding one finishes
+///   without the lock this thread holds).
+///
+/// The callbacks of one cache may compact another cache, whose callbacks may call back into the
+/// first: the caches whose callbacks a thread is running are all refused.
 ///
 /// The compactor holds the cache's lock while callbacks run, so a thread that holds a lock a callback
 /// takes must not call into the cache meanwhile (it would wait for the compactor, which waits for it).
@@ -109,10 +111,16 @@ pub enum Isolation {
 /// changing outside pointers leaves them as it left them; keep `migrate` free of panics.
 ///
 /// # Safety
-/// The cache publishes whatever `migrate` leaves at `new` as the object, so an implementation must,
-/// whenever `migrate` returns, have left a valid `T` there that the cache may read, hand out as `&T`,
-/// move again and drop; and it must not drop or write to the `T` at `old`, which readers may still be
-/// reading. (A `migrate` that panics instead publishes nothing.) The default methods meet this.
+/// The cache publishes whatever `migrate` leaves at `new` as the object, which moves there: the
+/// cache never drops the `T` at `old`. So an implementation must:
+/// - whenever `migrate` returns, have left a valid `T` at `new` that the cache may read, hand out as
+///   `&T`, move again and drop;
+/// - not drop or write to the `T` at `old`, nor keep a pointer to it to use after the move: readers
+///   may read it until the epoch passes, and then its block is freed and reused;
+/// - if `migrate` unwinds, leave nothing pointing at `new`: the cache then frees that block without
+///   dropping what is in it (a `T` written there is leaked) and keeps the object at `old`.
+///
+/// The default methods meet this.
 ///
 /// So a policy is written with `unsafe impl` (or made with [`FnRelocator::new`], which is unsafe);
 /// safe code cannot make one whose `migrate` leaves `new` uninitialised:

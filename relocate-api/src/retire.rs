@@ -256,7 +256,9 @@ impl Batch {
                         // is not retried: the value is gone).
                         let dropped =
                             catch_unwind(AssertUnwindSafe(|| unsafe { drop_value(block) }));
-                        if dropped.is_err() {
+                        if let Err(payload) = dropped {
+                            // Not dropped: a payload whose own drop panics would unwind from here.
+                            core::mem::forget(payload);
                             owner.retired.drop_panics.fetch_add(1, Ordering::Relaxed);
                         }
                     }

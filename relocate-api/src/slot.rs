@@ -367,7 +367,7 @@ impl Slot {
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
     /// `None` when the slot no longer holds generation `gen`.
     pub fn begin_write(&self, gen: u32, home: Home) -> Option<usize> {
-        self.take(gen, WRITING, home, true)
+        self.take(gen, WRITING, home)
     }
 
     /// Ends a write by publishing `new` (which may equal the old address).
@@ -378,16 +378,7 @@ impl Slot {
     /// Empties the slot; waits while a writer or mover holds it. Returns the old address; the slot is
     /// then vacant under the next generation, so handles to it are stale. `None` if already stale.
     pub fn begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
-        self.remove_taken(gen, self.take(gen, WRITING, home, true)?)
-    }
-
-    /// [`begin_remove`](Self::begin_remove) that never waits: `None` also while a writer or mover
-    /// holds the slot (for a thread the holder may be waiting for).
-    pub fn try_begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
-        self.remove_taken(gen, self.take(gen, WRITING, home, false)?)
-    }
-
-    fn remove_taken(&self, gen: u32, addr: usize) -> Option<usize> {
+        let addr = self.take(gen, WRITING, home)?;
         // One store clears `LIVE` and bumps the generation: no reader can pair either generation with
         // the other state.
         self.word
@@ -396,9 +387,9 @@ impl Slot {
     }
 
     /// Sets `bit` on the slot of the live object of generation `gen` and returns the object's
-    /// address; while another holder has it, waits (`wait`) or gives up. `None` if the slot no
-    /// longer holds generation `gen`, or it gave up.
-    fn take(&self, gen: u32, bit: u64, home: Home, wait: bool) -> Option<usize> {
+    /// address, waiting while another holder has it. `None` if the slot no longer holds generation
+    /// `gen`.
+    fn take(&self, gen: u32, bit: u64, home: Home) -> Option<usize> {
         let expected = with_gen(gen) | LIVE;
         let mut spins = 0;
         loop {
@@ -408,9 +399,6 @@ impl Slot {
                 return None;
             }
             if word & HELD != 0 {
-                if !wait {
-                    return None;
-                }
                 backoff(&mut spins);
                 continue;
             }

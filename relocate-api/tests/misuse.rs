@@ -4,7 +4,11 @@
 //! - From inside a relocation callback, calls into the same cache that would wait for the compaction
 //!   in progress are refused (an error, `None`, `false` or 0; a panic for the calls with no error to
 //!   return), calls that cannot wait work, and the compaction goes on.
-//! - From inside an update's closure, an update or removal of the same object is refused.
+//! - From inside an update's closure, an update of the same object is refused and a removal panics
+//!   (both would wait for themselves), and the object is as it was.
+//! - Callbacks of one cache that compact another, whose callbacks call back into the first: the
+//!   first refuses them too.
+//! - A thread that removes from two caches by turns holds back at most 7 batches of each.
 //! - A value whose drop panics: after a removal, the panic is caught where the epoch drops it and
 //!   counted, and every other value is dropped and its block freed; when the cache is dropped, every
 //!   other value is dropped and the panic goes on.
@@ -32,8 +36,7 @@ struct Seen {
     update_own: Option<Result<bool, CacheError>>,
     update_other: Option<Result<bool, CacheError>>,
     update_closures_ran: bool,
-    remove_own: Option<bool>,
-    pinned_own: Option<Option<u64>>,
+    panicked_own: Vec<&'static str>,
     get_other: Option<Option<u64>>,
     pinned_other: Option<Option<u64>>,
     remove_other: Option<bool>,
@@ -73,8 +76,21 @@ fn calls_from_inside_a_callback_get_an_answer_at_once() {
             *x
         }));
         seen.update_closures_ran = ran;
-        seen.remove_own = Some(cache.remove(own, &guard));
-        seen.pinned_own = Some(cache.with_pinned(own, &guard, |x| *x));
+        let own_probes: [(&'static str, &dyn Fn()); 4] = [
+            ("remove", &|| ignore(cache.remove(own, &guard))),
+            ("remove_with", &|| {
+                ignore(cache.remove_with(own, &guard, |x| *x))
+            }),
+            ("remove_many", &|| ignore(cache.remove_many(&[own], &guard))),
+            ("with_pinned", &|| {
+                ignore(cache.with_pinned(own, &guard, |x| *x))
+            }),
+        ];
+        for (name, probe) in own_probes {
+            if catch_unwind(AssertUnwindSafe(probe)).is_err() {
+                seen.panicked_own.push(name);
+            }
+        }
         seen.get_other = Some(cache.get(other, &guard).copied());
         seen.pinned_other = Some(cache.with_pinned(other, &guard, |x| *x));
         seen.compact = cache.compact(&guard, Budget::Unlimited).err();
@@ -135,14 +151,9 @@ fn calls_from_inside_a_callback_get_an_answer_at_once() {
         "a refused update does not run its closure"
     );
     assert_eq!(
-        seen.remove_own,
-        Some(false),
-        "the object being moved is not removed"
-    );
-    assert_eq!(
-        seen.pinned_own,
-        Some(None),
-        "the object being moved is not pinned"
+        seen.panicked_own,
+        ["remove", "remove_with", "remove_many", "with_pinned"],
+        "calls that would wait for the move in progress"
     );
     assert_eq!(seen.get_other, Some(Some(0)));
     assert_eq!(seen.pinned_other, Some(Some(0)));
@@ -169,13 +180,17 @@ fn an_update_inside_its_own_closure_is_refused() {
     let a = cache.insert([1; 4]).unwrap();
     let b = cache.insert([2; 4]).unwrap();
     let mut inner = Vec::new();
+    let panics = |f: &dyn Fn()| catch_unwind(AssertUnwindSafe(f)).is_err();
     let outer = cache.update(a, &guard, |old| {
         inner.push(format!(
             "{:?}",
             cache.update(a, &guard, |x| x.map(|v| v + 10))
         ));
-        inner.push(format!("{}", cache.remove(a, &guard)));
-        inner.push(format!("{}", cache.remove_many(&[a, a], &guard)));
+        inner.push(format!("{}", panics(&|| ignore(cache.remove(a, &guard)))));
+        inner.push(format!(
+            "{}",
+            panics(&|| ignore(cache.remove_many(&[a, a], &guard)))
+        ));
         // Another object, and a read of this one, are fine; so is a nested update of another
         // object whose closure tries this one.
         inner.push(format!(
@@ -193,8 +208,8 @@ fn an_update_inside_its_own_closure_is_refused() {
         inner,
         [
             "Err(Reentrant)",
-            "false",
-            "0",
+            "true",
+            "true",
             "Ok(true)",
             "Some([1, 1, 1, 1])"
         ]
@@ -210,7 +225,7 @@ fn an_update_inside_its_own_closure_is_refused() {
 /// From two updates deep: the outer one's object is still refused.
 fn inner_try(cache: &RelocCache<[u64; 4]>, a: Handle<[u64; 4]>, guard: &relocate_api::Guard) {
     assert_eq!(cache.update(a, guard, |x| *x), Err(CacheError::Reentrant));
-    assert!(!cache.remove(a, guard));
+    assert!(catch_unwind(AssertUnwindSafe(|| cache.remove(a, guard))).is_err());
 }
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -280,3 +295,115 @@ fn flush_refuses_a_reader_from_another_cache() {
     let other: RelocCache<u64> = RelocCache::new().unwrap();
     cache.flush(&other.reader());
 }
+
+type BoxedIsolate = Box<dyn Fn(&u64, Handle<u64>) -> Isolation + Send + Sync>;
+type NestedCache = RelocCache<u64, FnRelocator<BoxedIsolate, MigrateFn>>;
+
+/// A cache of 10,000 values with every other one removed, whose `isolate` runs `probe` once.
+fn sparse_cache(probe: impl Fn() + Send + Sync + 'static) -> Arc<NestedCache> {
+    let probed = AtomicBool::new(false);
+    let isolate: BoxedIsolate = Box::new(move |_, _| {
+        if !probed.swap(true, Ordering::Relaxed) {
+            probe();
+        }
+        Isolation::Ready
+    });
+    // SAFETY: `copy` copies the valid `u64` at `old` to `new`.
+    let relocator = unsafe { FnRelocator::new(isolate, copy as MigrateFn) };
+    let cache = Arc::new(RelocCache::with_relocator(relocator).unwrap());
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..10_000u64).map(|i| cache.insert(i).unwrap()).collect();
+    {
+        let guard = reader.pin();
+        for h in handles.iter().skip(1).step_by(2) {
+            assert!(cache.remove(*h, &guard));
+        }
+    }
+    cache.flush(&reader);
+    cache
+}
+
+#[test]
+fn a_callback_that_compacts_another_cache_is_still_refused_its_own() {
+    let a_slot: Arc<OnceLock<Arc<NestedCache>>> = Arc::new(OnceLock::new());
+    let seen: Arc<Mutex<Option<CacheError>>> = Arc::default();
+    let (a_slot2, seen2) = (a_slot.clone(), seen.clone());
+    // B's callback inserts into A, from inside A's callback (which compacts B).
+    let b = sparse_cache(move || {
+        let a = a_slot2.get().unwrap();
+        *seen2.lock().unwrap() = a.insert(1).err().map(|(_, e)| e);
+    });
+    let b2 = b.clone();
+    let a = sparse_cache(move || {
+        let reader = b2.reader();
+        let guard = reader.pin();
+        b2.compact(&guard, Budget::Objects(10)).unwrap();
+    });
+    a_slot.set(a.clone()).ok().unwrap();
+    let reader = a.reader();
+    let guard = reader.pin();
+    let report = a.compact(&guard, Budget::Objects(10)).unwrap();
+    assert!(report.moved_objects > 0);
+    assert_eq!(*seen.lock().unwrap(), Some(CacheError::Reentrant));
+}
+
+static TAKEN_BY_TURNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts itself in `TAKEN_BY_TURNS` until dropped.
+struct Turn;
+
+impl Turn {
+    fn new() -> Self {
+        TAKEN_BY_TURNS.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        TAKEN_BY_TURNS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: no data at all.
+unsafe impl Relocatable for Turn {}
+
+#[test]
+fn a_thread_that_removes_from_two_caches_by_turns_holds_back_little() {
+    let a: RelocCache<Turn> = RelocCache::new().unwrap();
+    let b: RelocCache<u64> = RelocCache::new().unwrap();
+    let a_handles: Vec<_> = (0..9 * 7 * 32)
+        .map(|_| a.insert(Turn::new()).ok().unwrap())
+        .collect();
+    let b_handles: Vec<_> = (0..9u64).map(|i| b.insert(i).unwrap()).collect();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (removed_tx, removed_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let (a, b, a_handles, b_handles) = (&a, &b, &a_handles, &b_handles);
+        scope.spawn(move || {
+            let (ra, rb) = (a.reader(), b.reader());
+            // Nine turns of seven guards of 32 removals (a batch each) from A, then one of B.
+            for (turn, part) in a_handles.chunks(7 * 32).enumerate() {
+                for batch in part.chunks(32) {
+                    let guard = ra.pin();
+                    for &h in batch {
+                        assert!(a.remove(h, &guard));
+                    }
+                }
+                let guard = rb.pin();
+                assert!(b.remove(b_handles[turn], &guard));
+            }
+            removed_tx.send(()).unwrap();
+            // Idle, readers kept, until the main thread has looked.
+            done_rx.recv().unwrap();
+        });
+        removed_rx.recv().unwrap();
+        a.flush(&a.reader());
+        let held = TAKEN_BY_TURNS.load(Ordering::Relaxed);
+        done_tx.send(()).unwrap();
+        assert!(held <= 7 * 32, "{held} values held back by an idle thread");
+    });
+}
+
+/// Discards what a probe's call returned (the probes only look at whether it panicked).
+fn ignore<T>(_: T) {}

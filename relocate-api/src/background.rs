@@ -209,11 +209,12 @@ impl Compactable for BlobCache {
     }
 }
 
-/// How many rounds the compactor sits out after rounds that compacted but moved nothing and freed
-/// nothing (its objects refused, or its removed blocks held back by a thread that neither flushes
-/// nor unpins): one, then twice as many after each such round, up to [`Backoff::MOST`]; none once
-/// a round does something. So a cache above its target that compaction cannot improve costs a
-/// round now and then, and one that can is tried again within `MOST` intervals.
+/// How many rounds' compactions the compactor sits out after rounds that compacted but moved
+/// nothing and freed nothing (its objects refused, or its removed blocks held back by a thread that
+/// neither flushes nor unpins): one, then twice as many after each such round, up to
+/// [`Backoff::MOST`]; none once a round does something. So a cache above its target that compaction
+/// cannot improve costs a compaction now and then, and one that can is tried again within `MOST`
+/// intervals. (Giving memory back and the cache's upkeep go on every round.)
 #[derive(Default)]
 struct Backoff {
     rounds: u32,
@@ -267,6 +268,10 @@ pub fn start_compactor<C: Compactable + 'static>(
                         break;
                     }
                     if backoff.skip() {
+                        // Only the compaction sits out: memory to give back and the cache's
+                        // upkeep do not wait.
+                        cache.release_arenas();
+                        cache.upkeep();
                         continue;
                     }
                     let before = cache.footprint();

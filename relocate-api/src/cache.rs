@@ -20,7 +20,7 @@ use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::reentry;
 use crate::retire::{OpenBatch, Retired};
 pub(crate) use crate::slot::tag_bits;
-use crate::slot::{self, Home, Slot, GEN_COUNTER_MASK, INDEX_BITS, TAG_BITS};
+use crate::slot::{self, Home, Slot, TryRemove, GEN_COUNTER_MASK, INDEX_BITS, TAG_BITS};
 use crate::table::{SlotTable, Slots};
 use alloc_core::movable::MovableHeap;
 use crossbeam_epoch::{Collector, LocalHandle};
@@ -180,31 +180,33 @@ thread_local! {
 }
 
 /// `(collector identity, deferred functions handed over since its last flush)` for the collectors
-/// this thread used last (identity 0: a free entry).
+/// this thread used last, most recent first (identity 0: a free entry).
 #[derive(Clone, Copy)]
 struct Unflushed([(usize, u32); COUNTED_COLLECTORS]);
 
 impl Unflushed {
-    /// Adds `handed` to `epoch`'s count and says whether it reached [`FLUSH_AFTER`] (the count then
-    /// starts again). A collector without an entry takes a free one, or the one with the smallest
-    /// count (whose batches then wait in that collector's bag for its next count to fill, or for
-    /// the bag itself to fill).
+    /// Adds `handed` to `epoch`'s count, moving its entry to the front, and says whether the bag is
+    /// due for a flush: the count reached [`FLUSH_AFTER`] (it then starts again), or the collector
+    /// had no entry while all were taken. Its earlier count may then have been evicted, so its bag
+    /// is flushed now; the collector whose entry this one takes (the least recently used) keeps
+    /// what its bag holds until it is next used (or the bag fills).
     fn add(&mut self, epoch: usize, handed: u32) -> bool {
-        let at = (self.0.iter().position(|&(e, _)| e == epoch))
-            .or_else(|| self.0.iter().position(|&(e, _)| e == 0))
-            .unwrap_or_else(|| {
-                (0..COUNTED_COLLECTORS)
-                    .min_by_key(|&i| self.0[i].1)
-                    .unwrap_or(0)
-            });
-        let count = if self.0[at].0 == epoch {
-            self.0[at].1
-        } else {
-            0
+        let last = COUNTED_COLLECTORS - 1;
+        let (count, evicted) = match self.0.iter().position(|&(e, _)| e == epoch) {
+            Some(at) => {
+                let count = self.0[at].1;
+                self.0.copy_within(0..at, 1);
+                (count, false)
+            }
+            None => {
+                let evicted = self.0[last].0 != 0;
+                self.0.copy_within(0..last, 1);
+                (0, evicted)
+            }
         };
         let count = count.saturating_add(handed);
-        let due = count >= FLUSH_AFTER;
-        self.0[at] = (epoch, if due { 0 } else { count });
+        let due = evicted || count >= FLUSH_AFTER;
+        self.0[0] = (epoch, if due { 0 } else { count });
         due
     }
 
@@ -904,9 +906,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Panics if taking or pinning `slot` would wait for this very thread, for a call `what` that
     /// has no error to return: inside an update's closure of this object, or inside a relocation
     /// callback of this cache while this object is the one being moved. (Any other holder finishes
-    /// on its own: a writer holds no lock while it holds a slot, see `update_with`.) Nothing is
-    /// lost: an update's closure that panics leaves its object as it was, and a callback's panic
-    /// abandons its move.
+    /// on its own, but for a writer whose closure waits for the lock a callback's thread holds: see
+    /// `remove_at`.) Nothing is lost: an update's closure that panics leaves its object as it was,
+    /// and a callback's panic abandons its move.
     fn refuse_waiting_for_itself(&self, slot: &Slot, home: Home, what: &str) {
         if reentry::contains(&reentry::HELD, slot as *const Slot as usize) {
             panic!(
@@ -1221,9 +1223,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// released unchanged, and the block freed), `write` fills the block, the new address is
     /// published and the old copy retired.
     ///
-    /// The block comes first, so that a writer never waits for the cache's lock while it holds a
-    /// slot: a thread that waits for a writer (a removal from inside a relocation callback, whose
-    /// thread holds the lock) then waits for the writer's own code only.
+    /// The block comes first, so that this code never waits for the cache's lock while it holds a
+    /// slot (the closure `make` may: an insert or update of another object from inside it).
     ///
     /// # Safety
     /// - `write` leaves a valid object (`object_bytes` bytes) in the block and does not panic.
@@ -1286,8 +1287,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// # Panics
     /// If the removal would wait for its own thread: of an object from inside its own `update`'s
     /// closure, or from inside one of this cache's relocation callbacks of the object being moved
-    /// (the same for `remove_with` and `remove_many`). The object stays as it was: the update's
-    /// closure, or the move, is abandoned.
+    /// (the same for `remove_with` and `remove_many`); and from inside one of this cache's
+    /// relocation callbacks, of an object that another thread holds for writing (an update whose
+    /// closure runs), which may be waiting for the lock the callback's thread holds. The object stays
+    /// as it was: the update's closure, or the move, is abandoned. (`remove_many` may have removed
+    /// the handles before the one that panicked.)
     pub fn remove(&self, handle: Handle<T>, guard: &Guard) -> bool {
         self.remove_with(handle, guard, |_| ()).is_some()
     }
@@ -1335,7 +1339,21 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let (slot, counter) = self.resolve(handle)?;
         let home = self.home(handle.index());
         self.refuse_waiting_for_itself(slot, home, "remove");
-        let addr = slot.begin_remove(counter, home)?;
+        let addr = if self.in_own_callback() {
+            // Another thread's writer may be waiting for the lock this thread holds (its closure
+            // may insert or update): never wait for it. Nor answer as if the handle were stale,
+            // which could make the caller lose the object.
+            match slot.try_begin_remove(counter, home) {
+                TryRemove::Removed(addr) => addr,
+                TryRemove::Stale => return None,
+                TryRemove::Held => panic!(
+                    "relocate-api: RelocCache::remove, from inside a relocation callback, of an \
+                     object another thread holds for writing"
+                ),
+            }
+        } else {
+            slot.begin_remove(counter, home)?
+        };
         // Account for the removal before `f` runs, so that a panicking `f` loses nothing: the block
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
         // guard is gone.

@@ -343,6 +343,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             if addr != block.as_ptr() as usize {
                 continue;
             }
+            if crate::reentry::contains(&crate::reentry::HELD, slot as *const _ as usize) {
+                // Held by this thread's own update (reclaim from inside its closure): it stays.
+                continue;
+            }
             let handle = self.handle_for(index, counter);
             let evicted = self.remove_at(handle, guard, |addr| on_evict(handle, addr));
             if evicted.is_some() {

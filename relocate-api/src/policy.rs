@@ -96,10 +96,10 @@ pub enum Isolation {
 /// at once instead of deadlocking:
 /// - `insert`, `update`, `compact`, `evacuate_*`, `reclaim*` return [`CacheError::Reentrant`]
 ///   (`update` without calling its closure); `release_*_arenas` release nothing and return 0;
-/// - `remove`, `remove_with`, `remove_many` and `with_pinned` of the object being moved, and `len`,
-///   `is_empty`, `stats` and `for_each`, which have no error to return, panic (so the move is
-///   abandoned, see below); removals and pins of other objects work (a writer holding one finishes
-///   without the lock this thread holds).
+/// - `remove`, `remove_with`, `remove_many` and `with_pinned` of the object being moved, a removal
+///   of an object another thread is updating (whose closure may be waiting for the lock this thread
+///   holds), and `len`, `is_empty`, `stats` and `for_each`, which have no error to return, panic
+///   (so the move is abandoned, see below); other removals and pins work.
 ///
 /// The callbacks of one cache may compact another cache, whose callbacks may call back into the
 /// first: the caches whose callbacks a thread is running are all refused.

@@ -68,6 +68,17 @@ use crate::sync::{
     backoff, fence, AtomicBool, AtomicU32, AtomicU64, Ordering, MOVABLE_ADDRESS_BITS,
 };
 
+/// What [`Slot::try_begin_remove`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryRemove {
+    /// The slot is vacant now; the object was at this address.
+    Removed(usize),
+    /// The slot no longer holds the generation.
+    Stale,
+    /// A writer or mover holds the slot: nothing was done.
+    Held,
+}
+
 pub(crate) const MOVING: u64 = 1;
 pub(crate) const WRITING: u64 = 2;
 /// In a vacant slot (`LIVE` clear), the low bits mark what the cache's lock holder keeps it for: a
@@ -379,11 +390,39 @@ impl Slot {
     /// then vacant under the next generation, so handles to it are stale. `None` if already stale.
     pub fn begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
         let addr = self.take(gen, WRITING, home)?;
+        Some(self.end_remove(gen, addr))
+    }
+
+    /// [`begin_remove`](Self::begin_remove) that never waits (for a thread that a holder of the
+    /// slot may be waiting for).
+    pub fn try_begin_remove(&self, gen: u32, home: Home) -> TryRemove {
+        let expected = with_gen(gen) | LIVE;
+        loop {
+            let raw = self.word.load(Ordering::Acquire);
+            let word = home.normal(raw);
+            if word & (GEN_BITS | LIVE) != expected {
+                return TryRemove::Stale;
+            }
+            if word & HELD != 0 {
+                return TryRemove::Held;
+            }
+            if self
+                .word
+                .compare_exchange_weak(raw, word | WRITING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return TryRemove::Removed(self.end_remove(gen, address_in(word)));
+            }
+        }
+    }
+
+    /// Empties a slot this remover holds, returning the object's address `addr`.
+    fn end_remove(&self, gen: u32, addr: usize) -> usize {
         // One store clears `LIVE` and bumps the generation: no reader can pair either generation with
         // the other state.
         self.word
             .store(with_gen(next_generation(gen)), Ordering::Release);
-        Some(addr)
+        addr
     }
 
     /// Sets `bit` on the slot of the live object of generation `gen` and returns the object's

@@ -8,7 +8,11 @@
 //!   (both would wait for themselves), and the object is as it was.
 //! - Callbacks of one cache that compact another, whose callbacks call back into the first: the
 //!   first refuses them too.
-//! - A thread that removes from two caches by turns holds back at most 7 batches of each.
+//! - A thread that removes from two caches by turns holds back at most 7 batches of each, also when
+//!   it used other caches before.
+//! - A callback that removes an object another thread is updating (whose closure then waits for the
+//!   lock the callback's thread holds) gets a panic at once, not a deadlock or a `false`.
+//! - `reclaim` from inside an update's closure evicts all but the object being updated.
 //! - A value whose drop panics: after a removal, the panic is caught where the epoch drops it and
 //!   counted, and every other value is dropped and its block freed; when the cache is dropped, every
 //!   other value is dropped and the panic goes on.
@@ -372,6 +376,15 @@ unsafe impl Relocatable for Turn {}
 fn a_thread_that_removes_from_two_caches_by_turns_holds_back_little() {
     let a: RelocCache<Turn> = RelocCache::new().unwrap();
     let b: RelocCache<u64> = RelocCache::new().unwrap();
+    // Four other caches used first, so the flush counts' entries are all taken when A and B come.
+    let others: Vec<RelocCache<u64>> = (0..4).map(|_| RelocCache::new().unwrap()).collect();
+    for other in &others {
+        let reader = other.reader();
+        for i in 0..2u64 {
+            let h = other.insert(i).unwrap();
+            assert!(other.remove(h, &reader.pin()));
+        }
+    }
     let a_handles: Vec<_> = (0..9 * 7 * 32)
         .map(|_| a.insert(Turn::new()).ok().unwrap())
         .collect();
@@ -407,3 +420,77 @@ fn a_thread_that_removes_from_two_caches_by_turns_holds_back_little() {
 
 /// Discards what a probe's call returned (the probes only look at whether it panicked).
 fn ignore<T>(_: T) {}
+
+/// A callback that removes an object another thread is updating, whose closure then waits for the
+/// cache's lock (an insert): the removal panics at once rather than wait (which would deadlock:
+/// the callback's thread holds that lock) or answer as if the handle were stale.
+#[test]
+fn a_callback_removing_an_object_under_update_does_not_wait_for_it() {
+    let cache_slot: Arc<OnceLock<Arc<NestedCache>>> = Arc::new(OnceLock::new());
+    let target: Arc<OnceLock<Handle<u64>>> = Arc::new(OnceLock::new());
+    let (probed_tx, probed_rx) = std::sync::mpsc::channel::<bool>();
+    let probed_tx = Mutex::new(probed_tx);
+    let (cache_slot2, target2) = (cache_slot.clone(), target.clone());
+    let cache = sparse_cache(move || {
+        let cache = cache_slot2.get().unwrap();
+        let reader = cache.reader();
+        let guard = reader.pin();
+        let h = *target2.get().unwrap();
+        let panicked = catch_unwind(AssertUnwindSafe(|| ignore(cache.remove(h, &guard)))).is_err();
+        probed_tx.lock().unwrap().send(panicked).unwrap();
+    });
+    cache_slot.set(cache.clone()).ok().unwrap();
+    let kept = cache.insert(99).unwrap();
+    target.set(kept).unwrap();
+    let (holding_tx, holding_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let cache = &cache;
+        let updater = scope.spawn(move || {
+            let reader = cache.reader();
+            let guard = reader.pin();
+            let mut panicked = false;
+            let updated = cache.update(kept, &guard, |&v| {
+                holding_tx.send(()).unwrap();
+                // Holds the object until the compactor's callback has tried to remove it, then
+                // takes the lock that callback's thread holds (it waits for the compaction).
+                panicked = probed_rx.recv().unwrap();
+                cache.insert(7).unwrap();
+                v + 1
+            });
+            (updated, panicked)
+        });
+        holding_rx.recv().unwrap();
+        let reader = cache.reader();
+        let guard = reader.pin();
+        cache.compact(&guard, Budget::Objects(10)).unwrap();
+        drop(guard);
+        let (updated, panicked) = updater.join().unwrap();
+        assert!(panicked, "the removal panicked");
+        assert_eq!(updated, Ok(true));
+        let guard = reader.pin();
+        assert_eq!(
+            cache.get(kept, &guard),
+            Some(&100),
+            "the object is kept, updated"
+        );
+    });
+}
+
+/// `reclaim` from inside an update's closure evicts everything in the arena but the object being
+/// updated, which stays and is updated.
+#[test]
+fn reclaim_inside_an_update_skips_the_object_being_updated() {
+    let cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..100u64).map(|i| cache.insert(i).unwrap()).collect();
+    let guard = reader.pin();
+    let mut evicted = 0;
+    let updated = cache.update(handles[50], &guard, |&v| {
+        evicted = cache.reclaim(&guard, |_, _| ()).unwrap().evicted;
+        v + 1000
+    });
+    assert_eq!(updated, Ok(true));
+    assert_eq!(evicted, 99);
+    assert_eq!(cache.get(handles[50], &guard), Some(&1050));
+    assert_eq!(cache.len(), 1);
+}

@@ -903,21 +903,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Handle::new(index, self.tag_bits | u64::from(counter))
     }
 
-    /// Panics if taking or pinning `slot` would wait for this very thread, for a call `what` that
-    /// has no error to return: inside an update's closure of this object, or inside a relocation
-    /// callback of this cache while this object is the one being moved. (Any other holder finishes
-    /// on its own, but for a writer whose closure waits for the lock a callback's thread holds: see
-    /// `remove_at`.) Nothing is lost: an update's closure that panics leaves its object as it was,
-    /// and a callback's panic abandons its move.
-    fn refuse_waiting_for_itself(&self, slot: &Slot, home: Home, what: &str) {
-        if reentry::contains(&reentry::HELD, slot as *const Slot as usize) {
-            panic!(
-                "relocate-api: RelocCache::{what} of an object from inside its own update closure"
-            );
+    /// Panics, for `with_pinned`, if pinning `slot` would wait for this very thread: inside an update's
+    /// closure of this object, or inside a relocation callback of this cache while this object is
+    /// the one being moved. Nothing is lost: an update's closure that panics leaves its object as it
+    /// was, and a callback's panic abandons its move.
+    fn refuse_pinning_itself(&self, slot: &Slot, home: Home) {
+        if reentry::holds(slot) {
+            panic!("relocate-api: RelocCache::with_pinned of an object from inside its own update closure");
         }
         if self.in_own_callback() && slot.is_moving(home) {
             panic!(
-                "relocate-api: RelocCache::{what} of the object being moved, from inside its \
+                "relocate-api: RelocCache::with_pinned of the object being moved, from inside its \
                  relocation callback"
             );
         }
@@ -1176,7 +1172,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let (slot, counter) = self.resolve(handle)?;
         let pins = self.table.pins(handle.index());
         let home = self.home(handle.index());
-        self.refuse_waiting_for_itself(slot, home, "with_pinned");
+        self.refuse_pinning_itself(slot, home);
         let addr = slot.pin(self.table.pin_gate(), pins, counter, home)?;
         struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
@@ -1239,9 +1235,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some((slot, counter)) = self.resolve(handle) else {
             return Ok(false);
         };
-        let key = slot as *const Slot as usize;
         // From inside an update's closure of this very object, taking it would wait for itself.
-        if reentry::contains(&reentry::HELD, key) {
+        if reentry::holds(slot) {
             return Err(CacheError::Reentrant);
         }
         // (Refused from inside this cache's relocation callbacks, whose thread holds the lock.)
@@ -1272,7 +1267,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }
         }
         let restore = Restore(slot, old, home);
-        let new_value = reentry::within(&reentry::HELD, key, || make(old));
+        let new_value = reentry::holding(slot, || make(old));
         std::mem::forget(restore);
         write(new_value, block);
         slot.finish_write(block.as_ptr() as usize, home);
@@ -1338,17 +1333,22 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
         let home = self.home(handle.index());
-        self.refuse_waiting_for_itself(slot, home, "remove");
+        if reentry::holds(slot) {
+            panic!(
+                "relocate-api: RelocCache::remove of an object from inside its own update closure"
+            );
+        }
         let addr = if self.in_own_callback() {
-            // Another thread's writer may be waiting for the lock this thread holds (its closure
-            // may insert or update): never wait for it. Nor answer as if the handle were stale,
-            // which could make the caller lose the object.
+            // The holder of a held slot is this thread's own move, or another thread's writer whose
+            // closure may be waiting for the lock this thread holds (it may insert or update): never
+            // wait for it. Nor answer as if the handle were stale, which could make the caller lose
+            // the object.
             match slot.try_begin_remove(counter, home) {
                 TryRemove::Removed(addr) => addr,
                 TryRemove::Stale => return None,
                 TryRemove::Held => panic!(
                     "relocate-api: RelocCache::remove, from inside a relocation callback, of an \
-                     object another thread holds for writing"
+                     object being moved or held for writing by another thread"
                 ),
             }
         } else {

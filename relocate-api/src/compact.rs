@@ -343,7 +343,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             if addr != block.as_ptr() as usize {
                 continue;
             }
-            if crate::reentry::contains(&crate::reentry::HELD, slot as *const _ as usize) {
+            if crate::reentry::holds(slot) {
                 // Held by this thread's own update (reclaim from inside its closure): it stays.
                 continue;
             }

@@ -14,6 +14,7 @@
 //! or an update closure and resumes another (stackful coroutines) would break that order: the unlink
 //! checks it.
 
+use crate::slot::Slot;
 use core::cell::Cell;
 use core::ptr;
 use std::thread::LocalKey;
@@ -51,6 +52,16 @@ pub(crate) fn within<U>(list: &'static List, key: usize, f: impl FnOnce() -> U) 
     }
     let _unlink = Unlink(list, &frame);
     f()
+}
+
+/// Runs `f` with `slot` marked as held for writing by this thread.
+pub(crate) fn holding<U>(slot: &Slot, f: impl FnOnce() -> U) -> U {
+    within(&HELD, slot as *const Slot as usize, f)
+}
+
+/// Whether this thread holds `slot` for writing (inside an update's closure of its object).
+pub(crate) fn holds(slot: &Slot) -> bool {
+    contains(&HELD, slot as *const Slot as usize)
 }
 
 /// Whether `key` is linked in `list` on this thread.

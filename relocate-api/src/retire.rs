@@ -251,11 +251,12 @@ impl Batch {
                 let n = picked.iter_mut().zip(blocks).map(|(p, b)| *p = b).count();
                 if let Some(drop_value) = owner.drop_value {
                     for &block in &picked[..n] {
-                        // SAFETY: `OpenBatch::retire`'s contract: the epoch has passed, so nothing
-                        // reaches the value, and it is dropped once, here (a drop that panicked
-                        // is not retried: the value is gone).
-                        let dropped =
-                            catch_unwind(AssertUnwindSafe(|| unsafe { drop_value(block) }));
+                        let dropped = catch_unwind(AssertUnwindSafe(|| {
+                            // SAFETY: `OpenBatch::retire`'s contract: the epoch has passed, so
+                            // nothing reaches the value, and it is dropped once, here (a drop that
+                            // panicked is not retried: the value is gone).
+                            unsafe { drop_value(block) }
+                        }));
                         if let Err(payload) = dropped {
                             // Not dropped: a payload whose own drop panics would unwind from here.
                             core::mem::forget(payload);

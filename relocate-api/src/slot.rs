@@ -68,10 +68,10 @@ use crate::sync::{
     backoff, fence, AtomicBool, AtomicU32, AtomicU64, Ordering, MOVABLE_ADDRESS_BITS,
 };
 
-/// What [`Slot::try_begin_remove`] did.
+/// What [`Slot::try_begin_remove`] did (and, within this module, what taking a slot did).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TryRemove {
-    /// The slot is vacant now; the object was at this address.
+    /// The slot is vacant now (taken, within this module); the object was at this address.
     Removed(usize),
     /// The slot no longer holds the generation.
     Stale,
@@ -378,7 +378,10 @@ impl Slot {
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
     /// `None` when the slot no longer holds generation `gen`.
     pub fn begin_write(&self, gen: u32, home: Home) -> Option<usize> {
-        self.take(gen, WRITING, home)
+        match self.take(gen, home, true) {
+            TryRemove::Removed(addr) => Some(addr),
+            _ => None,
+        }
     }
 
     /// Ends a write by publishing `new` (which may equal the old address).
@@ -389,14 +392,34 @@ impl Slot {
     /// Empties the slot; waits while a writer or mover holds it. Returns the old address; the slot is
     /// then vacant under the next generation, so handles to it are stale. `None` if already stale.
     pub fn begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
-        let addr = self.take(gen, WRITING, home)?;
-        Some(self.end_remove(gen, addr))
+        match self.try_or_begin_remove(gen, home, true) {
+            TryRemove::Removed(addr) => Some(addr),
+            _ => None,
+        }
     }
 
     /// [`begin_remove`](Self::begin_remove) that never waits (for a thread that a holder of the
     /// slot may be waiting for).
     pub fn try_begin_remove(&self, gen: u32, home: Home) -> TryRemove {
+        self.try_or_begin_remove(gen, home, false)
+    }
+
+    fn try_or_begin_remove(&self, gen: u32, home: Home, wait: bool) -> TryRemove {
+        let taken = self.take(gen, home, wait);
+        if let TryRemove::Removed(_) = taken {
+            // One store clears `LIVE` and bumps the generation: no reader can pair either
+            // generation with the other state.
+            self.word
+                .store(with_gen(next_generation(gen)), Ordering::Release);
+        }
+        taken
+    }
+
+    /// Sets `WRITING` on the slot of the live object of generation `gen` (`Removed` then carries the
+    /// object's address), waiting while another holder has it (`wait`) or giving up (`Held`).
+    fn take(&self, gen: u32, home: Home, wait: bool) -> TryRemove {
         let expected = with_gen(gen) | LIVE;
+        let mut spins = 0;
         loop {
             let raw = self.word.load(Ordering::Acquire);
             let word = home.normal(raw);
@@ -404,49 +427,18 @@ impl Slot {
                 return TryRemove::Stale;
             }
             if word & HELD != 0 {
-                return TryRemove::Held;
+                if !wait {
+                    return TryRemove::Held;
+                }
+                backoff(&mut spins);
+                continue;
             }
             if self
                 .word
                 .compare_exchange_weak(raw, word | WRITING, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                return TryRemove::Removed(self.end_remove(gen, address_in(word)));
-            }
-        }
-    }
-
-    /// Empties a slot this remover holds, returning the object's address `addr`.
-    fn end_remove(&self, gen: u32, addr: usize) -> usize {
-        // One store clears `LIVE` and bumps the generation: no reader can pair either generation with
-        // the other state.
-        self.word
-            .store(with_gen(next_generation(gen)), Ordering::Release);
-        addr
-    }
-
-    /// Sets `bit` on the slot of the live object of generation `gen` and returns the object's
-    /// address, waiting while another holder has it. `None` if the slot no longer holds generation
-    /// `gen`.
-    fn take(&self, gen: u32, bit: u64, home: Home) -> Option<usize> {
-        let expected = with_gen(gen) | LIVE;
-        let mut spins = 0;
-        loop {
-            let raw = self.word.load(Ordering::Acquire);
-            let word = home.normal(raw);
-            if word & (GEN_BITS | LIVE) != expected {
-                return None;
-            }
-            if word & HELD != 0 {
-                backoff(&mut spins);
-                continue;
-            }
-            if self
-                .word
-                .compare_exchange_weak(raw, word | bit, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Some(address_in(word));
+                return TryRemove::Removed(address_in(word));
             }
         }
     }

@@ -14,7 +14,7 @@
 //!   last removed blocks back, rounds can do nothing; the compactor sits out a growing number of
 //!   intervals between them (186 rounds in 200 intervals without that, here at most 30).
 
-use relocate_api::{start_compactor, Budget, CompactorConfig, RelocCache, Relocatable};
+use relocate_api::{start_compactor, Budget, CompactorConfig, Handle, RelocCache, Relocatable};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -40,29 +40,38 @@ impl Drop for Counted {
 // SAFETY: a plain value without interior mutability.
 unsafe impl Relocatable for Counted {}
 
+/// On a new thread of `scope`, removes every object of `handles` under one guard, then idles with its
+/// reader kept until the returned sender sends (or is dropped); returns once the removals are done.
+fn remove_all_then_idle<'s, T: Send + Sync + 'static>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    cache: &'s RelocCache<T>,
+    handles: &'s [Handle<T>],
+) -> mpsc::Sender<()> {
+    let (removed_tx, removed_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    scope.spawn(move || {
+        let reader = cache.reader();
+        let guard = reader.pin();
+        for &h in handles {
+            assert!(cache.remove(h, &guard));
+        }
+        drop(guard);
+        removed_tx.send(()).unwrap();
+        let _ = done_rx.recv();
+        drop(reader);
+    });
+    removed_rx.recv().unwrap();
+    done_tx
+}
+
 #[test]
 fn a_thread_that_removes_and_idles_holds_nothing_back() {
     let cache: RelocCache<Counted> = RelocCache::new().unwrap();
     let handles: Vec<_> = (0..10_000)
         .map(|i| cache.insert(Counted::new(i)).ok().unwrap())
         .collect();
-    let (removed_tx, removed_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        let (cache, handles) = (&cache, &handles);
-        scope.spawn(move || {
-            let reader = cache.reader();
-            let guard = reader.pin();
-            for &h in handles {
-                assert!(cache.remove(h, &guard));
-            }
-            drop(guard);
-            removed_tx.send(()).unwrap();
-            // Idle, reader kept, until the main thread has looked.
-            done_rx.recv().unwrap();
-            drop(reader);
-        });
-        removed_rx.recv().unwrap();
+        let done_tx = remove_all_then_idle(scope, &cache, &handles);
         let reader = cache.reader();
         cache.flush(&reader);
         let (live, slabs) = (LIVE.load(Ordering::Relaxed), cache.stats().slabs);
@@ -124,21 +133,8 @@ fn the_background_compactor_backs_off_when_its_rounds_do_nothing() {
         },
     )
     .unwrap();
-    let (removed_tx, removed_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        let (cache, handles) = (&cache, &handles);
-        scope.spawn(move || {
-            let reader = cache.reader();
-            let guard = reader.pin();
-            for &h in handles {
-                assert!(cache.remove(h, &guard));
-            }
-            drop(guard);
-            removed_tx.send(()).unwrap();
-            done_rx.recv().unwrap();
-        });
-        removed_rx.recv().unwrap();
+        let done_tx = remove_all_then_idle(scope, &cache, &handles);
         let began = Instant::now();
         std::thread::sleep(Duration::from_millis(400));
         let intervals = began.elapsed().as_millis() / 2;

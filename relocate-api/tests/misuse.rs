@@ -19,7 +19,9 @@
 //! - A reader of another cache passed to `flush` is refused with a panic, as a guard of another cache
 //!   is everywhere.
 
-use relocate_api::{Budget, CacheError, FnRelocator, Handle, Isolation, RelocCache, Relocatable};
+use relocate_api::{
+    Budget, CacheError, FnRelocator, Handle, Isolation, RelocCache, Relocatable, Relocator,
+};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -127,14 +129,7 @@ fn calls_from_inside_a_callback_get_an_answer_at_once() {
     let cache: Arc<Cache> = Arc::new(RelocCache::with_relocator(relocator).unwrap());
     slot.set(cache.clone()).ok().unwrap();
     let reader = cache.reader();
-    let handles: Vec<_> = (0..10_000u64).map(|i| cache.insert(i).unwrap()).collect();
-    {
-        let guard = reader.pin();
-        for h in handles.iter().skip(1).step_by(2) {
-            assert!(cache.remove(*h, &guard));
-        }
-    }
-    cache.flush(&reader);
+    let handles = thin_out(&cache);
     // The first object, at the start of the densest slab, is not among the first moved.
     other.set(handles[0]).unwrap();
     let guard = reader.pin();
@@ -303,6 +298,21 @@ fn flush_refuses_a_reader_from_another_cache() {
 type BoxedIsolate = Box<dyn Fn(&u64, Handle<u64>) -> Isolation + Send + Sync>;
 type NestedCache = RelocCache<u64, FnRelocator<BoxedIsolate, MigrateFn>>;
 
+/// Inserts 10,000 values `0..10_000`, removes every other one (the odd ones) and flushes, so that
+/// compaction has objects to move; returns every handle.
+fn thin_out<R: Relocator<u64>>(cache: &RelocCache<u64, R>) -> Vec<Handle<u64>> {
+    let reader = cache.reader();
+    let handles: Vec<_> = (0..10_000u64).map(|i| cache.insert(i).unwrap()).collect();
+    {
+        let guard = reader.pin();
+        for h in handles.iter().skip(1).step_by(2) {
+            assert!(cache.remove(*h, &guard));
+        }
+    }
+    cache.flush(&reader);
+    handles
+}
+
 /// A cache of 10,000 values with every other one removed, whose `isolate` runs `probe` once.
 fn sparse_cache(probe: impl Fn() + Send + Sync + 'static) -> Arc<NestedCache> {
     let probed = AtomicBool::new(false);
@@ -315,15 +325,7 @@ fn sparse_cache(probe: impl Fn() + Send + Sync + 'static) -> Arc<NestedCache> {
     // SAFETY: `copy` copies the valid `u64` at `old` to `new`.
     let relocator = unsafe { FnRelocator::new(isolate, copy as MigrateFn) };
     let cache = Arc::new(RelocCache::with_relocator(relocator).unwrap());
-    let reader = cache.reader();
-    let handles: Vec<_> = (0..10_000u64).map(|i| cache.insert(i).unwrap()).collect();
-    {
-        let guard = reader.pin();
-        for h in handles.iter().skip(1).step_by(2) {
-            assert!(cache.remove(*h, &guard));
-        }
-    }
-    cache.flush(&reader);
+    thin_out(&cache);
     cache
 }
 

@@ -37,12 +37,16 @@ use core::ptr::{self, NonNull};
 
 /// The smallest block a movable heap serves (one back-map entry per block).
 pub const MIN_MOVABLE_BYTES: usize = BACKMAP_GRANULE;
+/// The largest block a movable heap serves: the global allocator's largest class and an eighth, so
+/// that a cache of byte strings can keep a 32 KiB value and its length in one block. Seven such
+/// blocks fill a slab of the most units but for at most an eighth of it, as every smaller block does.
+pub const MAX_MOVABLE_BYTES: usize = MAX_SMALL_BYTES + MAX_SMALL_BYTES / 8;
 
 /// The slab geometry of movable blocks of `bytes` aligned to `align`: the block size is exact (`bytes`
 /// rounded up to 8 and to `align`), not a size class's, because a movable heap serves one object size
 /// and every byte of rounding is resident for each object it holds. The slab is the shortest run of
 /// 1 to 4 units that loses at most 1/32 at its tail and holds at least 8 blocks; failing that, the one
-/// that loses the smallest share. `None` above the largest slab block or for alignments above a unit.
+/// that loses the smallest share. `None` above [`MAX_MOVABLE_BYTES`] or for alignments above a unit.
 pub const fn movable_geometry(bytes: usize, align: usize) -> Option<ClassInfo> {
     if !align.is_power_of_two() || align > UNIT_BYTES {
         return None;
@@ -60,7 +64,7 @@ pub const fn movable_geometry(bytes: usize, align: usize) -> Option<ClassInfo> {
     let Some(block) = least.checked_next_multiple_of(granule) else {
         return None;
     };
-    if block > MAX_SMALL_BYTES {
+    if block > MAX_MOVABLE_BYTES {
         return None;
     }
     // (A `const fn`, so that a cache can know its geometry at compile time: loops, not iterators.)
@@ -132,7 +136,8 @@ pub struct SlabView {
 pub struct MovableHeap {
     /// Block size, slab length and capacity of every slab.
     geometry: ClassInfo,
-    /// The size class whose statistics count these slabs (the smallest that holds a block).
+    /// The size class whose statistics count these slabs (the smallest that holds a block, or the
+    /// largest).
     class: usize,
     /// [`index_magic`] of the block size.
     magic: u64,
@@ -204,7 +209,7 @@ fn backmap_entry(block: usize) -> *mut u32 {
 }
 
 impl MovableHeap {
-    /// A heap for blocks of `bytes` (rounded up to 8); `None` above the largest slab block.
+    /// A heap for blocks of `bytes` (rounded up to 8); `None` above [`MAX_MOVABLE_BYTES`].
     pub fn new(bytes: usize) -> Option<Self> {
         Self::with_layout(bytes, 1)
     }
@@ -215,7 +220,7 @@ impl MovableHeap {
         let block = geometry.block_bytes as usize;
         Some(Self {
             geometry,
-            class: class_of(block),
+            class: class_of(block.min(MAX_SMALL_BYTES)),
             magic: index_magic(block),
             avail: SlabList::new(),
             full: SlabList::new(),
@@ -709,15 +714,16 @@ mod tests {
         assert_eq!(again, freed, "exactly the freed blocks come back");
     }
 
-    /// Exact block sizes: every multiple of 8 up to 1 KiB, then a spread to 32 KiB. The walk finds
+    /// Exact block sizes: every multiple of 8 up to 1 KiB, then a spread to 36 KiB. The walk finds
     /// exactly the live blocks with their owners (the division-free block index of the back-map is
     /// exact for every block size and slab length).
     #[test]
     fn every_block_size_walks_its_live_blocks() {
         let sizes = (MIN_MOVABLE_BYTES..=1024)
             .step_by(8)
-            .chain((1032..=MAX_SMALL_BYTES).step_by(1032))
-            .chain([MAX_SMALL_BYTES - 8, MAX_SMALL_BYTES]);
+            .chain((1032..=MAX_MOVABLE_BYTES).step_by(1032))
+            .chain([MAX_SMALL_BYTES, MAX_SMALL_BYTES + 8])
+            .chain([MAX_MOVABLE_BYTES - 8, MAX_MOVABLE_BYTES]);
         for bytes in sizes {
             let mut heap = MovableHeap::new(bytes).unwrap();
             assert_eq!(heap.block_bytes(), bytes);
@@ -754,7 +760,7 @@ mod tests {
     #[test]
     fn geometry_is_exact_aligned_and_tight() {
         for align in [1, 8, 16, 64, 256, 4096] {
-            for bytes in 0..=MAX_SMALL_BYTES {
+            for bytes in 0..=MAX_MOVABLE_BYTES {
                 // Every size up to the largest block fits, at every alignment up to a unit.
                 let g = movable_geometry(bytes, align).expect("a slab geometry");
                 let block = g.block_bytes as usize;
@@ -769,7 +775,7 @@ mod tests {
                 );
             }
         }
-        assert!(movable_geometry(MAX_SMALL_BYTES + 1, 8).is_none());
+        assert!(movable_geometry(MAX_MOVABLE_BYTES + 1, 8).is_none());
         assert!(movable_geometry(64, 2 * UNIT_BYTES).is_none());
     }
 }

@@ -1,10 +1,11 @@
-//! The byte-blob flavour: variable-size values (0 B to `MAX_BLOB_BYTES`) stored by size class, as
-//! zsmalloc stores compressed pages.
+//! The byte-blob flavour: variable-size values (0 B to `MAX_BLOB_BYTES`, which is 36 KiB − 4 B)
+//! stored by size class, as zsmalloc stores compressed pages.
 //!
 //! A blob is stored as a 4-byte length and its bytes, in the smallest of [`NUM_CLASSES`] block sizes
 //! that holds them: 16-byte steps up to 512 B (zsmalloc's own spacing), then 16 sizes per doubling up
-//! to 4 KiB and 8 per doubling up to 32 KiB, so a blob wastes at most 15 bytes, or 1/16 (1/8 above
-//! 4 KiB) of its block. Movable slabs take exact block sizes, so nothing else rounds.
+//! to 4 KiB and 8 per doubling up to 32 KiB, and one of 36 KiB (alloc-core's largest movable
+//! block, so that a 32 KiB value and its length fit one), so a blob wastes at most 15 bytes, or 1/16 (1/8 above 4 KiB) of
+//! its block. Movable slabs take exact block sizes, so nothing else rounds.
 //!
 //! Each class is a [`RelocCache`] whose objects are a length followed by bytes
 //! ([`RelocCache::with_tail`]), made when the first blob of its size arrives. All classes share one
@@ -28,6 +29,7 @@ use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
 use crate::table::SlotTable;
+use alloc_core::movable::MAX_MOVABLE_BYTES;
 use crossbeam_epoch::Collector;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,13 +37,13 @@ use std::sync::OnceLock;
 
 /// Bytes of the length in front of every blob.
 const LEN_BYTES: usize = 4;
-/// The largest blob: the largest slab block minus the length.
-pub const MAX_BLOB_BYTES: usize = (32 << 10) - LEN_BYTES;
+/// The largest blob: the largest movable block minus the length.
+pub const MAX_BLOB_BYTES: usize = MAX_MOVABLE_BYTES - LEN_BYTES;
 /// Number of blob classes (block sizes).
-const NUM_CLASSES: usize = 104;
+const NUM_CLASSES: usize = 105;
 
 /// Block size of a class: 32 classes of 16-byte steps to 512, 48 of 16 per doubling to 4 KiB, 24 of
-/// 8 per doubling to 32 KiB.
+/// 8 per doubling to 32 KiB, and the next step, 36 KiB ([`MAX_MOVABLE_BYTES`]).
 const fn class_bytes(class: usize) -> usize {
     if class < 32 {
         (class + 1) * 16
@@ -54,13 +56,13 @@ const fn class_bytes(class: usize) -> usize {
     }
 }
 
-/// The smallest class whose blocks hold `bytes` (length included); `None` above 32 KiB.
+/// The smallest class whose blocks hold `bytes` (length included); `None` above 36 KiB.
 fn class_of(bytes: usize) -> Option<usize> {
     let last = bytes.max(1) - 1;
     if last < 512 {
         return Some(last / 16);
     }
-    if last >= 32 << 10 {
+    if last >= MAX_MOVABLE_BYTES {
         return None;
     }
     let p = (usize::BITS - 1 - last.leading_zeros()) as usize;

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Why a cache could not be made or an operation could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheError {
-    /// `T` is larger than the largest slab class (32 KiB) or over-aligned beyond it.
+    /// `T` is larger than the largest movable block (36 KiB) or aligned to more than 64 KiB.
     TooLarge,
     /// Out of memory (slabs, handle-table pages), or the cache holds [`MAX_OBJECTS`] already (or
     /// has used every slot's generations, see [`MAX_OBJECTS`]).
@@ -51,7 +51,7 @@ pub enum CacheError {
 impl std::fmt::Display for CacheError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            CacheError::TooLarge => "type too large for a slab (over 32 KiB)",
+            CacheError::TooLarge => "type too large for a slab (over 36 KiB)",
             CacheError::OutOfMemory => "out of memory",
             CacheError::Reentrant => "called from inside this cache's relocation callback",
             CacheError::TooManyCaches => "the process has made as many caches as there are tags",

@@ -26,7 +26,7 @@ fn blobs_of_every_size_round_trip_through_compaction_and_eviction() {
     let guard = reader.pin();
     for len in (1..=MAX_BLOB_BYTES)
         .step_by(97)
-        .chain([1, 2, 3, 12, 13, MAX_BLOB_BYTES])
+        .chain([1, 2, 3, 12, 13, 32 << 10, MAX_BLOB_BYTES])
     {
         let v = value(len as u64, len);
         let h = cache.insert(&v).unwrap();

@@ -1,8 +1,8 @@
 //! Model-based test: random sequences of insert / get / update / remove / compact / evacuate / reclaim
 //! (either kind) against a plain `HashMap`, with the whole contents compared after every step (through
-//! `get`, a `View` and `get_many`). Also: stale and
-//! foreign handles resolve to `None` (through `get` and `get_many`), `remove_many` removes what a
-//! `remove` of each handle would, and a type too large for a slab is refused.
+//! `get`, a `View` and `get_many`). Also: stale and foreign handles resolve to `None` (through `get`
+//! and `get_many`), `remove_many` removes what a `remove` of each handle would, and a type too large
+//! for a slab is refused (the largest that fits works).
 
 use relocate_api::{Budget, CacheError, Handle, RelocCache};
 use std::collections::HashMap;
@@ -320,10 +320,28 @@ fn a_view_refuses_a_guard_from_another_cache() {
 #[test]
 fn a_type_too_large_for_a_slab_is_refused() {
     assert_eq!(
-        RelocCache::<[u8; 40_000]>::new().err(),
+        RelocCache::<[u8; (36 << 10) + 1]>::new().err(),
         Some(CacheError::TooLarge)
     );
-    assert!(RelocCache::<[u8; 32_000]>::new().is_ok());
+    // The largest type: its objects survive removals around them and a compaction.
+    let cache: RelocCache<[u8; 36 << 10]> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let handles: Vec<_> = (0..40u8)
+        .map(|i| cache.insert([i; 36 << 10]).ok().unwrap())
+        .collect();
+    for &handle in handles.iter().step_by(3) {
+        assert!(cache.remove(handle, &guard));
+    }
+    drop(guard);
+    cache.flush(&reader);
+    let report = cache.compact(&reader.pin(), Budget::Unlimited).unwrap();
+    assert!(report.moved_objects > 0, "{report:?}");
+    let guard = reader.pin();
+    for (i, &handle) in handles.iter().enumerate() {
+        let expected = (i % 3 != 0).then_some([i as u8; 36 << 10]);
+        assert_eq!(cache.get(handle, &guard), expected.as_ref());
+    }
 }
 
 /// Objects take blocks of their own size (rounded to 8 bytes and to their alignment), not of the

@@ -5,7 +5,7 @@
 
 use crate::blob::BlobCache;
 use crate::cache::{CacheError, Guard, Reader, RelocCache};
-use crate::compact::{Budget, CompactReport};
+use crate::compact::{Budget, CacheStats, CompactReport};
 use crate::policy::Relocator;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,39 +100,49 @@ pub trait Compactable: Send + Sync + sealed::Caches {
     /// # Panics
     /// If `reader` is not a reader of this cache.
     fn compact_round(&self, reader: &Reader<'_>, config: &CompactorConfig) -> BackgroundReport {
-        let mut round = BackgroundReport {
-            rounds: 1,
-            ..BackgroundReport::default()
-        };
-        if self.fragmentation() > config.target_fragmentation {
-            let guard = reader.pin();
-            // A compaction refused (`Reentrant`, from inside a callback) does nothing this round.
-            round.compacted = self
-                .compact_within(&guard, config.budget)
-                .unwrap_or_default();
-            drop(guard);
-            self.flush_with(reader);
-            round.compactions = 1;
-        }
-        self.release_arenas();
-        round.returned_slots = self.upkeep() as u64;
-        round
+        run_round(self, reader, config, &self.slab_stats())
     }
 
     /// A reader of this cache, for [`compact_round`](Self::compact_round).
     fn round_reader(&self) -> Reader<'_>;
 }
 
+/// [`Compactable::compact_round`], on the cache's statistics `before` it (read once a round: they
+/// take the cache's lock and walk its slabs).
+fn run_round<C: Compactable + ?Sized>(
+    cache: &C,
+    reader: &Reader<'_>,
+    config: &CompactorConfig,
+    before: &CacheStats,
+) -> BackgroundReport {
+    let mut round = BackgroundReport {
+        rounds: 1,
+        ..BackgroundReport::default()
+    };
+    if before.fragmentation > config.target_fragmentation {
+        let guard = reader.pin();
+        // A compaction refused (`Reentrant`, from inside a callback) does nothing this round.
+        round.compacted = cache
+            .compact_within(&guard, config.budget)
+            .unwrap_or_default();
+        drop(guard);
+        cache.flush_with(reader);
+        round.compactions = 1;
+    }
+    cache.release_arenas();
+    round.returned_slots = cache.upkeep() as u64;
+    round
+}
+
 /// What a round needs of a cache: its own methods of those names, which the two caches have
 /// separately.
 mod sealed {
     use crate::cache::{CacheError, Guard, Reader};
-    use crate::compact::{Budget, CompactReport};
+    use crate::compact::{Budget, CacheStats, CompactReport};
 
     pub trait Caches {
-        fn fragmentation(&self) -> f64;
-        /// Resident slab bytes and live objects, what a fruitful round changes.
-        fn footprint(&self) -> (usize, usize);
+        /// The cache's statistics but its handle table's, which a round does not need.
+        fn slab_stats(&self) -> CacheStats;
         fn compact_within(
             &self,
             guard: &Guard,
@@ -150,13 +160,8 @@ mod sealed {
 /// The `Caches` methods that both caches have under names of their own.
 macro_rules! by_own_methods {
     () => {
-        fn fragmentation(&self) -> f64 {
-            self.stats().fragmentation
-        }
-
-        fn footprint(&self) -> (usize, usize) {
-            let stats = self.stats();
-            (stats.resident_bytes, stats.live_objects)
+        fn slab_stats(&self) -> CacheStats {
+            self.slab_stats()
         }
 
         fn compact_within(
@@ -274,11 +279,14 @@ pub fn start_compactor<C: Compactable + 'static>(
                         cache.upkeep();
                         continue;
                     }
-                    let before = cache.footprint();
-                    let round = cache.compact_round(&reader, &config);
+                    let before = cache.slab_stats();
+                    let round = run_round(&*cache, &reader, &config, &before);
+                    // Fruitless: it compacted, and neither its moves nor the flush changed what
+                    // is resident or live.
+                    let footprint = |s: &CacheStats| (s.resident_bytes, s.live_objects);
                     let fruitless = round.compactions > 0
                         && round.compacted.moved_objects == 0
-                        && cache.footprint() == before;
+                        && footprint(&cache.slab_stats()) == footprint(&before);
                     backoff.after(fruitless);
                     report
                         .lock()

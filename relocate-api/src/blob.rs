@@ -503,14 +503,23 @@ impl BlobCache {
 
     /// Statistics summed over the size classes (`live_bytes` counts whole blocks).
     pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            table_committed_bytes: self.table.committed() * size_of::<crate::slot::Slot>(),
+            table_bytes: self.table.resident_bytes(),
+            ..self.slab_stats()
+        }
+    }
+
+    /// [`stats`](Self::stats) but the handle table's (whose residency takes a system call).
+    pub(crate) fn slab_stats(&self) -> CacheStats {
         let mut total = CacheStats {
             live_objects: 0,
             live_bytes: 0,
             slabs: 0,
             resident_bytes: 0,
             fragmentation: 1.0,
-            table_committed_bytes: self.table.committed() * size_of::<crate::slot::Slot>(),
-            table_bytes: self.table.resident_bytes(),
+            table_committed_bytes: 0,
+            table_bytes: 0,
             counters: Default::default(),
         };
         total.counters.released_bytes = self.counts.released.load(Ordering::Relaxed);

@@ -66,23 +66,35 @@ impl Compactor {
     }
 
     /// Stops the thread, waits for it, and returns what it did.
+    ///
+    /// # Panics
+    /// With the thread's own panic, if it panicked (callbacks' panics and values' drop panics are
+    /// caught and counted, so this is a defect's).
     pub fn stop(mut self) -> BackgroundReport {
-        self.halt();
+        if let Err(payload) = self.halt() {
+            std::panic::resume_unwind(payload);
+        }
         self.report()
     }
 
-    fn halt(&mut self) {
+    /// Stops the thread and waits for it: `Err` with its panic if it panicked.
+    fn halt(&mut self) -> std::thread::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        thread.thread().unpark();
+        thread.join()
     }
 }
 
 impl Drop for Compactor {
+    /// Stops the thread. A panic of its own is not raised again here (a drop may run while a panic
+    /// unwinds); its payload is forgotten, as its drop could panic too.
     fn drop(&mut self) {
-        self.halt();
+        if let Err(payload) = self.halt() {
+            std::mem::forget(payload);
+        }
     }
 }
 

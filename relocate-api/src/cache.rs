@@ -36,7 +36,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Why a cache could not be made or an operation could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheError {
-    /// `T` is larger than the largest movable block (36 KiB) or aligned to more than 64 KiB.
+    /// `T`'s size rounded up to its alignment is over the largest movable block (36 KiB), as it is
+    /// for every alignment above 32 KiB.
     TooLarge,
     /// Out of memory (slabs, handle-table pages), or the cache holds [`MAX_OBJECTS`] already (or
     /// has used every slot's generations, see [`MAX_OBJECTS`]).
@@ -684,6 +685,12 @@ pub struct Counters {
     pub drop_panics: u64,
 }
 
+/// Whether `slot` holds a live object of generation `counter` (whatever holds it: reliable when this
+/// thread holds the slot, as only the holder changes it).
+fn names_live(slot: &Slot, counter: u32, home: Home) -> bool {
+    slot.snapshot(home).is_some_and(|(gen, _)| gen == counter)
+}
+
 /// A block for the object of slot `owner`, at an address a slot can hold (always, for alloc-core's
 /// arenas; checked rather than assumed). `None` when memory is exhausted.
 pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<u8>> {
@@ -907,16 +914,24 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// closure of this object, or inside a relocation callback of this cache while this object is
     /// the one being moved. Nothing is lost: an update's closure that panics leaves its object as it
     /// was, and a callback's panic abandons its move.
-    fn refuse_pinning_itself(&self, slot: &Slot, home: Home) {
-        if reentry::holds(slot) {
+    /// (`counter` is the handle's generation: a stale handle to the slot names another object.)
+    fn refuse_pinning_itself(&self, slot: &Slot, counter: u32, home: Home) {
+        if self.holds_object(slot, counter, home) {
             panic!("relocate-api: RelocCache::with_pinned of an object from inside its own update closure");
         }
-        if self.in_own_callback() && slot.is_moving(home) {
+        if self.in_own_callback() && slot.is_moving(home) && names_live(slot, counter, home) {
             panic!(
                 "relocate-api: RelocCache::with_pinned of the object being moved, from inside its \
                  relocation callback"
             );
         }
+    }
+
+    /// Whether this thread holds `slot` for writing the object of generation `counter` (inside its
+    /// update's closure). A stale handle to a slot this thread holds names no object: it gets a stale
+    /// handle's answer, not a refusal.
+    fn holds_object(&self, slot: &Slot, counter: u32, home: Home) -> bool {
+        reentry::holds(slot) && names_live(slot, counter, home)
     }
 
     /// Whether this thread runs one of this cache's relocation callbacks (and so holds its lock, and
@@ -1172,7 +1187,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let (slot, counter) = self.resolve(handle)?;
         let pins = self.table.pins(handle.index());
         let home = self.home(handle.index());
-        self.refuse_pinning_itself(slot, home);
+        self.refuse_pinning_itself(slot, counter, home);
         let addr = slot.pin(self.table.pin_gate(), pins, counter, home)?;
         struct Unpin<'a>(&'a slot::Pins);
         impl Drop for Unpin<'_> {
@@ -1235,8 +1250,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some((slot, counter)) = self.resolve(handle) else {
             return Ok(false);
         };
+        let home = self.home(handle.index());
         // From inside an update's closure of this very object, taking it would wait for itself.
-        if reentry::holds(slot) {
+        if self.holds_object(slot, counter, home) {
             return Err(CacheError::Reentrant);
         }
         // (Refused from inside this cache's relocation callbacks, whose thread holds the lock.)
@@ -1254,7 +1270,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }
         }
         let mut unpublished = Unpublished(&self.inner, Some(block));
-        let home = self.home(handle.index());
         let Some(old) = slot.begin_write(counter, home) else {
             return Ok(false);
         };
@@ -1333,7 +1348,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         self.check_guard(guard);
         let (slot, counter) = self.resolve(handle)?;
         let home = self.home(handle.index());
-        if reentry::holds(slot) {
+        if self.holds_object(slot, counter, home) {
             panic!(
                 "relocate-api: RelocCache::remove of an object from inside its own update closure"
             );

@@ -14,7 +14,9 @@
 //! refuse) → allocate the target outside the slabs being emptied (they are *draining*: allocation
 //! skips them at no cost per move) → `migrate` (copy, fix pointers) →
 //! publish the new address → retire the old block through the epoch. A panicking callback abandons
-//! that move and leaves the object where it was. The whole pass holds the cache lock, so inserts wait
+//! that move and leaves the object where it was. In footprint compaction, the first object of a
+//! source slab that stays (refused, or its move abandoned) ends that slab's moves: the slab cannot
+//! be freed this pass, and the pass goes on to the next. The whole pass holds the cache lock, so inserts wait
 //! for it; reads never do. Old blocks are freed only after the epoch: call [`RelocCache::flush`] (or
 //! let the next operation do it) to see the memory come back.
 
@@ -27,7 +29,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::time::Instant;
 
-/// How much one call may move.
+/// How much one call may move. Only moves made count: objects that refuse, or whose callbacks
+/// panic, cost nothing, so that they cannot keep every call from reaching the objects behind them.
 #[derive(Clone, Copy, Debug)]
 pub enum Budget {
     Unlimited,
@@ -73,9 +76,12 @@ pub struct CacheStats {
     pub slabs: usize,
     /// Bytes of slab memory the cache holds (slabs × slab size): what compaction can shrink.
     pub resident_bytes: usize,
-    /// `resident_bytes / live_bytes`: 1.0 when the cache holds no slab, and infinite when it holds
-    /// slabs but no live object (its removed objects' blocks waiting for the epoch, say), which is as
-    /// far above any target as a cache can be.
+    /// `resident_bytes` over the bytes of the live objects' blocks (`live_bytes` but for the rounding
+    /// of each object up to its block: 8 bytes and alignment, and 16 bytes at least), so that a cache
+    /// without holes is at 1.0 (but for its last slab's) whatever its type: what compaction can bring
+    /// down. 1.0 when the cache holds no slab, and infinite when it holds slabs but no live object
+    /// (its removed objects' blocks waiting for the epoch, say), which is as far above any target as
+    /// a cache can be.
     pub fragmentation: f64,
     /// Bytes of handle table resident, as the kernel reports them (`mincore`): the pages that hold a
     /// slot this cache used, 8 bytes a slot (and of pin counts, 4 bytes a slot, for caches that pin).
@@ -91,14 +97,20 @@ pub struct CacheStats {
 struct Pass {
     report: CompactReport,
     /// Moves the budget still allows: a cache's objects are all of one size, so a budget in bytes
-    /// is one in objects.
+    /// is one in objects. Only moves made spend it: a move refused, abandoned by a panic or with
+    /// nothing to move is given back, or a pass would spend every round's budget on the same
+    /// objects that refuse, and never reach the ones behind them.
     remaining: usize,
+    /// Whether a source slab is worth emptying only whole (footprint compaction: a slab that keeps
+    /// one object is not freed, so its other moves would gain nothing), rather than object by object
+    /// (evacuation, which moves all it can out of the arena it was asked to free).
+    whole_slabs: bool,
     /// Old copies of the objects moved so far, retired together when the pass ends.
     moved_from: Vec<usize>,
 }
 
 impl Pass {
-    fn new(budget: Budget, object_bytes: usize) -> Self {
+    fn new(budget: Budget, object_bytes: usize, whole_slabs: bool) -> Self {
         let remaining = match budget {
             Budget::Unlimited => usize::MAX,
             Budget::Objects(n) => n,
@@ -107,6 +119,7 @@ impl Pass {
         Self {
             report: CompactReport::default(),
             remaining,
+            whole_slabs,
             moved_from: Vec::new(),
         }
     }
@@ -126,10 +139,20 @@ impl Pass {
         true
     }
 
-    /// Gives back a move `spend` took for a block that held nothing to move.
-    fn refund(&mut self) {
-        self.remaining = self.remaining.saturating_add(1);
+    /// Gives back the moves `spend` took for `moves` moves that were not made.
+    fn refund(&mut self, moves: usize) {
+        self.remaining = self.remaining.saturating_add(moves);
     }
+}
+
+/// What became of one object a pass came to.
+enum Step {
+    /// Moved, or nothing to move.
+    Done,
+    /// It stays where it is: held, pinned, or refused by its callback.
+    Kept,
+    /// The pass must stop: its budget is spent, or memory is.
+    Stop,
 }
 
 /// A move whose callback is running: what to undo if the callback panics.
@@ -154,7 +177,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let started = Instant::now();
         let mut inner = self.lock()?;
         let mut slabs: Vec<SlabView> = inner.heap.slabs().collect();
-        let mut pass = Pass::new(budget, self.object_bytes);
+        let mut pass = Pass::new(budget, self.object_bytes, true);
         if let Some(per_slab) = slabs.first().map(|s| s.capacity) {
             let live: usize = slabs.iter().map(|s| s.live).sum();
             let needed = live.div_ceil(per_slab).max(1);
@@ -210,7 +233,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let arena = arena & !(alloc_core_arena_bytes() - 1);
         let mut inner = self.lock()?;
         let sources: Vec<SlabView> = inner.heap.slabs().filter(|s| s.arena == arena).collect();
-        let mut pass = Pass::new(budget, self.object_bytes);
+        let mut pass = Pass::new(budget, self.object_bytes, false);
         pass.report.source_slabs = sources.len();
         inner.heap.set_avoid_arena(Some(arena));
         inner.heap.begin_drain(|s| s.arena == arena);
@@ -375,14 +398,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         heap.end_drain();
     }
 
-    /// Moves every live object out of `slab`; false when the pass must stop.
+    /// Moves every live object out of `slab`; false when the pass must stop. In a pass that empties
+    /// whole slabs only, the first object that stays (refused, or its move abandoned by a panic)
+    /// ends the slab's moves: the slab cannot be freed this pass.
     ///
     /// The moves run in batches of up to `MOVE_BATCH` objects, each inside the relocator's `batch`
     /// and under one `catch_unwind` and one re-entrancy mark, not one per callback (they cost more
     /// than a bitwise move). A panic abandons the move in flight (recorded in `in_flight`: the object
     /// stays where it was, its new block is freed) and the next batch starts with the next object. A
     /// batch that made no move at all (its `batch` did not run the moves, or panicked first) has its
-    /// objects counted as refused, so that the pass always gets on.
+    /// objects counted as refused, so that the pass always gets on. A panic's payload is forgotten,
+    /// not dropped: its drop could panic in turn, out of the pass.
     ///
     /// The slots are in handle order, random with respect to the slab's blocks, and a sparse slab's
     /// live blocks are far apart: both are prefetched a few moves ahead so that their cache misses
@@ -396,7 +422,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         blocks.iter().take(AHEAD).for_each(prefetch);
         let mut next = 0;
-        while next < blocks.len() {
+        // Whether an object stays in the slab (then, in a whole-slabs pass, the slab's moves end).
+        let mut kept = false;
+        let whole = pass.whole_slabs;
+        while next < blocks.len() && !(whole && kept) {
             let (start, end) = (next, (next + MOVE_BATCH).min(blocks.len()));
             let mut in_flight: Option<InFlight<'_>> = None;
             let mut stop = false;
@@ -407,17 +436,28 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 catch_unwind(AssertUnwindSafe(|| {
                     self.relocator.batch(&mut || {
                         interrupted += usize::from(abandon(heap, in_flight.take()));
-                        while next < end && !stop {
+                        kept |= interrupted > 0;
+                        while next < end && !stop && !(whole && kept) {
                             let (block, owner) = blocks[next];
                             next += 1;
                             blocks.get(next + AHEAD - 1).map(prefetch);
-                            stop = !self.move_one(heap, pass, block, owner, &mut in_flight);
+                            match self.move_one(heap, pass, block, owner, &mut in_flight) {
+                                Step::Done => {}
+                                Step::Kept => kept = true,
+                                Step::Stop => stop = true,
+                            }
                         }
                     })
                 }))
             });
             interrupted += usize::from(abandon(heap, in_flight.take()));
-            pass.report.panics += interrupted.max(usize::from(batch.is_err()));
+            pass.refund(interrupted);
+            let panicked = batch.is_err();
+            if let Err(payload) = batch {
+                std::mem::forget(payload);
+            }
+            pass.report.panics += interrupted.max(usize::from(panicked));
+            kept |= interrupted > 0 || panicked;
             if stop {
                 return false;
             }
@@ -425,14 +465,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 // Nothing ran: the batch's objects stay, refused.
                 pass.report.refused += end - start;
                 next = end;
+                kept = true;
             }
         }
         true
     }
 
     /// Moves one object (`owner` is its slot index); its old copy joins `pass.moved_from`, retired
-    /// through the epoch when the pass ends. Returns false when the pass must stop (budget or memory
-    /// exhausted). While a callback runs, `in_flight` says what to undo if it panics.
+    /// through the epoch when the pass ends. While a callback runs, `in_flight` says what to undo if
+    /// it panics (and the caller gives the move back to the budget).
     fn move_one<'t>(
         &'t self,
         heap: &mut movable::MovableHeap,
@@ -440,27 +481,28 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         block: NonNull<u8>,
         owner: u32,
         in_flight: &mut Option<InFlight<'t>>,
-    ) -> bool {
+    ) -> Step {
         let bytes = self.object_bytes;
         if !pass.spend() {
-            return false;
+            return Step::Stop;
         }
         let old = block.as_ptr() as usize;
         let Some(slot) = self.table.get(owner) else {
-            return true;
+            pass.refund(1);
+            return Step::Done;
         };
         let home = self.home(owner);
         if !slot.try_isolate(self.table.pin_gate(), self.table.pins(owner), old, home) {
+            pass.refund(1);
             if slot.address(home) == old {
                 // Held by a writer, a remover, a pin or another move.
                 pass.report.refused += 1;
-            } else {
-                // Not the object's copy: an old one waiting for the epoch (the object was moved,
-                // updated or removed under a guard still pinned), or an update's new one not yet
-                // published. Nothing to move, and no move spent.
-                pass.refund();
+                return Step::Kept;
             }
-            return true;
+            // Not the object's copy: an old one waiting for the epoch (the object was moved,
+            // updated or removed under a guard still pinned), or an update's new one not yet
+            // published. Nothing to move.
+            return Step::Done;
         }
         let handle = self.handle_for(owner, slot.generation());
         // SAFETY: the slot is isolated: the object is live at `old` and nobody can retire it.
@@ -475,12 +517,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         *in_flight = None;
         if verdict == Isolation::Busy {
             slot.abort_move(old, home);
+            pass.refund(1);
             pass.report.refused += 1;
-            return true;
+            return Step::Kept;
         }
         let Some(target) = alloc_block(heap, owner) else {
             slot.abort_move(old, home);
-            return false;
+            return Step::Stop;
         };
         let new = target.as_ptr().cast::<T>();
         *in_flight = Some(InFlight {
@@ -503,7 +546,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         pass.moved_from.push(old);
         pass.report.moved_objects += 1;
         pass.report.moved_bytes += bytes;
-        true
+        Step::Done
     }
 
     fn finish(
@@ -574,15 +617,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             .slabs()
             .fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)));
         let live = self.live(&inner);
-        let live_bytes = live * self.object_bytes.max(1);
         CacheStats {
             live_objects: live,
-            live_bytes,
+            live_bytes: live * self.object_bytes.max(1),
             slabs,
             resident_bytes: resident,
             table_committed_bytes: 0,
             table_bytes: 0,
-            fragmentation: fragmentation(resident, live_bytes),
+            fragmentation: fragmentation(resident, live * inner.heap.block_bytes()),
             counters: Counters {
                 drop_panics: self.retired.drop_panics() as u64,
                 ..inner.counters

@@ -5,7 +5,8 @@
 //!   in progress are refused (an error, `None`, `false` or 0; a panic for the calls with no error to
 //!   return), calls that cannot wait work, and the compaction goes on.
 //! - From inside an update's closure, an update of the same object is refused and a removal panics
-//!   (both would wait for themselves), and the object is as it was.
+//!   (both would wait for themselves), and the object is as it was. A stale handle to the same slot
+//!   (inside an update's closure or a move's callback) is only stale.
 //! - Callbacks of one cache that compact another, whose callbacks call back into the first: the
 //!   first refuses them too.
 //! - A thread that removes from two caches by turns holds back at most 7 batches of each, also when
@@ -43,6 +44,8 @@ struct Seen {
     update_other: Option<Result<bool, CacheError>>,
     update_closures_ran: bool,
     panicked_own: Vec<&'static str>,
+    /// `get`, `with_pinned` and `remove` of the moving object's slot under the next generation.
+    stale_own: Option<(Option<u64>, Option<u64>, bool)>,
     get_other: Option<Option<u64>>,
     pinned_other: Option<Option<u64>>,
     remove_other: Option<bool>,
@@ -97,6 +100,12 @@ fn calls_from_inside_a_callback_get_an_answer_at_once() {
                 seen.panicked_own.push(name);
             }
         }
+        let stale = Handle::from_bits(own.to_bits() + (1 << 28));
+        seen.stale_own = Some((
+            cache.get(stale, &guard).copied(),
+            cache.with_pinned(stale, &guard, |x| *x),
+            cache.remove(stale, &guard),
+        ));
         seen.get_other = Some(cache.get(other, &guard).copied());
         seen.pinned_other = Some(cache.with_pinned(other, &guard, |x| *x));
         seen.compact = cache.compact(&guard, Budget::Unlimited).err();
@@ -153,6 +162,11 @@ fn calls_from_inside_a_callback_get_an_answer_at_once() {
         seen.panicked_own,
         ["remove", "remove_with", "remove_many", "with_pinned"],
         "calls that would wait for the move in progress"
+    );
+    assert_eq!(
+        seen.stale_own,
+        Some((None, None, false)),
+        "a stale handle to the moving object's slot is only stale"
     );
     assert_eq!(seen.get_other, Some(Some(0)));
     assert_eq!(seen.pinned_other, Some(Some(0)));
@@ -219,6 +233,32 @@ fn an_update_inside_its_own_closure_is_refused() {
     assert_eq!(cache.update(a, &guard, |x| x.map(|v| v * 10)), Ok(true));
     assert!(cache.remove(b, &guard));
     assert_eq!(cache.get(a, &guard), Some(&[20; 4]));
+}
+
+/// A stale handle to the slot of the object being updated (the slot went to a new object) names no
+/// object: inside the update's closure it gets a stale handle's answers, not the refusals meant for
+/// the object itself.
+#[test]
+fn a_stale_handle_to_the_slot_being_updated_is_only_stale() {
+    let mut cache: RelocCache<[u64; 4]> = RelocCache::new().unwrap();
+    let a = cache.insert([1; 4]).unwrap();
+    assert_eq!(cache.take(a), Some([1; 4]));
+    let b = cache.insert([2; 4]).unwrap();
+    let index = relocate_api::MAX_OBJECTS as u64 - 1;
+    assert_eq!(a.to_bits() & index, b.to_bits() & index, "b took a's slot");
+    let reader = cache.reader();
+    let guard = reader.pin();
+    let mut inner = Vec::new();
+    let outer = cache.update(b, &guard, |old| {
+        inner.push(format!("{:?}", cache.update(a, &guard, |x| *x)));
+        inner.push(format!("{}", cache.remove(a, &guard)));
+        inner.push(format!("{:?}", cache.with_pinned(a, &guard, |x| *x)));
+        inner.push(format!("{:?}", cache.get(a, &guard)));
+        old.map(|v| v + 1)
+    });
+    assert_eq!(outer, Ok(true));
+    assert_eq!(inner, ["Ok(false)", "false", "None", "None"]);
+    assert_eq!(cache.get(b, &guard), Some(&[3; 4]));
 }
 
 /// From two updates deep: the outer one's object is still refused.

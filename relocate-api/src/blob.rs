@@ -422,8 +422,13 @@ impl BlobCache {
             return 0;
         };
         let mut evicted = 0;
-        for (_, class) in self.made() {
-            let report = class.evict_in_arena(guard, arena, |handle, addr| {
+        for (number, class) in self.made() {
+            // The slot's object under `guard`: a blob of this class or, if the slot's run went to
+            // another class meanwhile, of that one (whose blob its length tells).
+            // SAFETY: a published blob, read under `guard`, as in `get`.
+            let is_ours =
+                |addr| class_of(LEN_BYTES + unsafe { blob_at(addr) }.len()) == Some(number);
+            let report = class.evict_in_arena(guard, arena, is_ours, |handle, addr| {
                 // SAFETY: a live blob of this class, valid during the callback.
                 on_evict(BlobHandle::of(handle), unsafe { blob_at(addr) });
             });

@@ -319,7 +319,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let Some(arena) = arena else {
             return Ok(CompactReport::default());
         };
-        self.evict_in_arena(guard, arena, |handle, addr| {
+        // A cache that owns its table owns every object its slots name.
+        let all_ours = |_| true;
+        self.evict_in_arena(guard, arena, all_ours, |handle, addr| {
             // SAFETY: the address of a live object of this cache, read before it is dropped.
             on_evict(handle, unsafe { &*(addr as *const T) })
         })
@@ -337,10 +339,18 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Removes every object of this cache in `arena`, telling `on_evict` of each (handle and the
     /// object's address, which stays valid during the call).
+    ///
+    /// The blocks are listed under the lock and removed after it, through their slots, each if its
+    /// slot still names it and `is_ours(address)`: for a byte-blob class, whose table is shared,
+    /// whether the object is the class's own. Meanwhile a block may have been freed and taken again,
+    /// with its slot: by this cache (a new object in the arena, evicted with the rest), or, in a
+    /// shared table, by another class, whose object this cache must not remove (it would take the
+    /// block into its own heap).
     pub(crate) fn evict_in_arena(
         &self,
         guard: &Guard,
         arena: usize,
+        is_ours: impl Fn(usize) -> bool,
         mut on_evict: impl FnMut(Handle<T>, usize),
     ) -> Result<CompactReport, CacheError> {
         let started = Instant::now();
@@ -363,7 +373,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let Some((counter, addr)) = slot.snapshot(self.home(index)) else {
                 continue;
             };
-            if addr != block.as_ptr() as usize {
+            if addr != block.as_ptr() as usize || !is_ours(addr) {
                 continue;
             }
             if crate::reentry::holds(slot) {

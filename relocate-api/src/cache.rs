@@ -771,6 +771,21 @@ pub struct RelocCache<T, R = BitwiseMove> {
     /// The size of the blocks objects occupy (fixed when the heap is made).
     block_bytes: usize,
     _type: PhantomData<T>,
+    /// Last, so that it is dropped after the heap has returned the cache's slabs.
+    release_on_drop: ReleaseArenasOnDrop,
+}
+
+/// When set, gives the wholly free movable arenas back to the OS as it is dropped: a dropped cache's
+/// memory goes back at once, not at alloc-core's next maintenance, which a program that drops a
+/// cache and then idles would not reach.
+struct ReleaseArenasOnDrop(bool);
+
+impl Drop for ReleaseArenasOnDrop {
+    fn drop(&mut self) {
+        if self.0 {
+            alloc_core::movable::release_free_arenas();
+        }
+    }
 }
 
 // SAFETY: objects are shared between threads through `&T` (needs `T: Sync`) and moved, dropped or
@@ -877,6 +892,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             homes,
             block_bytes,
             _type: PhantomData,
+            release_on_drop: ReleaseArenasOnDrop(false),
         })
     }
 
@@ -1500,6 +1516,9 @@ impl<T, R> Drop for RelocCache<T, R> {
     /// `Vec` does) and the first panic goes on once the cache is gone.
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        // The heap's slabs go back to their arenas as it is dropped, and then emptied arenas to
+        // the OS.
+        self.release_on_drop.0 = inner.heap.slab_count() > 0;
         let mut panic = None;
         for index in inner.slot_ranges(&self.homes).into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {

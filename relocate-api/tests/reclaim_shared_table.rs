@@ -38,13 +38,17 @@ fn an_eviction_leaves_another_class_blob_in_its_old_slot_and_block_alone() {
     let cache = BlobCache::new().unwrap();
     let reader = cache.reader();
     // Slab 1: `t` (slot 0, the slab's first block) and 314 more; slab 2: 315; slab 3: one.
-    let first: Vec<BlobHandle> = (0..PER_SLAB).map(|i| cache.insert(&x(i)).unwrap()).collect();
+    let first: Vec<BlobHandle> = (0..PER_SLAB)
+        .map(|i| cache.insert(&x(i)).unwrap())
+        .collect();
     let second: Vec<BlobHandle> = (PER_SLAB..2 * PER_SLAB)
         .map(|i| cache.insert(&x(i)).unwrap())
         .collect();
     cache.insert(&x(2 * PER_SLAB)).unwrap();
     // Seven blobs of class Z (1 KiB blocks), to remove before `t`.
-    let z: Vec<BlobHandle> = (0..7).map(|_| cache.insert(&[0x5A; 1000]).unwrap()).collect();
+    let z: Vec<BlobHandle> = (0..7)
+        .map(|_| cache.insert(&[0x5A; 1000]).unwrap())
+        .collect();
     let t = first[0];
     let t_block = block_of(&cache, t);
     // Slab 1 keeps only `t`; slab 2 loses one blob, which puts it first in its class's list.
@@ -90,7 +94,11 @@ fn an_eviction_leaves_another_class_blob_in_its_old_slot_and_block_alone() {
     });
     let y = y.get().unwrap();
     assert_eq!(evicted.iter().filter(|&&h| h == y).count(), 1);
-    assert_eq!(evicted.len(), PER_SLAB as usize + 1, "slab 2's, slab 3's and Y's");
+    assert_eq!(
+        evicted.len(),
+        PER_SLAB as usize + 1,
+        "slab 2's, slab 3's and Y's"
+    );
     drop(guard);
     cache.flush(&reader);
     let stats = cache.stats();

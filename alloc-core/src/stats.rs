@@ -51,6 +51,10 @@ pub(crate) fn slab_released(_class: usize) {}
 /// Per size class.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassStats {
+    /// The class's block size. Movable slabs, whose blocks are of their cache's exact size, count
+    /// under the smallest class that holds their blocks, or the largest class for blocks larger
+    /// than any (up to `movable::MAX_MOVABLE_BYTES`): `used_blocks × block_bytes` is an estimate
+    /// of the class's bytes, `Stats::small_allocated_bytes` the exact total.
     pub block_bytes: usize,
     /// Slabs of this class that exist now.
     pub slabs: usize,

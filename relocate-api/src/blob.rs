@@ -23,7 +23,7 @@
 
 use crate::cache::{
     flush_until_quiet, next_epoch_id, next_tag, read_many, read_slot, tag_bits, CacheError, Guard,
-    Reader, RelocCache,
+    Reader, ReleaseArenasOnDrop, RelocCache,
 };
 use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::handle::Handle;
@@ -149,6 +149,17 @@ pub struct BlobCache {
     /// What changes, boxed so that the cache holds no interior mutability: a loop of gets then
     /// keeps what it reads from the cache in registers (see `RelocCache`).
     counts: Box<BlobCounts>,
+    /// Last, so that it is dropped after every class has returned its slabs: once for all classes.
+    release_on_drop: ReleaseArenasOnDrop,
+}
+
+impl Drop for BlobCache {
+    fn drop(&mut self) {
+        let held = (self.made())
+            .map(|(_, class)| class.slab_stats().resident_bytes)
+            .sum();
+        self.release_on_drop.arm_for(held);
+    }
 }
 
 /// A [`BlobCache`]'s counters.
@@ -180,6 +191,7 @@ impl BlobCache {
                 removals: AtomicU64::new(0),
                 fruitless_at: AtomicU64::new(u64::MAX),
             }),
+            release_on_drop: ReleaseArenasOnDrop::new(true),
         })
     }
 
@@ -418,6 +430,8 @@ impl BlobCache {
         arena: Option<usize>,
         mut on_evict: impl FnMut(BlobHandle, &[u8]),
     ) -> usize {
+        // Before any blob is read under it.
+        guard.check(self.epoch);
         let Some(arena) = arena else {
             return 0;
         };

@@ -775,14 +775,33 @@ pub struct RelocCache<T, R = BitwiseMove> {
     release_on_drop: ReleaseArenasOnDrop,
 }
 
-/// When set, gives the wholly free movable arenas back to the OS as it is dropped: a dropped cache's
-/// memory goes back at once, not at alloc-core's next maintenance, which a program that drops a
-/// cache and then idles would not reach.
-struct ReleaseArenasOnDrop(bool);
+/// Gives the wholly free movable arenas back to the OS as it is dropped, if the cache it ends held
+/// an arena's worth of slabs or more: a large cache's memory goes back at once, not at alloc-core's
+/// next maintenance, which a program that drops a cache and then idles would not reach. A smaller
+/// cache leaves its arena to be reused, so that making and dropping small caches costs no mapping
+/// and no page faults each time. The last field of a cache, so it is dropped after the cache's
+/// heap has returned its slabs.
+pub(crate) struct ReleaseArenasOnDrop {
+    /// Set as the cache is dropped: the bytes of slabs it held reached an arena's.
+    armed: bool,
+    /// False for a byte-blob class: its `BlobCache` releases once for all its classes.
+    own: bool,
+}
+
+impl ReleaseArenasOnDrop {
+    pub(crate) fn new(own: bool) -> Self {
+        Self { armed: false, own }
+    }
+
+    /// Arms it if a cache that held `slab_bytes` of slabs is being dropped.
+    pub(crate) fn arm_for(&mut self, slab_bytes: usize) {
+        self.armed = self.own && slab_bytes >= crate::compact::arena_bytes();
+    }
+}
 
 impl Drop for ReleaseArenasOnDrop {
     fn drop(&mut self) {
-        if self.0 {
+        if self.armed {
             alloc_core::movable::release_free_arenas();
         }
     }
@@ -857,6 +876,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         }
         let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
+        // A cache asked for homes owns its table: it is not a byte-blob class, whose `BlobCache`
+        // gives memory back for all its classes when dropped.
+        let standalone = homes;
         let homes = if homes { Homes::of(&heap) } else { Homes::NONE };
         // A `get` finds homes with `HomeOf<T>`, the compile-time copy of this geometry.
         let homes = if homes.is_that_of::<T>() {
@@ -892,7 +914,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             homes,
             block_bytes,
             _type: PhantomData,
-            release_on_drop: ReleaseArenasOnDrop(false),
+            release_on_drop: ReleaseArenasOnDrop::new(standalone),
         })
     }
 
@@ -1516,9 +1538,10 @@ impl<T, R> Drop for RelocCache<T, R> {
     /// `Vec` does) and the first panic goes on once the cache is gone.
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        // The heap's slabs go back to their arenas as it is dropped, and then emptied arenas to
-        // the OS.
-        self.release_on_drop.0 = inner.heap.slab_count() > 0;
+        // The heap's slabs go back to their arenas as it is dropped, and then, for a large cache,
+        // emptied arenas to the OS.
+        self.release_on_drop
+            .arm_for(inner.heap.slab_count() * inner.heap.slab_bytes());
         let mut panic = None;
         for index in inner.slot_ranges(&self.homes).into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {

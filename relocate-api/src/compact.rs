@@ -230,7 +230,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ) -> Result<CompactReport, CacheError> {
         self.check_guard(guard);
         let started = Instant::now();
-        let arena = arena & !(alloc_core_arena_bytes() - 1);
+        let arena = arena & !(arena_bytes() - 1);
         let mut inner = self.lock()?;
         let sources: Vec<SlabView> = inner.heap.slabs().filter(|s| s.arena == arena).collect();
         let mut pass = Pass::new(budget, self.object_bytes, false);
@@ -440,12 +440,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let mut in_flight: Option<InFlight<'_>> = None;
             let mut stop = false;
             // Moves a panic interrupted, including any whose panic `batch` caught before it ran the
-            // moves again (or returned): each is undone before anything else happens.
+            // moves again (or returned): each is undone, and its move given back to the budget,
+            // before anything else happens.
             let mut interrupted = 0;
             let batch = self.in_callback(|| {
                 catch_unwind(AssertUnwindSafe(|| {
                     self.relocator.batch(&mut || {
-                        interrupted += usize::from(abandon(heap, in_flight.take()));
+                        interrupted += undo(heap, pass, in_flight.take());
                         kept |= interrupted > 0;
                         while next < end && !stop && !(whole && kept) {
                             let (block, owner) = blocks[next];
@@ -460,8 +461,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     })
                 }))
             });
-            interrupted += usize::from(abandon(heap, in_flight.take()));
-            pass.refund(interrupted);
+            interrupted += undo(heap, pass, in_flight.take());
             let panicked = batch.is_err();
             if let Err(payload) = batch {
                 std::mem::forget(payload);
@@ -643,6 +643,17 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 }
 
+/// [`abandon`], with the move given back to the pass's budget; returns 1 if there was one, else 0.
+fn undo(
+    heap: &mut movable::MovableHeap,
+    pass: &mut Pass,
+    in_flight: Option<InFlight<'_>>,
+) -> usize {
+    let undone = usize::from(abandon(heap, in_flight));
+    pass.refund(undone);
+    undone
+}
+
 /// Undoes a move a callback's panic interrupted, if there is one (`in_flight`): its new block, if
 /// any, is freed and the object stays where it was. Returns whether there was one.
 fn abandon(heap: &mut movable::MovableHeap, in_flight: Option<InFlight<'_>>) -> bool {
@@ -693,7 +704,8 @@ fn slab_bytes(slab: &SlabView) -> usize {
     (slab.capacity * slab.block_bytes).next_multiple_of(64 << 10)
 }
 
-fn alloc_core_arena_bytes() -> usize {
+/// alloc-core's arena size.
+pub(crate) fn arena_bytes() -> usize {
     2 << 20
 }
 

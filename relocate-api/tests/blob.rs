@@ -672,3 +672,14 @@ fn the_background_compactor_compacts_blobs_and_gives_vacant_slots_back() {
         );
     }
 }
+
+/// Eviction checks the guard before it reads any blob under it, as every call does, even when the
+/// cache has nothing to evict.
+#[test]
+#[should_panic(expected = "guard from another cache")]
+fn reclaim_refuses_a_guard_from_another_cache() {
+    let cache = BlobCache::new().unwrap();
+    let other = BlobCache::new().unwrap();
+    let reader = other.reader();
+    cache.reclaim_oldest(&reader.pin(), |_, _| ());
+}

@@ -4,13 +4,16 @@
 //!   keeps one is left at once: a budgeted compaction gets past the sparsest slabs when they cannot
 //!   empty, to the slabs behind them, call after call (it used to spend every call's budget on the
 //!   same refusals, and never moved anything).
+//! - That holds too for a relocator whose `batch` catches a panic and runs the moves again: the
+//!   abandoned moves are given back before the moves go on.
 //! - A callback's panic whose payload panics when dropped is still counted, not propagated: the pass
 //!   ends normally and nothing is held back (the payload's drop used to unwind out of the pass,
 //!   leaving its old copies unretired and its slabs draining for good).
 //! - Fragmentation is measured against the live objects' blocks, so a dense cache of small objects is
 //!   at 1.0 (a cache of `u64`, in 16-byte blocks, was at 2.0, above every usual target).
 
-use relocate_api::{Budget, FnRelocator, Handle, Isolation, RelocCache};
+use relocate_api::{Budget, FnRelocator, Handle, Isolation, RelocCache, Relocator};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 type IsolateFn = fn(&u64, Handle<u64>) -> Isolation;
@@ -90,6 +93,39 @@ fn refusing_objects_spend_no_budget() {
     let guard = reader.pin();
     for &(v, h) in &kept {
         assert_eq!(cache.get(h, &guard), Some(&v));
+    }
+}
+
+/// Moves bytewise, but `migrate` panics on its first three calls, and `batch` catches each panic
+/// and runs the moves again (which `Relocator::batch` allows).
+struct PanicsThenRerun(AtomicUsize);
+
+// SAFETY: `migrate` leaves a copy of the value at `new`, or panics before it writes anything.
+unsafe impl Relocator<u64> for PanicsThenRerun {
+    fn batch(&self, moves: &mut dyn FnMut()) {
+        while catch_unwind(AssertUnwindSafe(&mut *moves)).is_err() {}
+    }
+
+    unsafe fn migrate(&self, old: *const u64, new: *mut u64, handle: Handle<u64>) {
+        if self.0.fetch_add(1, Ordering::Relaxed) < 3 {
+            panic!("test: one of the first three moves");
+        }
+        copy(old, new, handle);
+    }
+}
+
+#[test]
+fn moves_abandoned_inside_a_rerunning_batch_spend_no_budget() {
+    let cache = RelocCache::with_relocator(PanicsThenRerun(AtomicUsize::new(0))).unwrap();
+    let handles: Vec<_> = (0..1000u64).map(|v| cache.insert(v).unwrap()).collect();
+    let reader = cache.reader();
+    let report = cache
+        .evacuate_sparsest(&reader.pin(), 1, Budget::Objects(3))
+        .unwrap();
+    assert_eq!((report.panics, report.moved_objects), (3, 3), "{report:?}");
+    let guard = reader.pin();
+    for (v, &h) in handles.iter().enumerate() {
+        assert_eq!(cache.get(h, &guard), Some(&(v as u64)));
     }
 }
 

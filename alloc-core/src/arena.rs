@@ -415,22 +415,8 @@ impl ArenaPool {
                 let aged =
                     force || now_ms.saturating_sub(header.dirty_since_ms) >= DECOMMIT_DELAY_MS;
                 if aged && header.free_units == all_data_units(kind) {
-                    self.unlink(kind, arena);
-                    let committed = meta_units(kind) + (header.dirty_units.count_ones() as usize);
-                    match kind {
-                        ArenaKind::Normal => {
-                            crate::checked::unregister_chunk(arena as usize);
-                            os::unmap(arena.cast(), ARENA_BYTES);
-                        }
-                        // SAFETY: a movable arena is a piece of the region, and this one is empty;
-                        // its metadata (the header read above) is not touched again.
-                        ArenaKind::Movable => unsafe {
-                            crate::region::unmap_piece(header.base as *mut u8)
-                        },
-                    }
-                    crate::stats::sub_mapped(mapped_bytes(kind));
-                    crate::stats::sub_committed(committed << UNIT_SHIFT);
-                    released += ARENA_BYTES;
+                    // SAFETY: a live arena of this list, wholly free; we hold the lock.
+                    released += unsafe { self.unmap_free(kind, arena) };
                 } else if aged && header.dirty_units != 0 {
                     if header.huge && thp_policy() != THP_ALWAYS {
                         os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, false);
@@ -447,6 +433,52 @@ impl ArenaPool {
             }
         }
         released
+    }
+
+    /// Unmaps the wholly free arenas of `kind` but `keep` of them (left mapped, to be reused),
+    /// whatever their age, and leaves the others alone. Returns the bytes given back.
+    pub(crate) fn release_free_beyond(&mut self, kind: ArenaKind, keep: usize) -> usize {
+        let (mut kept, mut released) = (0, 0);
+        let mut arena = self.lists[kind as usize].head;
+        while !arena.is_null() {
+            // SAFETY: arenas on the list are live; we hold the lock.
+            let header = unsafe { &(*arena).header };
+            let next = header.next;
+            if header.free_units == all_data_units(kind) {
+                if kept < keep {
+                    kept += 1;
+                } else {
+                    // SAFETY: a live arena of this list, wholly free; we hold the lock.
+                    released += unsafe { self.unmap_free(kind, arena) };
+                }
+            }
+            arena = next;
+        }
+        released
+    }
+
+    /// Unlinks and unmaps `arena`, returning its bytes.
+    ///
+    /// # Safety
+    /// `arena` is a live arena on the list of `kind`, with every data unit free; its metadata is not
+    /// touched again.
+    unsafe fn unmap_free(&mut self, kind: ArenaKind, arena: *mut ArenaMeta) -> usize {
+        self.unlink(kind, arena);
+        // SAFETY: the caller's contract: the arena is live until it is unmapped below.
+        let (base, dirty_units) = unsafe { ((*arena).header.base, (*arena).header.dirty_units) };
+        let committed = meta_units(kind) + (dirty_units.count_ones() as usize);
+        match kind {
+            ArenaKind::Normal => {
+                crate::checked::unregister_chunk(arena as usize);
+                os::unmap(arena.cast(), ARENA_BYTES);
+            }
+            // SAFETY: a movable arena is a piece of the region, and this one is empty (the caller's
+            // contract); its metadata is not touched again.
+            ArenaKind::Movable => unsafe { crate::region::unmap_piece(base as *mut u8) },
+        }
+        crate::stats::sub_mapped(mapped_bytes(kind));
+        crate::stats::sub_committed(committed << UNIT_SHIFT);
+        ARENA_BYTES
     }
 
     /// Whether a periodic `maintain` is due.

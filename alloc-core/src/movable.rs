@@ -590,6 +590,16 @@ pub fn release_aged_arenas() -> usize {
     release_movable(false)
 }
 
+/// Unmaps the movable arenas that hold no slab now, but `keep` of them, which stay mapped for the
+/// next slabs (so that a program that makes and drops caches does not map and fault in an arena
+/// each time); arenas that still hold slabs are left alone. Returns the bytes given back. What a
+/// relocating cache calls when it is dropped.
+pub fn release_free_arenas_but(keep: usize) -> usize {
+    arena::POOL
+        .lock()
+        .release_free_beyond(ArenaKind::Movable, keep)
+}
+
 fn release_movable(force: bool) -> usize {
     arena::POOL
         .lock()

@@ -776,13 +776,15 @@ pub struct RelocCache<T, R = BitwiseMove> {
 }
 
 /// Gives the wholly free movable arenas back to the OS as it is dropped, if the cache it ends held
-/// an arena's worth of slabs or more: a large cache's memory goes back at once, not at alloc-core's
-/// next maintenance, which a program that drops a cache and then idles would not reach. A smaller
-/// cache leaves its arena to be reused, so that making and dropping small caches costs no mapping
-/// and no page faults each time. The last field of a cache, so it is dropped after the cache's
-/// heap has returned its slabs.
+/// slabs, but one, which stays mapped for the next slabs: a dropped cache's memory (and that of
+/// caches dropped before it) goes back at once, not at alloc-core's next maintenance, which a
+/// program that drops caches and then idles would not reach; and making and dropping caches one
+/// after another costs no mapping and no page faults each time. (Units a dropped cache freed in
+/// arenas that other caches still use go back after alloc-core's decommit delay, at its next
+/// maintenance or a background compactor's round.) The last field of a cache, so it is dropped
+/// after the cache's heap has returned its slabs.
 pub(crate) struct ReleaseArenasOnDrop {
-    /// Set as the cache is dropped: the bytes of slabs it held reached an arena's.
+    /// Set as the cache is dropped, if it held slabs.
     armed: bool,
     /// False for a byte-blob class: its `BlobCache` releases once for all its classes.
     own: bool,
@@ -795,14 +797,14 @@ impl ReleaseArenasOnDrop {
 
     /// Arms it if a cache that held `slab_bytes` of slabs is being dropped.
     pub(crate) fn arm_for(&mut self, slab_bytes: usize) {
-        self.armed = self.own && slab_bytes >= crate::compact::arena_bytes();
+        self.armed = self.own && slab_bytes > 0;
     }
 }
 
 impl Drop for ReleaseArenasOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            alloc_core::movable::release_free_arenas();
+            alloc_core::movable::release_free_arenas_but(1);
         }
     }
 }
@@ -1538,8 +1540,8 @@ impl<T, R> Drop for RelocCache<T, R> {
     /// `Vec` does) and the first panic goes on once the cache is gone.
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        // The heap's slabs go back to their arenas as it is dropped, and then, for a large cache,
-        // emptied arenas to the OS.
+        // The heap's slabs go back to their arenas as it is dropped, and then emptied arenas to
+        // the OS.
         self.release_on_drop
             .arm_for(inner.heap.slab_count() * inner.heap.slab_bytes());
         let mut panic = None;

@@ -705,7 +705,7 @@ fn slab_bytes(slab: &SlabView) -> usize {
 }
 
 /// alloc-core's arena size.
-pub(crate) fn arena_bytes() -> usize {
+fn arena_bytes() -> usize {
     2 << 20
 }
 

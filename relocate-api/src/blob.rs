@@ -439,9 +439,11 @@ impl BlobCache {
         for (number, class) in self.made() {
             // The slot's object under `guard`: a blob of this class or, if the slot's run went to
             // another class meanwhile, of that one (whose blob its length tells).
-            // SAFETY: a published blob, read under `guard`, as in `get`.
-            let is_ours =
-                |addr| class_of(LEN_BYTES + unsafe { blob_at(addr) }.len()) == Some(number);
+            let is_ours = |addr| {
+                // SAFETY: a published blob, read under `guard`, as in `get`.
+                let blob = unsafe { blob_at(addr) };
+                class_of(LEN_BYTES + blob.len()) == Some(number)
+            };
             let report = class.evict_in_arena(guard, arena, is_ours, |handle, addr| {
                 // SAFETY: a live blob of this class, valid during the callback.
                 on_evict(BlobHandle::of(handle), unsafe { blob_at(addr) });

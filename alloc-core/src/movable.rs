@@ -240,11 +240,6 @@ impl MovableHeap {
         self.geometry.block_bytes as usize
     }
 
-    /// Bytes of each slab.
-    pub fn slab_bytes(&self) -> usize {
-        self.geometry.slab_units as usize * UNIT_BYTES
-    }
-
     /// Blocks in each slab.
     pub fn slab_capacity(&self) -> usize {
         self.geometry.capacity as usize

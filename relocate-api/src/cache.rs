@@ -795,9 +795,9 @@ impl ReleaseArenasOnDrop {
         Self { armed: false, own }
     }
 
-    /// Arms it if a cache that held `slab_bytes` of slabs is being dropped.
-    pub(crate) fn arm_for(&mut self, slab_bytes: usize) {
-        self.armed = self.own && slab_bytes > 0;
+    /// Arms it as a cache is dropped that held slabs (`held_slabs`), or not.
+    pub(crate) fn arm(&mut self, held_slabs: bool) {
+        self.armed = self.own && held_slabs;
     }
 }
 
@@ -1542,8 +1542,7 @@ impl<T, R> Drop for RelocCache<T, R> {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         // The heap's slabs go back to their arenas as it is dropped, and then emptied arenas to
         // the OS.
-        self.release_on_drop
-            .arm_for(inner.heap.slab_count() * inner.heap.slab_bytes());
+        self.release_on_drop.arm(inner.heap.slab_count() > 0);
         let mut panic = None;
         for index in inner.slot_ranges(&self.homes).into_iter().flatten() {
             let Some(slot) = self.table.get(index) else {

@@ -97,9 +97,9 @@ pub struct CacheStats {
 struct Pass {
     report: CompactReport,
     /// Moves the budget still allows: a cache's objects are all of one size, so a budget in bytes
-    /// is one in objects. Only moves made spend it: a move refused, abandoned by a panic or with
-    /// nothing to move is given back, or a pass would spend every round's budget on the same
-    /// objects that refuse, and never reach the ones behind them.
+    /// is one in objects. Only moves made spend it (a move refused, abandoned by a panic or with
+    /// nothing to move does not), or a pass would spend every round's budget on the same objects
+    /// that refuse, and never reach the ones behind them.
     remaining: usize,
     /// Whether a source slab is worth emptying only whole (footprint compaction: a slab that keeps
     /// one object is not freed, so its other moves would gain nothing), rather than object by object
@@ -129,19 +129,21 @@ impl Pass {
         objects.min(self.remaining)
     }
 
-    /// Takes one move from the budget; false (and the report says so) when it is spent.
-    fn spend(&mut self) -> bool {
+    /// Whether the budget allows another move; false (and the report says so) when it is spent.
+    fn may_move(&mut self) -> bool {
         if self.remaining == 0 {
             self.report.budget_exhausted = true;
             return false;
         }
-        self.remaining -= 1;
         true
     }
 
-    /// Gives back the moves `spend` took for `moves` moves that were not made.
-    fn refund(&mut self, moves: usize) {
-        self.remaining = self.remaining.saturating_add(moves);
+    /// Counts a move made against the budget.
+    fn moved(&mut self, bytes: usize, old: usize) {
+        self.remaining -= 1;
+        self.moved_from.push(old);
+        self.report.moved_objects += 1;
+        self.report.moved_bytes += bytes;
     }
 }
 
@@ -440,13 +442,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let mut in_flight: Option<InFlight<'_>> = None;
             let mut stop = false;
             // Moves a panic interrupted, including any whose panic `batch` caught before it ran the
-            // moves again (or returned): each is undone, and its move given back to the budget,
-            // before anything else happens.
+            // moves again (or returned): each is undone before anything else happens.
             let mut interrupted = 0;
             let batch = self.in_callback(|| {
                 catch_unwind(AssertUnwindSafe(|| {
                     self.relocator.batch(&mut || {
-                        interrupted += undo(heap, pass, in_flight.take());
+                        interrupted += usize::from(abandon(heap, in_flight.take()));
                         kept |= interrupted > 0;
                         while next < end && !stop && !(whole && kept) {
                             let (block, owner) = blocks[next];
@@ -461,7 +462,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     })
                 }))
             });
-            interrupted += undo(heap, pass, in_flight.take());
+            interrupted += usize::from(abandon(heap, in_flight.take()));
             let panicked = batch.is_err();
             if let Err(payload) = batch {
                 std::mem::forget(payload);
@@ -483,7 +484,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Moves one object (`owner` is its slot index); its old copy joins `pass.moved_from`, retired
     /// through the epoch when the pass ends. While a callback runs, `in_flight` says what to undo if
-    /// it panics (and the caller gives the move back to the budget).
+    /// it panics.
     fn move_one<'t>(
         &'t self,
         heap: &mut movable::MovableHeap,
@@ -493,17 +494,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         in_flight: &mut Option<InFlight<'t>>,
     ) -> Step {
         let bytes = self.object_bytes;
-        if !pass.spend() {
+        if !pass.may_move() {
             return Step::Stop;
         }
         let old = block.as_ptr() as usize;
         let Some(slot) = self.table.get(owner) else {
-            pass.refund(1);
             return Step::Done;
         };
         let home = self.home(owner);
         if !slot.try_isolate(self.table.pin_gate(), self.table.pins(owner), old, home) {
-            pass.refund(1);
             if slot.address(home) == old {
                 // Held by a writer, a remover, a pin or another move.
                 pass.report.refused += 1;
@@ -527,7 +526,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         *in_flight = None;
         if verdict == Isolation::Busy {
             slot.abort_move(old, home);
-            pass.refund(1);
             pass.report.refused += 1;
             return Step::Kept;
         }
@@ -553,9 +551,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         }
         *in_flight = None;
         slot.publish_move(new as usize, home);
-        pass.moved_from.push(old);
-        pass.report.moved_objects += 1;
-        pass.report.moved_bytes += bytes;
+        pass.moved(bytes, old);
         Step::Done
     }
 
@@ -634,24 +630,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             resident_bytes: resident,
             table_committed_bytes: 0,
             table_bytes: 0,
-            fragmentation: fragmentation(resident, live * inner.heap.block_bytes()),
+            fragmentation: fragmentation(resident, live * self.block_bytes()),
             counters: Counters {
                 drop_panics: self.retired.drop_panics() as u64,
                 ..inner.counters
             },
         }
     }
-}
-
-/// [`abandon`], with the move given back to the pass's budget; returns 1 if there was one, else 0.
-fn undo(
-    heap: &mut movable::MovableHeap,
-    pass: &mut Pass,
-    in_flight: Option<InFlight<'_>>,
-) -> usize {
-    let undone = usize::from(abandon(heap, in_flight));
-    pass.refund(undone);
-    undone
 }
 
 /// Undoes a move a callback's panic interrupted, if there is one (`in_flight`): its new block, if

@@ -4,8 +4,9 @@
 //! A blob is stored as a 4-byte length and its bytes, in the smallest of [`NUM_CLASSES`] block sizes
 //! that holds them: 16-byte steps up to 512 B (zsmalloc's own spacing), then 16 sizes per doubling up
 //! to 4 KiB and 8 per doubling up to 32 KiB, and one of 36 KiB (alloc-core's largest movable
-//! block, so that a 32 KiB value and its length fit one), so a blob wastes at most 15 bytes, or 1/16 (1/8 above 4 KiB) of
-//! its block. Movable slabs take exact block sizes, so nothing else rounds.
+//! block, so that a 32 KiB value and its length fit one), so a blob wastes at most 15 bytes, or
+//! 1/16 (1/8 above 4 KiB) of its block. Movable slabs take exact block sizes, so nothing else
+//! rounds.
 //!
 //! Each class is a [`RelocCache`] whose objects are a length followed by bytes
 //! ([`RelocCache::with_tail`]), made when the first blob of its size arrives. All classes share one

@@ -16,9 +16,9 @@
 //! publish the new address → retire the old block through the epoch. A panicking callback abandons
 //! that move and leaves the object where it was. In footprint compaction, the first object of a
 //! source slab that stays (refused, or its move abandoned) ends that slab's moves: the slab cannot
-//! be freed this pass, and the pass goes on to the next. The whole pass holds the cache lock, so inserts wait
-//! for it; reads never do. Old blocks are freed only after the epoch: call [`RelocCache::flush`] (or
-//! let the next operation do it) to see the memory come back.
+//! be freed this pass, and the pass goes on to the next. The whole pass holds the cache lock, so
+//! inserts wait for it; reads never do. Old blocks are freed only after the epoch: call
+//! [`RelocCache::flush`] (or let the next operation do it) to see the memory come back.
 
 use crate::cache::{alloc_block, CacheError, Counters, Guard, RelocCache};
 use crate::handle::Handle;

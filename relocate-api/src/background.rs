@@ -27,7 +27,8 @@ pub struct CompactorConfig {
 /// far ([`Compactor::report`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackgroundReport {
-    /// Rounds run.
+    /// Rounds run, counting those whose compaction sat out after fruitless rounds (they still
+    /// give memory and slots back).
     pub rounds: u64,
     /// Rounds that found the cache above its target fragmentation and compacted it.
     pub compactions: u64,
@@ -284,22 +285,27 @@ pub fn start_compactor<C: Compactable + 'static>(
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    if backoff.skip() {
+                    let round = if backoff.skip() {
                         // Only the compaction sits out: memory to give back and the cache's
                         // upkeep do not wait.
                         cache.release_arenas();
-                        cache.upkeep();
-                        continue;
-                    }
-                    let before = cache.slab_stats();
-                    let round = run_round(&*cache, &reader, &config, &before);
-                    // Fruitless: it compacted, and neither its moves nor the flush changed what
-                    // is resident or live.
-                    let footprint = |s: &CacheStats| (s.resident_bytes, s.live_objects);
-                    let fruitless = round.compactions > 0
-                        && round.compacted.moved_objects == 0
-                        && footprint(&cache.slab_stats()) == footprint(&before);
-                    backoff.after(fruitless);
+                        BackgroundReport {
+                            rounds: 1,
+                            returned_slots: cache.upkeep() as u64,
+                            ..BackgroundReport::default()
+                        }
+                    } else {
+                        let before = cache.slab_stats();
+                        let round = run_round(&*cache, &reader, &config, &before);
+                        // Fruitless: it compacted, and neither its moves nor the flush changed
+                        // what is resident or live.
+                        let footprint = |s: &CacheStats| (s.resident_bytes, s.live_objects);
+                        let fruitless = round.compactions > 0
+                            && round.compacted.moved_objects == 0
+                            && footprint(&cache.slab_stats()) == footprint(&before);
+                        backoff.after(fruitless);
+                        round
+                    };
                     report
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

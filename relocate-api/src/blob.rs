@@ -444,14 +444,13 @@ impl BlobCache {
                 class_of(LEN_BYTES + blob.len()) == Some(number)
             };
             let report = class.evict_in_arena(guard, arena, is_ours, |handle, addr| {
+                // Counted before `on_evict` runs, which may panic: the blob is gone all the same.
+                self.counts.removals.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: a live blob of this class, valid during the callback.
                 on_evict(BlobHandle::of(handle), unsafe { blob_at(addr) });
             });
             evicted += report.map_or(0, |r| r.evicted);
         }
-        self.counts
-            .removals
-            .fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
     }
 

@@ -1295,6 +1295,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         if self.holds_object(slot, counter, home) {
             return Err(CacheError::Reentrant);
         }
+        // Stale for good once stale (generations only go up): no block for it, nor an
+        // `OutOfMemory` where the answer is `false`.
+        if !matches!(slot.snapshot(home), Some((gen, _)) if gen == counter) {
+            return Ok(false);
+        }
         // (Refused from inside this cache's relocation callbacks, whose thread holds the lock.)
         let block =
             alloc_block(&mut self.lock()?.heap, handle.index()).ok_or(CacheError::OutOfMemory)?;

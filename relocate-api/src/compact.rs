@@ -20,13 +20,14 @@
 //! inserts wait for it; reads never do. Old blocks are freed only after the epoch: call
 //! [`RelocCache::flush`] (or let the next operation do it) to see the memory come back.
 
-use crate::cache::{alloc_block, CacheError, Counters, Guard, RelocCache};
+use crate::cache::{alloc_block, CacheError, Counters, Guard, Inner, RelocCache};
 use crate::handle::Handle;
 use crate::policy::{Isolation, Relocator, MOVE_BATCH};
 use crate::slot::{Home, Slot};
 use alloc_core::movable::{self, SlabView};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// How much one call may move. Only moves made count: objects that refuse, or whose callbacks
@@ -72,6 +73,8 @@ impl CompactReport {
 #[derive(Clone, Copy, Debug)]
 pub struct CacheStats {
     pub live_objects: usize,
+    /// `live_objects` × `size_of::<T>()` (0 for a zero-sized `T`); for a [`BlobCache`](crate::BlobCache),
+    /// the live blobs' whole blocks.
     pub live_bytes: usize,
     pub slabs: usize,
     /// Bytes of slab memory the cache holds (slabs × slab size): what compaction can shrink.
@@ -364,9 +367,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 .flat_map(|slab| live_blocks(&inner.heap, slab))
                 .collect()
         };
-        let mut report = CompactReport {
-            source_slabs: 0,
-            ..Default::default()
+        let mut tally = EvictionTally {
+            cache: &self.inner,
+            evicted: 0,
+            started,
         };
         for (block, index) in blocks {
             let Some(slot) = self.table.get(index) else {
@@ -383,15 +387,16 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 continue;
             }
             let handle = self.handle_for(index, counter);
-            let evicted = self.remove_at(handle, guard, |addr| on_evict(handle, addr));
-            if evicted.is_some() {
-                report.evicted += 1;
-            }
+            self.remove_at(handle, guard, |addr| {
+                tally.evicted += 1;
+                on_evict(handle, addr);
+            });
         }
-        let mut inner = self.lock()?;
-        inner.counters.evicted_objects += report.evicted as u64;
-        inner.counters.compaction_nanos += started.elapsed().as_nanos() as u64;
-        Ok(report)
+        Ok(CompactReport {
+            source_slabs: 0,
+            evicted: tally.evicted,
+            ..Default::default()
+        })
     }
 
     /// Moves the objects of `sources` (already draining) within the pass's budget, then ends the drain.
@@ -625,7 +630,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let live = self.live(&inner);
         CacheStats {
             live_objects: live,
-            live_bytes: live * self.object_bytes.max(1),
+            live_bytes: live * self.object_bytes,
             slabs,
             resident_bytes: resident,
             table_committed_bytes: 0,
@@ -666,6 +671,23 @@ pub(crate) fn fragmentation(resident: usize, live_bytes: usize) -> f64 {
         (0, _) => 1.0,
         (_, 0) => f64::INFINITY,
         _ => resident as f64 / live_bytes as f64,
+    }
+}
+
+/// A reclaim's evictions so far: added to its cache's counters when dropped, so that an `on_evict`
+/// that panics leaves the evictions made before it counted (each was made when it was counted).
+struct EvictionTally<'c> {
+    cache: &'c Mutex<Inner>,
+    evicted: usize,
+    started: Instant,
+}
+
+impl Drop for EvictionTally<'_> {
+    fn drop(&mut self) {
+        // The mutex itself: the reclaim has passed `RelocCache::lock`'s check for reentry.
+        let mut inner = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        inner.counters.evicted_objects += self.evicted as u64;
+        inner.counters.compaction_nanos += self.started.elapsed().as_nanos() as u64;
     }
 }
 

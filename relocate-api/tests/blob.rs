@@ -673,6 +673,61 @@ fn the_background_compactor_compacts_blobs_and_gives_vacant_slots_back() {
     }
 }
 
+/// A compactor that backs off (its rounds compact a dense cache and move nothing) still gives
+/// vacant slot runs back while its compactions sit out, and reports those too: its report says
+/// what the cache counted. (Slots given back in the rounds that sat out went unreported.)
+#[test]
+fn a_backed_off_compactor_reports_the_slots_it_gives_back() {
+    use relocate_api::{start_compactor, CompactorConfig};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let cache = Arc::new(BlobCache::new().unwrap());
+    let reader = cache.reader();
+    let small: Vec<BlobHandle> = (0..40_000)
+        .map(|i| cache.insert(&value(i, 100)).unwrap())
+        .collect();
+    let kept: Vec<BlobHandle> = (0..2_000)
+        .map(|i| cache.insert(&value(i, 3000)).unwrap())
+        .collect();
+    // Dense, yet above a target of 0.5: every round compacts, moves nothing and frees nothing.
+    let compactor = start_compactor(
+        cache.clone(),
+        CompactorConfig {
+            interval: Duration::from_millis(5),
+            budget: Budget::Objects(100),
+            target_fragmentation: 0.5,
+        },
+    )
+    .unwrap();
+    // Long enough to sit out 64 intervals between compactions (after 1 + 2 + ... + 32 before).
+    std::thread::sleep(Duration::from_secs(1));
+    let backed_off = compactor.report();
+    assert_eq!(backed_off.compacted.moved_objects, 0, "{backed_off:?}");
+    assert_eq!(backed_off.returned_slots, 0, "{backed_off:?}");
+    {
+        let guard = reader.pin();
+        for &handle in &small {
+            assert!(cache.remove(handle, &guard));
+        }
+    }
+    cache.flush(&reader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cache.stats().counters.returned_slots == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = compactor.stop();
+    let counters = cache.stats().counters;
+    assert!(counters.returned_slots > 0, "{counters:?}");
+    assert_eq!(report.returned_slots, counters.returned_slots, "{report:?}");
+    let guard = reader.pin();
+    for (i, &handle) in kept.iter().enumerate() {
+        assert_eq!(
+            cache.get(handle, &guard),
+            Some(value(i as u64, 3000).as_slice())
+        );
+    }
+}
+
 /// Eviction checks the guard before it reads any blob under it, as every call does, even when the
 /// cache has nothing to evict.
 #[test]

@@ -14,6 +14,8 @@
 //! - A callback that removes an object another thread is updating (whose closure then waits for the
 //!   lock the callback's thread holds) gets a panic at once, not a deadlock or a `false`.
 //! - `reclaim` from inside an update's closure evicts all but the object being updated.
+//! - An `on_evict` that panics ends its reclaim: the objects it evicted before are gone and counted
+//!   in the statistics (they were not), and the others stay.
 //! - A value whose drop panics: after a removal, the panic is caught where the epoch drops it and
 //!   counted, and every other value is dropped and its block freed; when the cache is dropped, every
 //!   other value is dropped and the panic goes on.
@@ -21,7 +23,8 @@
 //!   is everywhere.
 
 use relocate_api::{
-    Budget, CacheError, FnRelocator, Handle, Isolation, RelocCache, Relocatable, Relocator,
+    BlobCache, Budget, CacheError, FnRelocator, Handle, Isolation, RelocCache, Relocatable,
+    Relocator,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -535,4 +538,50 @@ fn reclaim_inside_an_update_skips_the_object_being_updated() {
     assert_eq!(evicted, 99);
     assert_eq!(cache.get(handles[50], &guard), Some(&1050));
     assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn a_reclaim_whose_on_evict_panics_counts_what_it_evicted() {
+    const N: usize = 10_000;
+    let cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let reader = cache.reader();
+    let handles: Vec<Handle<u64>> = (0..N as u64).map(|i| cache.insert(i).unwrap()).collect();
+    let mut told = 0;
+    let reclaimed = catch_unwind(AssertUnwindSafe(|| {
+        cache.reclaim(&reader.pin(), |_, _| {
+            told += 1;
+            assert!(told < 5_000, "on_evict panics");
+        })
+    }));
+    assert!(reclaimed.is_err());
+    assert_eq!(told, 5_000);
+    let guard = reader.pin();
+    let left = handles
+        .iter()
+        .filter(|&&h| cache.get(h, &guard).is_some())
+        .count();
+    assert_eq!(
+        left,
+        N - 5_000,
+        "the one whose on_evict panicked is gone too"
+    );
+    assert_eq!(cache.len(), left);
+    assert_eq!(cache.stats().counters.evicted_objects, 5_000);
+
+    let blobs = BlobCache::new().unwrap();
+    let reader = blobs.reader();
+    for i in 0..N {
+        blobs.insert(&i.to_le_bytes()).unwrap();
+    }
+    let mut told = 0;
+    let reclaimed = catch_unwind(AssertUnwindSafe(|| {
+        blobs.reclaim(&reader.pin(), |_, _| {
+            told += 1;
+            assert!(told < 5_000, "on_evict panics");
+        })
+    }));
+    assert!(reclaimed.is_err());
+    let stats = blobs.stats();
+    assert_eq!(stats.live_objects, N - 5_000);
+    assert_eq!(stats.counters.evicted_objects, 5_000);
 }

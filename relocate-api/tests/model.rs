@@ -362,6 +362,45 @@ fn blocks_are_the_size_of_the_type() {
     assert_eq!(object.map(|(last, addr)| (last, addr % 64)), Some((7, 0)));
 }
 
+/// Zero-sized objects each take a 16-byte block (a handle needs a place) but count no live bytes,
+/// and compact as others do.
+#[test]
+fn zero_sized_objects_take_blocks_but_no_live_bytes() {
+    let cache = RelocCache::<()>::new().unwrap();
+    assert_eq!(cache.block_bytes(), 16);
+    let handles: Vec<_> = (0..10_000).map(|_| cache.insert(()).unwrap()).collect();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    for &h in handles.iter().skip(1).step_by(2) {
+        assert!(cache.remove(h, &guard));
+    }
+    drop(guard);
+    cache.flush(&reader);
+    let report = cache.compact(&reader.pin(), Budget::Unlimited).unwrap();
+    assert!(report.moved_objects > 0);
+    assert_eq!(report.moved_bytes, 0);
+    let stats = cache.stats();
+    assert_eq!((stats.live_objects, stats.live_bytes), (5_000, 0));
+    let guard = reader.pin();
+    for (i, &h) in handles.iter().enumerate() {
+        assert_eq!(cache.get(h, &guard).is_some(), i % 2 == 0);
+    }
+}
+
+/// An update of a stale handle answers `false` and leaves the cache as it was: a cache whose objects
+/// are all gone holds no slab after it.
+#[test]
+fn a_stale_update_answers_false_and_leaves_no_slab() {
+    let cache = RelocCache::<[u64; 8]>::new().unwrap();
+    let handle = cache.insert([1; 8]).unwrap();
+    let reader = cache.reader();
+    assert!(cache.remove(handle, &reader.pin()));
+    cache.flush(&reader);
+    assert_eq!(cache.stats().slabs, 0);
+    assert_eq!(cache.update(handle, &reader.pin(), |_| [2; 8]), Ok(false));
+    assert_eq!(cache.stats().slabs, 0);
+}
+
 /// A budget bounds what one pass moves, in objects or in bytes (whole objects only), and the report
 /// says when it ran out.
 #[test]

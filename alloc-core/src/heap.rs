@@ -15,6 +15,17 @@
 //! slab), and at thread exit the heap gives its sparse slabs to the shared pool, so that one thread's
 //! frees cannot pin memory another thread could use. (`purge` on a running thread keeps its slabs,
 //! which that thread is likely to fill again, and decommits their free pages.)
+//!
+//! Frees by other threads wait in their slabs' remote lists until the owner collects them, and the
+//! slow path only looks at the slabs of the class it allocates, up to the first with a free block.
+//! So the owner also collects its whole heap (every class) every `max(COLLECT_EVERY, slabs owned)`
+//! slow paths, at most one slab's visit per slow path on average, and at its next slow path after
+//! another thread's `purge` or the background purger asked ([`Heap::request_collect`]): otherwise
+//! a thread that keeps allocating would keep, for every class it ever used, the slabs other
+//! threads' frees emptied. Such a collection returns the slabs that were empty at the previous one
+//! too and have not been their class's current slab since (`FLAG_IDLE`), so that a producer whose
+//! slabs a consumer empties keeps those it takes up again. After a `purge` asked, it returns every
+//! empty slab, as the thread's own `purge` does.
 
 use crate::arena::{ArenaKind, POOL};
 use crate::os;
@@ -23,13 +34,21 @@ use crate::remote::{Block, DelayedFreeList};
 use crate::size_class::{CLASSES, NUM_CLASSES};
 #[cfg(any(test, feature = "invariants"))]
 use crate::slab::KIND_SMALL;
-use crate::slab::{Slab, FLAG_FULL, UNOWNED};
-use crate::sync::{AtomicU64, Ordering};
+use crate::slab::{Slab, FLAG_FULL, FLAG_IDLE, UNOWNED};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use core::cell::Cell;
 use core::ptr;
 
 /// A slab at most this fraction used is *sparse*: an abandoned heap hands it to the shared pool.
 const SPARSE_FRACTION: u32 = 4;
+
+/// Slow paths between two collections of a whole heap, at least (see the module doc).
+const COLLECT_EVERY: usize = 10_000;
+
+/// What another thread asked of a heap ([`Heap::request_collect`]), strongest last.
+const NO_REQUEST: u32 = 0;
+const COLLECT: u32 = 1;
+const COLLECT_AND_RELEASE_PAGES: u32 = 2;
 
 /// The slab every empty heap slot points at; its `free` is null forever.
 pub(crate) static EMPTY_SLAB: Slab = Slab::empty();
@@ -117,6 +136,12 @@ pub(crate) struct Heap {
     pub(crate) next_abandoned: Cell<*mut Heap>,
     /// Link in the list of every heap ever made (fixed once set).
     pub(crate) next_all: Cell<*mut Heap>,
+    /// Slabs on `avail` and `full`.
+    owned_slabs: Cell<usize>,
+    /// Slow paths since the heap was last collected whole.
+    slow_since_collect: Cell<usize>,
+    /// `NO_REQUEST`, `COLLECT` or `COLLECT_AND_RELEASE_PAGES`, set by other threads.
+    collect_requested: AtomicU32,
     pub(crate) counters: HeapCounters,
 }
 
@@ -133,6 +158,9 @@ impl Heap {
             delayed: DelayedFreeList::new(),
             next_abandoned: Cell::new(ptr::null_mut()),
             next_all: Cell::new(ptr::null_mut()),
+            owned_slabs: Cell::new(0),
+            slow_since_collect: Cell::new(0),
+            collect_requested: AtomicU32::new(NO_REQUEST),
             counters: HeapCounters::new(),
         }
     }
@@ -162,6 +190,7 @@ impl Heap {
             return redirect;
         }
         HeapCounters::bump(&self.counters.slow_allocs, 1);
+        self.collect_if_due();
         self.drain_delayed();
         let mut slab = self.avail[class].head();
         while !slab.is_null() {
@@ -169,7 +198,7 @@ impl Heap {
             let s = unsafe { &*slab };
             let next = s.next.get();
             if s.refill() {
-                self.current[class].set(slab);
+                self.make_current(class, s);
                 // SAFETY: `refill` returned true, so `free` is non-empty.
                 return unsafe { s.pop_unchecked().cast() };
             }
@@ -184,15 +213,22 @@ impl Heap {
             // SAFETY: the slab was just handed to this heap.
             let s = unsafe { &*slab };
             HeapCounters::bump(&self.counters.slabs_taken, 1);
+            self.owned_slabs.set(self.owned_slabs.get() + 1);
             self.avail[class].push(s);
             if s.refill() {
-                self.current[class].set(slab);
+                self.make_current(class, s);
                 // SAFETY: `refill` returned true.
                 return unsafe { s.pop_unchecked().cast() };
             }
             // A pooled slab that filled up through late allocations of its former owner.
             self.park_full(s);
         }
+    }
+
+    /// Makes `slab` (of this heap's `avail` list) the one `class` allocates from: not idle.
+    fn make_current(&self, class: usize, slab: &Slab) {
+        slab.flags.set(slab.flags.get() & !FLAG_IDLE);
+        self.current[class].set(slab as *const Slab as *mut Slab);
     }
 
     /// A slab for `class`: from the shared pool, else (after giving abandoned heaps' slabs to the pool
@@ -284,7 +320,40 @@ impl Heap {
 
     fn release_slab(&self, slab: &Slab) {
         HeapCounters::bump(&self.counters.slabs_returned, 1);
+        self.owned_slabs.set(self.owned_slabs.get() - 1);
         release_slab_to_arena(slab);
+    }
+
+    /// Asks the heap's owner to collect the whole heap at its next allocation slow path (and to
+    /// decommit the free pages of the slabs it keeps, if `release_pages`), as its own `purge` would.
+    /// Any thread may ask.
+    pub(crate) fn request_collect(&self, release_pages: bool) {
+        let request = if release_pages {
+            COLLECT_AND_RELEASE_PAGES
+        } else {
+            COLLECT
+        };
+        self.collect_requested.fetch_max(request, Ordering::Relaxed);
+    }
+
+    /// Collects the whole heap if another thread asked, or if `max(COLLECT_EVERY, slabs owned)` slow
+    /// paths went by since it last did (see the module doc).
+    fn collect_if_due(&self) {
+        let mut request = self.collect_requested.load(Ordering::Relaxed);
+        if request != NO_REQUEST {
+            request = self.collect_requested.swap(NO_REQUEST, Ordering::Relaxed);
+        }
+        let since = self.slow_since_collect.get() + 1;
+        if request == NO_REQUEST && since < COLLECT_EVERY.max(self.owned_slabs.get()) {
+            self.slow_since_collect.set(since);
+            return;
+        }
+        self.slow_since_collect.set(0);
+        if request == COLLECT_AND_RELEASE_PAGES {
+            self.collect(true, false);
+        } else {
+            self.collect_with(false, false, true);
+        }
     }
 
     /// Takes the blocks other threads handed us for our parked slabs.
@@ -312,6 +381,12 @@ impl Heap {
     /// the shared pool, where any heap can fill them; the fuller ones stay for whoever adopts the heap.
     /// Caller: the owner (its own heap, or an abandoned heap under the abandoned-list lock).
     pub(crate) fn collect(&self, release_pages: bool, to_pool: bool) -> usize {
+        self.collect_with(release_pages, to_pool, false)
+    }
+
+    /// [`collect`](Self::collect); if `idle_only`, an empty slab is returned only if it was idle
+    /// (`FLAG_IDLE`), and marked idle otherwise.
+    fn collect_with(&self, release_pages: bool, to_pool: bool, idle_only: bool) -> usize {
         self.drain_delayed();
         let mut released = 0;
         for class in 0..NUM_CLASSES {
@@ -332,7 +407,16 @@ impl Heap {
                 let next = s.next.get();
                 let collected = s.collect_remote();
                 HeapCounters::bump(&self.counters.remote_collected, collected as u64);
-                if s.used() == 0 {
+                // Empty now: idle from now on (returned next time if `idle_only`).
+                let (flags, empty) = (s.flags.get(), s.used() == 0);
+                s.flags.set(if empty {
+                    flags | FLAG_IDLE
+                } else {
+                    flags & !FLAG_IDLE
+                });
+                if empty && idle_only && flags & FLAG_IDLE == 0 {
+                    // Kept until the next collection.
+                } else if empty {
                     if self.current[class].get() == slab {
                         self.current[class].set(empty_slab());
                     }
@@ -346,6 +430,7 @@ impl Heap {
                     if release_pages {
                         released += s.release_free_pages(to_pool);
                     }
+                    self.owned_slabs.set(self.owned_slabs.get() - 1);
                     pool::give_slab(s);
                 } else if release_pages {
                     released += s.release_free_pages(to_pool);
@@ -359,6 +444,7 @@ impl Heap {
     /// Visits every slab this heap owns (for invariant checks).
     #[cfg(any(test, feature = "invariants"))]
     pub(crate) fn check_invariants(&self) {
+        let mut slabs = 0;
         for class in 0..NUM_CLASSES {
             for (list, parked) in [(&self.avail[class], false), (&self.full[class], true)] {
                 let mut slab = list.head();
@@ -370,10 +456,12 @@ impl Heap {
                     assert_eq!(s.owner.load(Ordering::Relaxed), self.addr());
                     assert_eq!(s.is_full_parked(), parked);
                     s.check_invariants();
+                    slabs += 1;
                     slab = s.next.get();
                 }
             }
         }
+        assert_eq!(self.owned_slabs.get(), slabs);
     }
 }
 

@@ -8,7 +8,7 @@
 //!   an arena's descriptor array whose every descriptor says `KIND_HUGE`, so a free finds it by the same
 //!   masking as any other block. When the alignment is 2 MiB or more the object itself starts on a
 //!   2 MiB boundary (offset 0 in its chunk, where no arena block can be), and its metadata sits in the
-//!   pages just before it.
+//!   pages just before it, where the mapping starts.
 //!
 //! Spans take the arena pool lock; huge mappings take no lock at all.
 
@@ -164,11 +164,19 @@ pub(crate) fn alloc_huge(size: usize, align: usize) -> *mut u8 {
     else {
         return ptr::null_mut();
     };
-    let base = os::map_aligned(map_bytes, map_align);
+    let mut base = os::map_aligned(map_bytes, map_align);
     if base.is_null() {
         return ptr::null_mut();
     }
+    let object = base.wrapping_add(offset);
     let meta = base.wrapping_add(meta_offset).cast::<HugeMeta>();
+    // An object aligned to `align` (2 MiB or more) needs only its metadata before it: the rest of
+    // the alignment goes back at once (if the kernel refuses, the mapping keeps it, and says so).
+    let mut map_bytes = map_bytes;
+    if meta_offset > 0 && os::try_unmap(base, meta_offset) {
+        base = meta.cast();
+        map_bytes -= meta_offset;
+    }
     // SAFETY: the metadata lies inside the fresh, zeroed mapping; all-zero bytes are a valid `HugeMeta`.
     unsafe {
         for desc in (*meta).descs.iter() {
@@ -179,9 +187,9 @@ pub(crate) fn alloc_huge(size: usize, align: usize) -> *mut u8 {
         (*meta).map_bytes = map_bytes;
         (*meta).object_bytes = size;
     }
-    let object = base.wrapping_add(offset);
     crate::checked::register_chunk(object as usize & !ARENA_MASK);
     crate::stats::add_huge(map_bytes);
+    crate::stats::resize_huge_request(0, size);
     object
 }
 
@@ -202,9 +210,11 @@ fn huge_meta_of(object: *mut u8) -> *mut HugeMeta {
 pub(crate) unsafe fn free_huge(object: *mut u8) {
     let meta = huge_meta_of(object);
     // SAFETY: the caller's contract: `meta` is the live metadata of this mapping.
-    let (base, bytes) = unsafe { ((*meta).map_base, (*meta).map_bytes) };
+    let (base, bytes, size) =
+        unsafe { ((*meta).map_base, (*meta).map_bytes, (*meta).object_bytes) };
     crate::checked::unregister_chunk(object as usize & !ARENA_MASK);
     crate::stats::sub_huge(bytes);
+    crate::stats::resize_huge_request(size, 0);
     os::unmap(base as *mut u8, bytes);
 }
 
@@ -256,13 +266,14 @@ pub(crate) unsafe fn grow_huge(object: *mut u8, new_size: usize) -> *mut u8 {
     };
     let meta = new_base.cast::<HugeMeta>();
     // SAFETY: the metadata moved with the mapping's first page and is ours.
-    unsafe {
+    let old_size = unsafe {
         (*meta).map_base = new_base as usize;
         (*meta).map_bytes = new_bytes;
-        (*meta).object_bytes = new_size;
-    }
+        core::mem::replace(&mut (*meta).object_bytes, new_size)
+    };
     crate::stats::sub_huge(old_bytes);
     crate::stats::add_huge(new_bytes);
+    crate::stats::resize_huge_request(old_size, new_size);
     new_object
 }
 
@@ -285,7 +296,8 @@ pub(crate) unsafe fn set_huge_size(object: *mut u8, size: usize) {
         unsafe { (*meta).map_bytes = new_bytes };
     }
     // SAFETY: as above.
-    unsafe { (*meta).object_bytes = size };
+    let old_size = unsafe { core::mem::replace(&mut (*meta).object_bytes, size) };
+    crate::stats::resize_huge_request(old_size, size);
 }
 
 /// Whether `object` is where the span's object starts (for `checked`).

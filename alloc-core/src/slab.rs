@@ -51,6 +51,10 @@ pub(crate) const FLAG_MOVABLE: u8 = 2;
 pub(crate) const FLAG_DRAINING: u8 = 4;
 /// A movable slab whose free list is re-linked in address order before its next allocation.
 pub(crate) const FLAG_ORDER: u8 = 8;
+/// A heap's slab that was empty when the heap last collected itself on its own (see `heap`), and has
+/// not been its class's current slab since: if it is still empty at the next such collection, the
+/// heap returns it.
+pub(crate) const FLAG_IDLE: u8 = 16;
 
 /// Largest slab in OS pages (4 units of 64 KiB at 4 KiB pages); `unthreaded` has one bit per page.
 const MAX_SLAB_PAGES: usize = 64;

@@ -13,6 +13,7 @@ static MAPPED: AtomicUsize = AtomicUsize::new(0);
 static COMMITTED: AtomicUsize = AtomicUsize::new(0);
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static HUGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static HUGE_REQUESTED: AtomicUsize = AtomicUsize::new(0);
 static SLABS_CREATED: [AtomicUsize; NUM_CLASSES] = [const { AtomicUsize::new(0) }; NUM_CLASSES];
 
 pub(crate) fn add_mapped(bytes: usize) {
@@ -42,6 +43,11 @@ pub(crate) fn sub_huge(bytes: usize) {
     HUGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
     sub_mapped(bytes);
     sub_committed(bytes);
+}
+/// A huge allocation's requested size changed from `old` bytes to `new` (0 for none).
+pub(crate) fn resize_huge_request(old: usize, new: usize) {
+    HUGE_REQUESTED.fetch_add(new, Ordering::Relaxed);
+    HUGE_REQUESTED.fetch_sub(old, Ordering::Relaxed);
 }
 pub(crate) fn slab_created(class: usize) {
     SLABS_CREATED[class].fetch_add(1, Ordering::Relaxed);
@@ -86,6 +92,10 @@ pub struct Stats {
     pub allocated_bytes: usize,
     pub small_allocated_bytes: usize,
     pub large_allocated_bytes: usize,
+    /// Bytes requested of huge allocations (above `LARGE_MAX_BYTES`, each a mapping of its own).
+    pub huge_allocated_bytes: usize,
+    /// Bytes of huge allocations' mappings: their requested sizes rounded up to whole pages, and a
+    /// metadata page or two each.
     pub huge_mapped_bytes: usize,
     pub arenas: usize,
     /// Units free in arenas (all kinds), and of those the ones still committed.
@@ -125,7 +135,7 @@ pub fn stats() -> Stats {
         pool.arena_count()
     };
     let large = LARGE_BYTES.load(Ordering::Relaxed);
-    let huge = HUGE_BYTES.load(Ordering::Relaxed);
+    let huge = HUGE_REQUESTED.load(Ordering::Relaxed);
     let (heaps_created, heaps_abandoned) = crate::pool::heap_counts();
     Stats {
         mapped_bytes: MAPPED.load(Ordering::Relaxed),
@@ -133,7 +143,8 @@ pub fn stats() -> Stats {
         allocated_bytes: small + large + huge,
         small_allocated_bytes: small,
         large_allocated_bytes: large,
-        huge_mapped_bytes: huge,
+        huge_allocated_bytes: huge,
+        huge_mapped_bytes: HUGE_BYTES.load(Ordering::Relaxed),
         arenas,
         free_units,
         dirty_units,

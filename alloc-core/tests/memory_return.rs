@@ -12,6 +12,12 @@
 //!   400,000 boxes each from a thread-local destructor that runs after the allocator's own (they then
 //!   allocate from the shared fallback heap, and free into its slabs as remote frees); `purge` gives
 //!   it back (before it collected the fallback heap, 88 MiB stayed resident).
+//! - `what_others_free_into_a_running_thread_goes_back_when_asked` and `..._unasked`: a worker
+//!   allocates 256 MiB of 1000-byte objects, another thread frees them all (and, when asked, calls
+//!   `purge`, which asks the worker to collect), and the worker goes on allocating objects of the
+//!   same class, a few live at a time, then waits; `purge` then finds the memory back. (Before a
+//!   heap collected itself whole, the worker reused one slab and the others, emptied by remote
+//!   frees nobody collected, stayed with it: 256 MiB resident until the worker exited.)
 
 mod common;
 
@@ -260,6 +266,104 @@ fn what_threads_free_after_their_heap_is_gone_goes_back() {
         Err(_) => parent(
             "what_threads_free_after_their_heap_is_gone_goes_back",
             "late",
+        ),
+    }
+}
+
+/// A worker thread allocates 256 MiB of 1000-byte objects and hands them over; this thread frees
+/// them (remote frees into the worker's slabs) and, if `ask`, calls `purge`, which asks the worker
+/// to collect. The worker then allocates 4M objects of the same class, at most 64 live, and waits
+/// (alive) while this thread purges and measures.
+fn running_owner_child(ask: bool) {
+    const OBJECT: usize = 1000;
+    const BYTES: usize = 256 << 20;
+    alloc_core::purge();
+    let before = common::resident_bytes();
+    let (to_main, from_worker) = std::sync::mpsc::channel::<SendChain>();
+    let (to_worker, from_main) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let mut chain = Chain {
+            head: std::ptr::null_mut(),
+            bytes: 0,
+        };
+        while chain.bytes < BYTES {
+            // SAFETY: a non-zero size.
+            let p = unsafe { ALLOC.alloc(layout(OBJECT)) }.cast::<usize>();
+            assert!(!p.is_null());
+            // SAFETY: the block is 1000 bytes, 8-aligned.
+            unsafe {
+                p.write(chain.head as usize);
+                p.add(1).write(OBJECT);
+            }
+            chain.head = p;
+            chain.bytes += OBJECT;
+        }
+        to_main.send(SendChain(chain)).unwrap();
+        from_main.recv().unwrap();
+        let mut live = Vec::with_capacity(64);
+        for i in 0..4_000_000u64 {
+            if live.len() == 64 {
+                live.clear();
+            }
+            live.push(Box::new([i; OBJECT / 8]));
+        }
+        drop(live);
+        to_main
+            .send(SendChain(Chain {
+                head: std::ptr::null_mut(),
+                bytes: 0,
+            }))
+            .unwrap();
+        from_main.recv().unwrap();
+    });
+    let chain = from_worker.recv().unwrap().into_inner();
+    let peak = common::resident_bytes();
+    let objects = free_chain(chain);
+    if ask {
+        alloc_core::purge();
+    }
+    to_worker.send(()).unwrap();
+    from_worker.recv().unwrap();
+    let released = alloc_core::purge();
+    let after = common::resident_bytes();
+    to_worker.send(()).unwrap();
+    worker.join().unwrap();
+    println!(
+        "CHILD objects={objects} before={before} peak={peak} after={after} released={released}"
+    );
+    assert!(
+        peak >= before + BYTES,
+        "peak resident set only {} MiB",
+        peak >> 20
+    );
+    assert!(
+        after <= before + SLACK,
+        "resident set with the worker alive: {} MiB, from {} MiB",
+        after >> 20,
+        before >> 20
+    );
+}
+
+#[test]
+fn what_others_free_into_a_running_thread_goes_back_when_asked() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("owner-asked") => running_owner_child(true),
+        Ok(_) => {}
+        Err(_) => parent(
+            "what_others_free_into_a_running_thread_goes_back_when_asked",
+            "owner-asked",
+        ),
+    }
+}
+
+#[test]
+fn what_others_free_into_a_running_thread_goes_back_unasked() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("owner-unasked") => running_owner_child(false),
+        Ok(_) => {}
+        Err(_) => parent(
+            "what_others_free_into_a_running_thread_goes_back_unasked",
+            "owner-unasked",
         ),
     }
 }

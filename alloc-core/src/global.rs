@@ -262,18 +262,18 @@ unsafe impl GlobalAlloc for SlabAlloc {
 ///
 /// Live heaps of other threads are not touched (their owners are running): a slab returns to its
 /// arena when it empties in its owner's hands, and frees made by other threads reach the owner when
-/// it collects them. It collects its whole heap every so often on its allocation slow path, and at
-/// the next one after a `purge` (or a round of the background purger) asked it to, as well as in
-/// its own `purge`. So memory that other threads free into the slabs of a thread that neither
+/// it collects them. It collects its whole heap every so often on its allocation slow path, sooner
+/// after a `purge` (or a round of the background purger) asked it to, and in its own `purge`. So memory that other threads free into the slabs of a thread that neither
 /// allocates nor exits stays with that thread until it does one or the other.
 pub fn purge() -> usize {
     ensure_init();
     let heap = thread_heap();
     let mut released = 0;
+    pool::request_collect(true);
     if is_real_heap(heap) {
         released += heap.collect(true, false);
+        heap.clear_collect_request();
     }
-    pool::request_collect(true);
     released += crate::thread::collect_fallback();
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
@@ -283,8 +283,7 @@ pub fn purge() -> usize {
 
 /// One round of the background purger: what `purge` does for abandoned heaps and the pool, and the
 /// delayed (not forced) decommit of free units and empty arenas; it asks live threads' heaps to
-/// collect themselves at their next allocation slow path, without decommitting pages inside their
-/// slabs.
+/// collect themselves soon, at an allocation slow path, and return their idle empty slabs.
 pub fn maintain() -> usize {
     pool::request_collect(false);
     let mut released = crate::thread::collect_fallback();

@@ -18,14 +18,17 @@
 //!
 //! Frees by other threads wait in their slabs' remote lists until the owner collects them, and the
 //! slow path only looks at the slabs of the class it allocates, up to the first with a free block.
-//! So the owner also collects its whole heap (every class) every `max(COLLECT_EVERY, slabs owned)`
-//! slow paths, at most one slab's visit per slow path on average, and at its next slow path after
-//! another thread's `purge` or the background purger asked ([`Heap::request_collect`]): otherwise
-//! a thread that keeps allocating would keep, for every class it ever used, the slabs other
-//! threads' frees emptied. Such a collection returns the slabs that were empty at the previous one
-//! too and have not been their class's current slab since (`FLAG_IDLE`), so that a producer whose
-//! slabs a consumer empties keeps those it takes up again. After a `purge` asked, it returns every
-//! empty slab, as the thread's own `purge` does.
+//! So the owner also collects its whole heap (every class: remote frees gathered, emptied slabs
+//! returned) every `max(COLLECT_EVERY, 4 × slabs owned)` slow paths, and sooner when another
+//! thread's `purge` or the background purger asked ([`Heap::request_collect`]), but never within
+//! `slabs owned / ASKED_SPACING` slow paths of the last time: otherwise a thread that keeps
+//! allocating would keep, for every class it ever used, the slabs other threads' frees emptied.
+//! A walk visits every slab (a cache miss each), so it costs a quarter of a slab visit per slow
+//! path on average unasked, and at most `ASKED_SPACING` however often others ask. It returns the
+//! slabs that were empty at the previous collection too and have not been their class's current
+//! slab since (`FLAG_IDLE`), so that a producer whose slabs a consumer empties keeps those it
+//! takes up again; after a `purge` asked, every empty slab. (It does not decommit pages inside the
+//! slabs it keeps, which means scanning their free blocks: only the thread's own `purge` does that.)
 
 use crate::arena::{ArenaKind, POOL};
 use crate::os;
@@ -45,10 +48,15 @@ const SPARSE_FRACTION: u32 = 4;
 /// Slow paths between two collections of a whole heap, at least (see the module doc).
 const COLLECT_EVERY: usize = 10_000;
 
-/// What another thread asked of a heap ([`Heap::request_collect`]), strongest last.
+/// A heap asked to collect itself does so only once `slabs owned / ASKED_SPACING` slow paths went by
+/// since it last did (see the module doc).
+const ASKED_SPACING: usize = 8;
+
+/// What another thread asked of a heap ([`Heap::request_collect`]), strongest last: nothing, to
+/// return the idle empty slabs, to return every empty slab.
 const NO_REQUEST: u32 = 0;
-const COLLECT: u32 = 1;
-const COLLECT_AND_RELEASE_PAGES: u32 = 2;
+const RETURN_IDLE: u32 = 1;
+const RETURN_EMPTY: u32 = 2;
 
 /// The slab every empty heap slot points at; its `free` is null forever.
 pub(crate) static EMPTY_SLAB: Slab = Slab::empty();
@@ -140,7 +148,7 @@ pub(crate) struct Heap {
     owned_slabs: Cell<usize>,
     /// Slow paths since the heap was last collected whole.
     slow_since_collect: Cell<usize>,
-    /// `NO_REQUEST`, `COLLECT` or `COLLECT_AND_RELEASE_PAGES`, set by other threads.
+    /// `NO_REQUEST`, `RETURN_IDLE` or `RETURN_EMPTY`, set by other threads.
     collect_requested: AtomicU32,
     pub(crate) counters: HeapCounters,
 }
@@ -324,36 +332,35 @@ impl Heap {
         release_slab_to_arena(slab);
     }
 
-    /// Asks the heap's owner to collect the whole heap at its next allocation slow path (and to
-    /// decommit the free pages of the slabs it keeps, if `release_pages`), as its own `purge` would.
-    /// Any thread may ask.
-    pub(crate) fn request_collect(&self, release_pages: bool) {
-        let request = if release_pages {
-            COLLECT_AND_RELEASE_PAGES
+    /// Asks the heap's owner to collect the whole heap soon, at an allocation slow path, returning
+    /// every empty slab if `every_empty` (else only the idle ones; see the module doc). Any thread
+    /// may ask.
+    pub(crate) fn request_collect(&self, every_empty: bool) {
+        let request = if every_empty {
+            RETURN_EMPTY
         } else {
-            COLLECT
+            RETURN_IDLE
         };
         self.collect_requested.fetch_max(request, Ordering::Relaxed);
     }
 
-    /// Collects the whole heap if another thread asked, or if `max(COLLECT_EVERY, slabs owned)` slow
-    /// paths went by since it last did (see the module doc).
+    /// Forgets what other threads asked (for a heap that has just collected itself).
+    pub(crate) fn clear_collect_request(&self) {
+        self.collect_requested.store(NO_REQUEST, Ordering::Relaxed);
+    }
+
+    /// Collects the whole heap when it is due (see the module doc).
     fn collect_if_due(&self) {
-        let mut request = self.collect_requested.load(Ordering::Relaxed);
-        if request != NO_REQUEST {
-            request = self.collect_requested.swap(NO_REQUEST, Ordering::Relaxed);
-        }
         let since = self.slow_since_collect.get() + 1;
-        if request == NO_REQUEST && since < COLLECT_EVERY.max(self.owned_slabs.get()) {
+        let owned = self.owned_slabs.get();
+        let asked = self.collect_requested.load(Ordering::Relaxed) != NO_REQUEST;
+        if since < COLLECT_EVERY.max(4 * owned) && !(asked && since >= owned / ASKED_SPACING) {
             self.slow_since_collect.set(since);
             return;
         }
         self.slow_since_collect.set(0);
-        if request == COLLECT_AND_RELEASE_PAGES {
-            self.collect(true, false);
-        } else {
-            self.collect_with(false, false, true);
-        }
+        let request = self.collect_requested.swap(NO_REQUEST, Ordering::Relaxed);
+        self.collect_with(false, false, request != RETURN_EMPTY);
     }
 
     /// Takes the blocks other threads handed us for our parked slabs.

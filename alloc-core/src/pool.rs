@@ -179,10 +179,9 @@ pub(crate) fn for_each_heap(mut visit: impl FnMut(&Heap)) {
     }
 }
 
-/// Asks every heap's owner to collect its heap at its next allocation slow path
-/// ([`Heap::request_collect`]).
-pub(crate) fn request_collect(release_pages: bool) {
-    for_each_heap(|heap| heap.request_collect(release_pages));
+/// Asks every heap's owner to collect its heap soon ([`Heap::request_collect`]).
+pub(crate) fn request_collect(every_empty: bool) {
+    for_each_heap(|heap| heap.request_collect(every_empty));
 }
 
 /// Gives a partly used slab (already off its heap's lists) to the shared pool.

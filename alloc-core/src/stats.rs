@@ -94,8 +94,9 @@ pub struct Stats {
     pub large_allocated_bytes: usize,
     /// Bytes requested of huge allocations (above `LARGE_MAX_BYTES`, each a mapping of its own).
     pub huge_allocated_bytes: usize,
-    /// Bytes of huge allocations' mappings: their requested sizes rounded up to whole pages, and a
-    /// metadata page or two each.
+    /// Bytes of huge allocations' mappings: their requested sizes rounded up to whole pages, a
+    /// metadata page or two each, and for an alignment above those pages but below 2 MiB, the
+    /// padding up to it.
     pub huge_mapped_bytes: usize,
     pub arenas: usize,
     /// Units free in arenas (all kinds), and of those the ones still committed.

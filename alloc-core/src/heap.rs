@@ -414,16 +414,15 @@ impl Heap {
                 let next = s.next.get();
                 let collected = s.collect_remote();
                 HeapCounters::bump(&self.counters.remote_collected, collected as u64);
-                // Empty now: idle from now on (returned next time if `idle_only`).
+                // Empty now: idle from now on, and returned if it was idle already or may be
+                // returned at once.
                 let (flags, empty) = (s.flags.get(), s.used() == 0);
                 s.flags.set(if empty {
                     flags | FLAG_IDLE
                 } else {
                     flags & !FLAG_IDLE
                 });
-                if empty && idle_only && flags & FLAG_IDLE == 0 {
-                    // Kept until the next collection.
-                } else if empty {
+                if empty && (!idle_only || flags & FLAG_IDLE != 0) {
                     if self.current[class].get() == slab {
                         self.current[class].set(empty_slab());
                     }

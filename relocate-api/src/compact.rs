@@ -73,8 +73,8 @@ impl CompactReport {
 #[derive(Clone, Copy, Debug)]
 pub struct CacheStats {
     pub live_objects: usize,
-    /// `live_objects` × `size_of::<T>()` (0 for a zero-sized `T`); for a [`BlobCache`](crate::BlobCache),
-    /// the live blobs' whole blocks.
+    /// `live_objects` × `size_of::<T>()` (0 for a zero-sized `T`); for a
+    /// [`BlobCache`](crate::BlobCache), the live blobs' whole blocks.
     pub live_bytes: usize,
     pub slabs: usize,
     /// Bytes of slab memory the cache holds (slabs × slab size): what compaction can shrink.

@@ -4,8 +4,9 @@
 //! vacant handle-table slots of classes that shrank.
 
 use crate::blob::BlobCache;
-use crate::cache::{CacheError, Guard, Reader, RelocCache};
+use crate::cache::{CacheError, RelocCache};
 use crate::compact::{Budget, CacheStats, CompactReport};
+use crate::guard::{Guard, Reader};
 use crate::policy::Relocator;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,8 +151,9 @@ fn run_round<C: Compactable + ?Sized>(
 /// What a round needs of a cache: its own methods of those names, which the two caches have
 /// separately.
 mod sealed {
-    use crate::cache::{CacheError, Guard, Reader};
+    use crate::cache::CacheError;
     use crate::compact::{Budget, CacheStats, CompactReport};
+    use crate::guard::{Guard, Reader};
 
     pub trait Caches {
         /// The cache's statistics but its handle table's, which a round does not need.

@@ -22,14 +22,13 @@
 //! compactor's round for the classes where it may pay). Compaction, evacuation and
 //! eviction are the class caches' own, applied to every class in turn.
 
-use crate::cache::{
-    flush_until_quiet, next_epoch_id, next_tag, read_many, read_slot, tag_bits, CacheError, Guard,
-    Reader, ReleaseArenasOnDrop, RelocCache,
-};
+use crate::cache::{next_tag, tag_bits, CacheError, ReleaseArenasOnDrop, RelocCache};
 use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
+use crate::guard::{flush_until_quiet, next_epoch_id, Guard, Reader};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
 use crate::table::SlotTable;
+use crate::view::{read_many, read_slot};
 use alloc_core::movable::MAX_MOVABLE_BYTES;
 use crossbeam_epoch::Collector;
 use std::ptr::NonNull;

@@ -1,33 +1,35 @@
 //! `RelocCache<T>`: same-sized objects on movable slabs, reached through handles.
 //!
-//! Concurrency, in one paragraph: reads are wait-free (`get` checks the slot's generation and loads its
-//! address, under an epoch guard of this cache's own collector; a [`View`] does the same for a loop
-//! of gets under one guard). Everything that allocates or frees
-//! blocks or slots (insert, compaction, the freeing of retired blocks, the linking of vacant slots)
-//! holds the cache's `inner` lock; updates, removes and moves of one object are serialised by that
-//! object's slot (see `slot`), and a remove never takes `inner` (only, once per batch, `retired`'s). Memory that a pinned reader might
-//! still hold (an old copy after a move or an update, a removed object) is retired through the epoch:
-//! the guard collects a batch of such blocks (and the vacant slots of removed objects), hands the
-//! slots to `retired` and the blocks to one deferred function that (drops the old values if it must
-//! and) queues them on `retired`; the next operation that holds `inner` returns the blocks to the
-//! movable heap and takes the slots back (parks a home slot for its block's next object, links any
-//! other into the free list; see `home`). Deferred functions never take `inner`, so they may run on
-//! any thread at any time without deadlock.
+//! Concurrency, in one paragraph: reads are wait-free (`get` checks the slot's generation and loads
+//! its address, under an epoch guard of this cache's own collector; a [`View`] does the same for a
+//! loop of gets under one guard). Everything that allocates or frees blocks or slots (insert,
+//! compaction, the freeing of retired blocks, the linking of vacant slots) holds the cache's
+//! `inner` lock; updates, removes and moves of one object are serialised by that object's slot (see
+//! `slot`), and a remove never takes `inner` (only, once per batch, `retired`'s). Memory that a
+//! pinned reader might still hold (an old copy after a move or an update, a removed object) is
+//! retired through the epoch: the guard collects a batch of such blocks (and the vacant slots of
+//! removed objects), hands the slots to `retired` and the blocks to one deferred function that
+//! (drops the old values if it must and) queues them on `retired`; the next operation that holds
+//! `inner` returns the blocks to the movable heap and takes the slots back (parks a home slot for
+//! its block's next object, links any other into the free list; see `home`). Deferred functions
+//! never take `inner`, so they may run on any thread at any time without deadlock.
 
+use crate::guard::{flush_until_quiet, next_epoch_id, Guard, Reader};
 use crate::handle::Handle;
 use crate::home::{HomeOf, Homes};
+use crate::inner::SPARE_CLAIM_SLOTS;
+use crate::inner::{Counters, Inner};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::reentry;
-use crate::retire::{OpenBatch, Retired};
+use crate::retire::Retired;
 pub(crate) use crate::slot::tag_bits;
 use crate::slot::{self, Home, Slot, TryRemove, GEN_COUNTER_MASK, INDEX_BITS, TAG_BITS};
-use crate::table::{SlotTable, Slots};
+use crate::table::SlotTable;
+use crate::view::{read_many, View, SLOT_AHEAD};
 use alloc_core::movable::MovableHeap;
-use crossbeam_epoch::{Collector, LocalHandle};
-use std::cell::Cell;
+use crossbeam_epoch::Collector;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -62,66 +64,6 @@ impl std::fmt::Display for CacheError {
 
 impl std::error::Error for CacheError {}
 
-/// A thread's registration with a cache's epoch collector. Keep one per thread and pin it around
-/// reads: `let guard = reader.pin();`.
-pub struct Reader<'c> {
-    local: LocalHandle,
-    /// The collector's identity (see [`Guard`]).
-    epoch: usize,
-    _cache: PhantomData<&'c ()>,
-}
-
-impl<'c> Reader<'c> {
-    pub(crate) fn new(local: LocalHandle, epoch: usize) -> Self {
-        Self {
-            local,
-            epoch,
-            _cache: PhantomData,
-        }
-    }
-
-    /// Pins the current epoch: objects read under the guard stay valid until it is dropped. The guard
-    /// lives no longer than the cache (it may outlive the reader): removed objects it holds back are
-    /// dropped, and their blocks freed, once it is gone, which must be before the cache's memory is.
-    pub fn pin(&self) -> Guard<'c> {
-        Guard {
-            inner: self.local.pin(),
-            epoch: self.epoch,
-            batch: OpenBatch::default(),
-            deferred: Cell::new(0),
-            _cache: PhantomData,
-        }
-    }
-}
-
-/// An epoch guard of one cache's collector (a [`crate::BlobCache`]'s classes share one), made by
-/// [`Reader::pin`]: objects read under it stay valid, unchanged, until it is dropped or re-pinned.
-///
-/// It carries its collector's identity, a number no other collector has, so a cache checks that a
-/// guard protects its own memory with one comparison; a guard of another cache is refused with a
-/// panic (it would not hold back that cache's reclamation).
-///
-/// Objects removed (and old copies replaced) under a guard are handed to the epoch in batches: when
-/// the guard is dropped, re-pinned or flushed, or every `BATCH_BLOCKS` blocks (of any of the byte-blob
-/// classes that share the guard's collector). A guard lives no longer than its cache,
-/// so every batch is handed over while the cache's memory is there:
-///
-/// ```compile_fail,E0505
-/// let cache: relocate_api::RelocCache<String> = relocate_api::RelocCache::new().unwrap();
-/// let guard = cache.reader().pin();
-/// drop(cache); // error: the guard borrows the cache
-/// drop(guard);
-/// ```
-pub struct Guard<'c> {
-    inner: crossbeam_epoch::Guard,
-    epoch: usize,
-    /// Blocks removed under this guard, not yet handed to the epoch.
-    batch: OpenBatch,
-    /// Deferred functions (old blocks of moved objects) handed to the epoch under this guard.
-    deferred: Cell<u32>,
-    _cache: PhantomData<&'c ()>,
-}
-
 /// Drops the `T` at `block` (the `drop_value` a cache hands [`OpenBatch::retire`]).
 ///
 /// # Safety
@@ -129,560 +71,6 @@ pub struct Guard<'c> {
 unsafe fn drop_block<T>(block: usize) {
     // SAFETY: the caller's contract.
     unsafe { ptr::drop_in_place(block as *mut T) };
-}
-
-impl Guard<'_> {
-    /// Hands the open batch, if any, to the epoch.
-    fn defer_batch(&self) {
-        self.batch.hand_over(&self.inner);
-    }
-
-    /// Panics unless this guard is of the collector whose identity is `epoch`.
-    #[inline]
-    pub(crate) fn check(&self, epoch: usize) {
-        assert!(
-            self.epoch == epoch,
-            "relocate-api: a guard from another cache's reader was passed to this cache"
-        );
-    }
-
-    /// Unpins and pins again, so that the epoch (and reclamation) can move on; references read under
-    /// the guard end here (they borrow it).
-    pub fn repin(&mut self) {
-        self.defer_batch();
-        self.inner.repin();
-    }
-
-    /// Runs `f` once no thread can hold what was reachable when it was deferred.
-    pub(crate) fn defer(&self, f: impl FnOnce() + Send + 'static) {
-        self.inner.defer(f);
-        self.deferred.set(self.deferred.get().saturating_add(1));
-    }
-
-    /// Hands this thread's deferred functions to the collector and runs those whose epoch passed.
-    pub(crate) fn flush(&self) {
-        self.defer_batch();
-        self.inner.flush();
-        UNFLUSHED.with(|u| {
-            let mut counts = u.get();
-            counts.forget(self.epoch);
-            u.set(counts);
-        });
-    }
-}
-
-/// Collectors a thread keeps counts for (see [`Unflushed`]).
-const COUNTED_COLLECTORS: usize = 4;
-
-thread_local! {
-    /// Deferred functions this thread's guards handed to each collector's epoch since the thread
-    /// last flushed its bag of that collector.
-    static UNFLUSHED: Cell<Unflushed> = const { Cell::new(Unflushed([(0, 0); COUNTED_COLLECTORS])) };
-}
-
-/// `(collector identity, deferred functions handed over since its last flush)` for the collectors
-/// this thread used last, most recent first (identity 0: a free entry).
-#[derive(Clone, Copy)]
-struct Unflushed([(usize, u32); COUNTED_COLLECTORS]);
-
-impl Unflushed {
-    /// Adds `handed` to `epoch`'s count, moving its entry to the front, and says whether the bag is
-    /// due for a flush: the count reached [`FLUSH_AFTER`] (it then starts again), or the collector
-    /// had no entry while all were taken. Its earlier count may then have been evicted, so its bag
-    /// is flushed now; the collector whose entry this one takes (the least recently used) keeps
-    /// what its bag holds until it is next used (or the bag fills).
-    fn add(&mut self, epoch: usize, handed: u32) -> bool {
-        let last = COUNTED_COLLECTORS - 1;
-        let (count, evicted) = match self.0.iter().position(|&(e, _)| e == epoch) {
-            Some(at) => {
-                let count = self.0[at].1;
-                self.0.copy_within(0..at, 1);
-                (count, false)
-            }
-            None => {
-                let evicted = self.0[last].0 != 0;
-                self.0.copy_within(0..last, 1);
-                (0, evicted)
-            }
-        };
-        let count = count.saturating_add(handed);
-        let due = evicted || count >= FLUSH_AFTER;
-        self.0[0] = (epoch, if due { 0 } else { count });
-        due
-    }
-
-    /// Starts `epoch`'s count again (its bag was just flushed).
-    fn forget(&mut self, epoch: usize) {
-        if let Some(entry) = self.0.iter_mut().find(|(e, _)| *e == epoch) {
-            entry.1 = 0;
-        }
-    }
-}
-
-/// A guard flushes its thread's bag of its collector when it is dropped once the thread's guards of
-/// that collector have handed this many deferred functions to the epoch since the last flush.
-const FLUSH_AFTER: u32 = 8;
-
-impl Drop for Guard<'_> {
-    /// Hands the open batch to the epoch, and flushes the thread's bag of deferred functions to the
-    /// collector, where any thread's `flush` finds them, once its guards of this collector have
-    /// handed over [`FLUSH_AFTER`] since the last flush. A deferred function waits in the bag of the
-    /// thread that made it until the bag fills (64) or the thread flushes; without this, a thread
-    /// that removes objects and then idles, keeping its reader, would hold up to 64 batches (2,048
-    /// blocks, and their slabs) back from every other thread's `flush`. So it holds back at most 7
-    /// batches of each of the last [`COUNTED_COLLECTORS`] collectors it used, and a thread that
-    /// removes one object per guard (an LRU's evictions) flushes every 8 guards, not every one: a
-    /// flush costs a global queue push and a collection.
-    fn drop(&mut self) {
-        self.defer_batch();
-        let handed = self.deferred.get().saturating_add(self.batch.handed());
-        if handed == 0 {
-            return;
-        }
-        let due = UNFLUSHED.with(|u| {
-            let mut counts = u.get();
-            let due = counts.add(self.epoch, handed);
-            u.set(counts);
-            due
-        });
-        if due {
-            self.inner.flush();
-        }
-    }
-}
-
-/// The address of the object `handle` names in `table`, if the handle carries the tag of
-/// `tag_bits` (a cache's [`tag_bits`]) and its object's generation; valid while a guard of the
-/// table's collector is pinned. `home_base` is the cache's [`Homes::base`] (0 for no homes).
-#[inline]
-pub(crate) fn read_slot<T>(
-    slots: Slots<'_>,
-    (tag_bits, home_base): (u64, usize),
-    handle: Handle<T>,
-) -> Option<usize> {
-    let index = handle.index();
-    // Computed from the index alone: the object's load need not wait for the slot's (`home`).
-    let home = HomeOf::<T>::address(home_base, index);
-    slots
-        .for_read(index)
-        .read_at(handle.to_bits(), tag_bits, home)
-}
-
-/// A [`RelocCache`] as read under one guard (see [`RelocCache::view`]): copyable, and as long as it
-/// lives the guard stays pinned, so every reference it gives stays valid and unchanged.
-///
-/// ```
-/// let cache: relocate_api::RelocCache<u64> = relocate_api::RelocCache::new().unwrap();
-/// let handles: Vec<_> = (0..1000).map(|i| cache.insert(i).unwrap()).collect();
-/// let reader = cache.reader();
-/// let mut guard = reader.pin();
-/// let mut sum = 0;
-/// for run in handles.chunks(256) {
-///     guard.repin(); // let the epoch move on between runs of gets
-///     let view = cache.view(&guard);
-///     sum += run.iter().filter_map(|&h| view.get(h)).sum::<u64>();
-/// }
-/// assert_eq!(sum, 999 * 1000 / 2);
-/// ```
-///
-/// A reference it gave keeps the guard borrowed, so the guard cannot be re-pinned (or dropped)
-/// while the reference lives:
-///
-/// ```compile_fail,E0502
-/// let cache: relocate_api::RelocCache<u64> = relocate_api::RelocCache::new().unwrap();
-/// let handle = cache.insert(7).unwrap();
-/// let reader = cache.reader();
-/// let mut guard = reader.pin();
-/// let seven = cache.view(&guard).get(handle);
-/// guard.repin(); // error: `guard` is borrowed by `seven`
-/// assert_eq!(seven, Some(&7));
-/// ```
-pub struct View<'g, T> {
-    slots: Slots<'g>,
-    tag_bits: u64,
-    home_base: usize,
-    _objects: PhantomData<&'g T>,
-}
-
-impl<T> Clone for View<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for View<'_, T> {}
-
-impl<'g, T> View<'g, T> {
-    /// The object a handle names, or `None` if it was removed, evicted, or is not from this cache:
-    /// [`RelocCache::get`]. Wait-free.
-    #[inline]
-    pub fn get(self, handle: Handle<T>) -> Option<&'g T>
-    where
-        T: Relocatable,
-    {
-        let addr = self.address_of(handle)?;
-        // A published address holds a live `T` (never at 0: saying so spares the `Option<&T>` a test
-        // for null); moved, updated or removed meanwhile, its old block is retired through the epoch.
-        // SAFETY: the `T` stays valid and unchanged (`Relocatable`) while the view's guard is pinned.
-        unsafe {
-            core::hint::assert_unchecked(addr != 0);
-            Some(&*(addr as *const T))
-        }
-    }
-
-    /// The address of the object a handle names, valid while the view lives.
-    #[inline]
-    fn address_of(self, handle: Handle<T>) -> Option<usize> {
-        read_slot(self.slots, (self.tag_bits, self.home_base), handle)
-    }
-}
-
-/// [`read_slot`] for `count` handles, `handle(i)` for `i` in `0..count`: hands `visit(i, address)`
-/// each one's answer in order, while it loads the slots `SLOT_AHEAD` handles further on and looks up
-/// (and loads) the objects `OBJECT_AHEAD` further on, so that the cache misses of many lookups
-/// overlap (see [`RelocCache::get_many`]). With a `home_base` (a cache with homes; 0 for none) it
-/// loads each object's home with its slot. An address is read `OBJECT_AHEAD` handles before it is
-/// visited; it stays valid while a guard of the table's collector is pinned, as `read_slot`'s does.
-#[inline]
-pub(crate) fn read_many<T>(
-    slots: Slots<'_>,
-    (tag_bits, home_base): (u64, usize),
-    (count, handle): (usize, impl Fn(usize) -> Handle<T>),
-    mut visit: impl FnMut(usize, Option<usize>),
-) {
-    let look_up = |i: usize| {
-        let addr = read_slot(slots, (tag_bits, home_base), handle(i));
-        if let Some(addr) = addr {
-            alloc_core::os::prefetch(addr as *const u8);
-        }
-        addr
-    };
-    // With homes, an object at home is loaded with its slot, before the slot says where it is.
-    let prefetch_slot = |i: usize| {
-        let index = handle(i).index();
-        slots.prefetch(index);
-        if home_base != 0 {
-            alloc_core::os::prefetch(HomeOf::<T>::address(home_base, index) as *const u8);
-        }
-    };
-    for i in 0..count.min(SLOT_AHEAD) {
-        prefetch_slot(i);
-    }
-    let mut ahead = [None; OBJECT_AHEAD];
-    for (i, slot) in ahead.iter_mut().enumerate().take(count) {
-        *slot = look_up(i);
-    }
-    for i in 0..count {
-        if i + SLOT_AHEAD < count {
-            prefetch_slot(i + SLOT_AHEAD);
-        }
-        let addr = ahead[i % OBJECT_AHEAD];
-        ahead[i % OBJECT_AHEAD] = (i + OBJECT_AHEAD < count)
-            .then(|| look_up(i + OBJECT_AHEAD))
-            .flatten();
-        visit(i, addr);
-    }
-}
-
-/// Flushes `reader`'s collector until `waiting` (blocks retired and not yet taken back) has not
-/// changed for `QUIET_ROUNDS` rounds in a row, or a bound is reached (see [`RelocCache::flush`]).
-pub(crate) fn flush_until_quiet(reader: &Reader<'_>, epoch: usize, waiting: impl Fn() -> usize) {
-    assert!(
-        reader.epoch == epoch,
-        "relocate-api: a reader of another cache was passed to this cache's flush"
-    );
-    const QUIET_ROUNDS: usize = 256;
-    let mut quiet_rounds = 0;
-    for _ in 0..1_000_000 {
-        let before = waiting();
-        reader.pin().flush();
-        if waiting() == before {
-            quiet_rounds += 1;
-            if quiet_rounds == QUIET_ROUNDS {
-                break;
-            }
-        } else {
-            quiet_rounds = 0;
-        }
-    }
-}
-
-/// The next collector identity; never reused (a `usize` counter does not wrap in practice).
-pub(crate) fn next_epoch_id() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-pub(crate) struct Inner {
-    pub(crate) heap: MovableHeap,
-    /// The vacant slots ready for reuse, linked through the slots themselves: index + 1 of the first
-    /// (0: none); each vacant slot's [`Slot::free_link`] names the next the same way.
-    free_head: u32,
-    /// The runs of table slots this cache has claimed and not given back, in the order claimed, a
-    /// run that continues the last merged into it: every slot it uses lies in them (the table may be
-    /// shared, see `table`).
-    claimed: Vec<Range<u32>>,
-    /// The claimed slots never used yet (the end of the last run).
-    fresh: Range<u32>,
-    /// For a cache with homes (see `home`): slots at or above this index are spares, claimed from
-    /// the top of the table down; below it, home slots. 0 for a cache without homes, whose slots are
-    /// all claimed runs (so every slot that comes back is linked on the free list).
-    spare_floor: u32,
-    /// The units whose home slots have been used, sorted (with `claimed`, where `for_each` looks).
-    home_units: Vec<u32>,
-    /// With homes: slots ever used (each took a page's worth of table the first time, so this bounds
-    /// the table's size; see `may_touch_more`).
-    touched: usize,
-    /// With homes: parked slots (see `release_slot`).
-    parked: usize,
-    /// Objects inserted, less those taken (see [`RelocCache::live`]).
-    inserted: usize,
-    /// Slots linked onto the free list so far, and how many had been when the claimed slots were
-    /// last scanned for vacant runs.
-    listed: usize,
-    listed_at_scan: usize,
-    pub(crate) counters: Counters,
-}
-
-impl Inner {
-    /// A slot never used before (or, with homes, a free home slot the spares reached), claiming
-    /// `claim_slots` more when none is left: from `table` for a cache without homes, from the top of
-    /// the table down for one with homes (see `home`).
-    fn fresh_slot(&mut self, table: &SlotTable, claim_slots: usize, homes: bool) -> Option<u32> {
-        loop {
-            if self.fresh.is_empty() {
-                let run = if homes {
-                    let top = self.spare_floor;
-                    self.spare_floor =
-                        top.checked_sub(1)? / claim_slots as u32 * claim_slots as u32;
-                    self.spare_floor..top
-                } else {
-                    table.claim(claim_slots)?
-                };
-                match self.claimed.last_mut() {
-                    Some(last) if last.end == run.start => last.end = run.end,
-                    Some(last) if last.start == run.end => last.start = run.start,
-                    _ => self.claimed.push(run.clone()),
-                }
-                self.fresh = run;
-            }
-            let index = self.fresh.start;
-            self.fresh.start += 1;
-            if !homes {
-                return Some(index);
-            }
-            // A home slot the spares reached may be in use: it is linked when it comes back.
-            let slot = table.get_or_commit(index)?;
-            if slot.is_free_home() {
-                self.took_home_slot(slot.is_fresh());
-                return Some(index);
-            }
-        }
-    }
-
-    /// Counts a free home slot, `fresh` or parked, as taken.
-    fn took_home_slot(&mut self, fresh: bool) {
-        if fresh {
-            self.touched += 1;
-        } else {
-            self.parked -= 1;
-        }
-    }
-
-    /// Whether a cache with homes may use a slot it never used (a block's fresh home slot) rather
-    /// than a vacant one: while it has used fewer than one and a half times as many slots as it
-    /// holds objects, plus a run. A cache whose objects wander over the region (slabs emptied and
-    /// made again elsewhere) would otherwise use a home slot in every unit it ever had, and its
-    /// table would grow with the region rather than with its objects. Past the bound, new objects
-    /// take vacant slots, away from home.
-    fn may_touch_more(&self, live: usize) -> bool {
-        self.touched < live + live / 2 + SPARE_CLAIM_SLOTS
-    }
-
-    /// Links every parked home slot on the free list, when a cache at its bound (`may_touch_more`)
-    /// needs a vacant slot and a quarter of the slots it used are parked (so the scan, of every
-    /// used unit's slots, pays for itself): parked slots whose blocks are gone or taken would
-    /// otherwise wait for nothing.
-    fn list_parked_slots(&mut self, table: &SlotTable, homes: &Homes) {
-        if self.parked < self.touched / 4 {
-            return;
-        }
-        for &unit in &self.home_units {
-            for index in homes.unit_slots(unit) {
-                if let Some(slot) = table.get(index).filter(|slot| slot.is_parked()) {
-                    slot.set_free_link(self.free_head);
-                    self.free_head = index + 1;
-                }
-            }
-        }
-        self.parked = 0;
-    }
-
-    /// Takes a vacant slot back: parks a home slot for its block's next object, links any other on
-    /// the free list, and retires one whose generation counter wrapped (so no old handle can ever
-    /// name a new object).
-    fn release_slot(&mut self, index: u32, slot: &Slot) {
-        if slot.generation() == 0 {
-            slot.retire_for_good();
-            self.counters.retired_slots += 1;
-        } else if index < self.spare_floor {
-            slot.park();
-            self.parked += 1;
-        } else {
-            slot.set_free_link(self.free_head);
-            self.free_head = index + 1;
-            self.listed += 1;
-        }
-    }
-
-    /// Notes that a home slot of `unit` holds an object, for `slot_ranges`.
-    fn note_home_unit(&mut self, unit: u32) {
-        if self.home_units.last() == Some(&unit) {
-            return;
-        }
-        if let Err(at) = self.home_units.binary_search(&unit) {
-            self.home_units.insert(at, unit);
-        }
-    }
-
-    /// Every slot that may hold an object: the claimed runs and the home slots of the units used,
-    /// each once, in index order.
-    fn slot_ranges(&self, homes: &Homes) -> Vec<Range<u32>> {
-        let mut ranges: Vec<Range<u32>> = (self.home_units.iter())
-            .map(|&unit| homes.unit_slots(unit))
-            .chain(self.claimed.iter().cloned())
-            .collect();
-        ranges.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            match merged.last_mut() {
-                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
-                _ => merged.push(range),
-            }
-        }
-        merged
-    }
-
-    /// Every slot index this cache has claimed (for a cache without homes: all its slots).
-    fn claimed_slots(&self) -> impl Iterator<Item = u32> + '_ {
-        self.claimed.iter().flat_map(Range::clone)
-    }
-
-    /// Gives back to `table` every claimed run of `run` slots (aligned to `run`, as a shared
-    /// table's runs are) that lies wholly on the free list, and returns how many slots that was.
-    ///
-    /// Only slots on the free list count: a vacant slot still waiting in a batch or on `retired`
-    /// will be linked here later, so its run stays; a retired-for-good slot is never on the list,
-    /// so a run with one stays too (its generation must not be handed out again); and so does the
-    /// run with the unused end of the last claim (`fresh`, never listed). A first pass over the
-    /// claimed slots looks for runs with nothing live in them, so that the free list, in random
-    /// order, is walked only when some run may go.
-    fn give_back_vacant_runs(&mut self, table: &SlotTable, run: u32) -> usize {
-        let mut candidates: Vec<u32> = Vec::new();
-        let mut unit_all_vacant = true;
-        for index in self.claimed_slots() {
-            let occupied = table.get(index).is_none_or(Slot::is_live);
-            unit_all_vacant &= !occupied;
-            if (index + 1) % run == 0 {
-                if unit_all_vacant {
-                    candidates.push(index / run);
-                }
-                unit_all_vacant = true;
-            }
-        }
-        if candidates.is_empty() {
-            return 0;
-        }
-        // Free-list members per candidate run.
-        candidates.sort_unstable();
-        let mut listed = vec![0u32; candidates.len()];
-        let mut next = self.free_head;
-        while let Some(index) = next.checked_sub(1) {
-            let Some(slot) = table.get(index) else { break };
-            if let Ok(at) = candidates.binary_search(&(index / run)) {
-                listed[at] += 1;
-            }
-            next = slot.free_link();
-        }
-        let going: Vec<u32> = (candidates.iter().zip(&listed))
-            .filter(|&(_, &n)| n == run)
-            .map(|(&unit, _)| unit)
-            .collect();
-        if going.is_empty() {
-            return 0;
-        }
-        let goes = |index: u32| going.binary_search(&(index / run)).is_ok();
-        // Relink the free list without them, in its order.
-        let (mut head, mut last): (u32, Option<&Slot>) = (0, None);
-        let mut next = self.free_head;
-        while let Some(index) = next.checked_sub(1) {
-            let Some(slot) = table.get(index) else { break };
-            next = slot.free_link();
-            if goes(index) {
-                slot.set_free_link(0);
-                continue;
-            }
-            match last {
-                Some(previous) => previous.set_free_link(index + 1),
-                None => head = index + 1,
-            }
-            last = Some(slot);
-        }
-        if let Some(previous) = last {
-            previous.set_free_link(0);
-        }
-        self.free_head = head;
-        self.claimed = (self.claimed.iter())
-            .flat_map(|c| split_out(c.clone(), run, &going))
-            .collect();
-        // Highest first: the table hands out the last given first, so a claimer gets them in order
-        // and merges adjacent ones.
-        for &unit in going.iter().rev() {
-            table.give_back(unit * run..(unit + 1) * run);
-        }
-        going.len() * run as usize
-    }
-}
-
-/// `range` less the runs `units` (of `run` slots each, sorted) that lie in it.
-fn split_out(range: Range<u32>, run: u32, units: &[u32]) -> Vec<Range<u32>> {
-    let mut pieces = Vec::new();
-    let mut start = range.start;
-    for &unit in units {
-        let gone = unit * run..(unit + 1) * run;
-        if gone.start >= range.start && gone.end <= range.end {
-            if start < gone.start {
-                pieces.push(start..gone.start);
-            }
-            start = gone.end;
-        }
-    }
-    if start < range.end {
-        pieces.push(start..range.end);
-    }
-    pieces
-}
-
-/// Running totals kept under the cache lock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    pub moved_objects: u64,
-    pub moved_bytes: u64,
-    pub refused_moves: u64,
-    pub callback_panics: u64,
-    pub evicted_objects: u64,
-    pub released_bytes: u64,
-    pub compaction_nanos: u64,
-    /// Slots retired for good because their generation would have wrapped (see [`MAX_OBJECTS`]):
-    /// each keeps 8 bytes of handle table.
-    pub retired_slots: u64,
-    /// Slots handed back to a table shared with other caches (a [`crate::BlobCache`]'s classes), for
-    /// them to reuse.
-    pub returned_slots: u64,
-    /// Removed (or replaced) values whose drop panicked when the epoch let them go. The drop runs
-    /// in whichever thread pins or flushes then, so its panic is caught there, counted here, and the
-    /// value's block freed all the same; the panic hook has reported it.
-    pub drop_panics: u64,
 }
 
 /// Whether `slot` holds a live object of generation `counter` (whatever holds it: reliable when this
@@ -702,15 +90,6 @@ pub(crate) fn alloc_block(heap: &mut MovableHeap, owner: u32) -> Option<NonNull<
     unsafe { heap.free(block) };
     None
 }
-
-/// Spare slots a cache with homes claims at a time (see `home`): objects take them only when their
-/// block's home slot is not free. Also the slack in the bound on slots used (`may_touch_more`).
-const SPARE_CLAIM_SLOTS: usize = 256;
-
-/// How far ahead of the handle it visits [`RelocCache::get_many`] loads slots.
-const SLOT_AHEAD: usize = 16;
-/// How far ahead of the handle it visits [`RelocCache::get_many`] looks objects up (and loads them).
-const OBJECT_AHEAD: usize = 8;
 
 /// How many objects a [`RelocCache`] can hold at once (its handle table is reserved for this many
 /// slots up front: 3 GiB of address space, of which only the slots in use become memory).
@@ -1170,12 +549,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     #[inline]
     pub fn view<'g>(&'g self, guard: &'g Guard) -> View<'g, T> {
         self.check_guard(guard);
-        View {
-            slots: self.table.slots(),
-            tag_bits: self.tag_bits,
-            home_base: self.homes.base(),
-            _objects: PhantomData,
-        }
+        View::new(self.table.slots(), self.tag_bits, self.homes.base())
     }
 
     /// Reads the objects of many handles: calls `visit(i, object)` for each `handles[i]` in order,
@@ -1454,7 +828,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         // SAFETY: no reader can newly reach `addr` (the caller's contract); `drop_block::<T>` drops
         // the `T` there, once; a guard lives no longer than its cache (it borrows it).
         unsafe {
-            (guard.batch).retire(&guard.inner, &self.retired, drop_value, addr, slot);
+            guard.retire(&self.retired, drop_value, addr, slot);
         }
     }
 
@@ -1626,18 +1000,6 @@ mod tests {
         let h = kept[0].1;
         let foreign = Handle::<[u64; 8]>::new(h.index(), h.gen() ^ tag_bits(1));
         assert_eq!(cache.get(foreign, &guard), None);
-    }
-
-    #[test]
-    fn split_out_cuts_runs_out_of_ranges() {
-        assert_eq!(split_out(0..1024, 256, &[1, 2]), vec![0..256, 768..1024]);
-        assert_eq!(split_out(0..512, 256, &[0, 1]), Vec::<Range<u32>>::new());
-        assert_eq!(
-            split_out(256..512, 256, &[0, 3]),
-            vec![256..512],
-            "not in it"
-        );
-        assert_eq!(split_out(0..768, 256, &[2]), vec![0..512]);
     }
 
     #[test]

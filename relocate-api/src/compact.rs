@@ -20,8 +20,10 @@
 //! inserts wait for it; reads never do. Old blocks are freed only after the epoch: call
 //! [`RelocCache::flush`] (or let the next operation do it) to see the memory come back.
 
-use crate::cache::{alloc_block, CacheError, Counters, Guard, Inner, RelocCache};
+use crate::cache::{alloc_block, CacheError, RelocCache};
+use crate::guard::Guard;
 use crate::handle::Handle;
+use crate::inner::{Counters, Inner};
 use crate::policy::{Isolation, Relocator, MOVE_BATCH};
 use crate::slot::{Home, Slot};
 use alloc_core::movable::{self, SlabView};

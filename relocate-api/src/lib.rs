@@ -37,10 +37,12 @@
 //! Module map: `slot` (the per-object state machine, loom-checked), `retire` (removed blocks and
 //! vacant slots handed back in batches through the epoch, loom-checked), `table` (slots that never
 //! move), `home` (slot indices that name a block's place, so a read need not wait for the slot),
-//! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `cache` (access), `compact`
-//! (moves, evacuation, eviction, statistics), `blob` (the byte-blob flavour), `background` (the
-//! compactor thread), `reentry` (what a thread is in the middle of, so that calls that would wait
-//! for their own thread are refused).
+//! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `guard` (readers and epoch
+//! guards), `view` (the read path: one slot load per get), `cache` (insert, update, remove),
+//! `inner` (a cache's state under its lock: slot bookkeeping and totals), `compact` (moves,
+//! evacuation, eviction, statistics), `blob` (the byte-blob flavour), `background` (the compactor
+//! thread), `reentry` (what a thread is in the middle of, so that calls that would wait for their
+//! own thread are refused).
 
 mod sync;
 
@@ -56,25 +58,37 @@ mod cache;
 #[cfg(not(loom))]
 mod compact;
 #[cfg(not(loom))]
+mod guard;
+#[cfg(not(loom))]
 mod handle;
 #[cfg(not(loom))]
 mod home;
+#[cfg(not(loom))]
+mod inner;
 #[cfg(not(loom))]
 mod policy;
 #[cfg(not(loom))]
 mod reentry;
 #[cfg(not(loom))]
 mod table;
+#[cfg(not(loom))]
+mod view;
 
 #[cfg(not(loom))]
 pub use background::{start_compactor, BackgroundReport, Compactable, Compactor, CompactorConfig};
 #[cfg(not(loom))]
 pub use blob::{BlobCache, BlobHandle, MAX_BLOB_BYTES};
 #[cfg(not(loom))]
-pub use cache::{CacheError, Counters, Guard, Reader, RelocCache, View, MAX_CACHES, MAX_OBJECTS};
+pub use cache::{CacheError, RelocCache, MAX_CACHES, MAX_OBJECTS};
 #[cfg(not(loom))]
 pub use compact::{Budget, CacheStats, CompactReport};
 #[cfg(not(loom))]
+pub use guard::{Guard, Reader};
+#[cfg(not(loom))]
 pub use handle::Handle;
 #[cfg(not(loom))]
+pub use inner::Counters;
+#[cfg(not(loom))]
 pub use policy::{BitwiseMove, FnRelocator, Isolation, Relocatable, Relocator, MOVE_BATCH};
+#[cfg(not(loom))]
+pub use view::View;

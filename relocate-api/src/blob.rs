@@ -288,6 +288,35 @@ impl BlobCache {
         );
     }
 
+    /// Calls `visit` with the handle and bytes of every live blob, class by class. A blob inserted
+    /// or removed meanwhile may or may not be visited; every other one is visited once.
+    ///
+    /// # Panics
+    /// If `guard` was not pinned by a [`Reader`] of this cache.
+    pub fn for_each<'g>(&'g self, guard: &'g Guard, mut visit: impl FnMut(BlobHandle, &'g [u8])) {
+        guard.check(self.epoch);
+        for (number, class) in self.made() {
+            class.for_each(guard, |handle, header| {
+                // SAFETY: a published blob, read under `guard`, as in `get`.
+                let blob = unsafe { blob_at(header as *const BlobLen as usize) };
+                // A slot of a run that went to another class since this one listed its runs holds
+                // that class's blob: it is visited there.
+                if class_of(LEN_BYTES + blob.len()) == Some(number) {
+                    visit(BlobHandle::of(handle), blob);
+                }
+            });
+        }
+    }
+
+    /// Number of live blobs, over every size class.
+    pub fn len(&self) -> usize {
+        self.made().map(|(_, class)| class.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The class that owns a handle's live blob, with its number, or `None` (stale, foreign). A slot
     /// belongs to the class that claimed it until that class gives it back vacant, and only its owner
     /// stores blobs in it, all of a length of that class: so the class of a live blob's length is the

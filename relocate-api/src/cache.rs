@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheError {
     /// `T`'s size rounded up to its alignment is over the largest movable block (36 KiB), as it is
-    /// for every alignment above 32 KiB.
+    /// for every alignment above 32 KiB; or a blob is longer than [`crate::MAX_BLOB_BYTES`].
     TooLarge,
     /// Out of memory (slabs, handle-table pages), or the cache holds [`MAX_OBJECTS`] already (or
     /// has used every slot's generations, see [`MAX_OBJECTS`]).
@@ -54,7 +54,10 @@ pub enum CacheError {
 impl std::fmt::Display for CacheError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            CacheError::TooLarge => "type too large for a slab (over 36 KiB)",
+            CacheError::TooLarge => {
+                "too large for a movable block: a type over 36 KiB (or aligned above 32 KiB), or \
+                 a blob over 36 KiB - 4 B"
+            }
             CacheError::OutOfMemory => "out of memory",
             CacheError::Reentrant => "called from inside this cache's relocation callback",
             CacheError::TooManyCaches => "the process has made as many caches as there are tags",
@@ -216,7 +219,7 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
         Self::with_parts(
             BitwiseMove,
             collector,
-            (epoch, tag),
+            (epoch, || Ok(tag)),
             (table, SIBLING_CLAIM_SLOTS, false),
             object_bytes,
         )
@@ -230,14 +233,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Self::with_parts(
             relocator,
             Collector::new(),
-            (next_epoch_id(), next_tag()?),
+            (next_epoch_id(), next_tag),
             (table, SPARE_CLAIM_SLOTS, true),
             size_of::<T>(),
         )
     }
 
     /// A cache of objects of `object_bytes` (at least `size_of::<T>()`) that may share `collector`
-    /// (whose identity is `epoch`), its `tag` and its `table` (from which it claims `claim_slots` at a
+    /// (whose identity is `epoch`), its tag (from `take_tag`, called only once nothing else can
+    /// fail: tags are never reused, so a failed construction must not use one up) and its `table` (from which it claims `claim_slots` at a
     /// time) with others; with `homes`, the table is the cache's own and objects use their blocks'
     /// home slots (see `home`). A shared collector is only for types without drop glue: a sibling may keep
     /// the collector, and so this cache's pending deferred functions, alive after this cache is
@@ -246,17 +250,18 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     fn with_parts(
         relocator: R,
         collector: Collector,
-        (epoch, tag): (usize, u32),
+        (epoch, take_tag): (usize, impl FnOnce() -> Result<u32, CacheError>),
         (table, claim_slots, homes): (SlotTable, usize, bool),
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
+        let heap =
+            MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         // Fail here, not at the first insert, if movable memory cannot be had (see `slot`).
         if !alloc_core::movable::reserve_movable_region() {
             return Err(CacheError::OutOfMemory);
         }
-        let heap =
-            MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
+        let tag = take_tag()?;
         // A cache asked for homes owns its table: it is not a byte-blob class, whose `BlobCache`
         // gives memory back for all its classes when dropped.
         let standalone = homes;

@@ -514,6 +514,17 @@ fn drifting_sizes_reuse_slots_given_back_and_match_a_model() {
         });
         assert_eq!(visited, mixed.len());
         assert_eq!(cache.stats().live_objects, model.len());
+        // `for_each` visits each live blob once, with its bytes, over runs that changed classes.
+        let mut seen: HashMap<BlobHandle, Vec<u8>> = HashMap::new();
+        cache.for_each(&guard, |h, bytes| {
+            assert!(
+                seen.insert(h, bytes.to_vec()).is_none(),
+                "{h:?} visited twice"
+            );
+        });
+        assert!(seen == model, "for_each's blobs differ from the model");
+        assert_eq!(cache.len(), model.len());
+        assert_eq!(cache.is_empty(), model.is_empty());
     }
     assert!(given > 0);
     assert_eq!(cache.stats().counters.returned_slots, given as u64);
@@ -543,6 +554,31 @@ fn slots_given_back_while_other_threads_store_and_read() {
                 given += cache.release_vacant_slots();
             }
             given
+        });
+        // Walks every blob over and over while runs change classes: no blob twice in one walk, and
+        // each one of the workers' lengths and as `get` reads it (unless it went meanwhile).
+        let walker = scope.spawn(|| {
+            let reader = cache.reader();
+            let lengths: Vec<usize> = (0..5)
+                .flat_map(|k| [20 + k * 300, 20 + k * 300 + 150])
+                .collect();
+            let mut walks = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let guard = reader.pin();
+                let mut seen = std::collections::HashSet::new();
+                cache.for_each(&guard, |h, bytes| {
+                    assert!(seen.insert(h), "{h:?} visited twice in one walk");
+                    assert!(
+                        lengths.contains(&bytes.len()),
+                        "a blob of {} B",
+                        bytes.len()
+                    );
+                    let now = cache.get(h, &guard);
+                    assert!(now.is_none() || now == Some(bytes), "{h:?} read otherwise");
+                });
+                walks += 1;
+            }
+            walks
         });
         let workers: Vec<_> = (0..2u64)
             .map(|worker| {
@@ -581,16 +617,20 @@ fn slots_given_back_while_other_threads_store_and_read() {
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let given = giver.join().unwrap();
+        assert!(walker.join().unwrap() > 0);
         let reader = cache.reader();
         cache.flush(&reader);
         let rest = cache.release_vacant_slots();
         assert!(given + rest > 0, "the emptied rounds' runs went back");
         assert_eq!(cache.stats().counters.returned_slots, (given + rest) as u64);
     });
-    assert_eq!(
-        cache.stats().live_objects,
-        (ROUNDS * 2 * PER_ROUND.div_ceil(1_000)) as usize
-    );
+    let survivors = (ROUNDS * 2 * PER_ROUND.div_ceil(1_000)) as usize;
+    assert_eq!(cache.stats().live_objects, survivors);
+    assert_eq!(cache.len(), survivors);
+    let reader = cache.reader();
+    let mut walked = 0;
+    cache.for_each(&reader.pin(), |_, _| walked += 1);
+    assert_eq!(walked, survivors);
 }
 
 /// A background compactor serves a blob cache too: it brings a class's fragmentation down, and

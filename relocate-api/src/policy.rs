@@ -58,10 +58,25 @@ unsafe impl<T: Relocatable + ?Sized> Relocatable for Box<T> {}
 unsafe impl<T: Relocatable, const N: usize> Relocatable for [T; N] {}
 // SAFETY: `Option` adds no interior mutability.
 unsafe impl<T: Relocatable> Relocatable for Option<T> {}
-// SAFETY: tuples of qualifying elements qualify.
-unsafe impl<A: Relocatable, B: Relocatable> Relocatable for (A, B) {}
-// SAFETY: as above.
-unsafe impl<A: Relocatable, B: Relocatable, C: Relocatable> Relocatable for (A, B, C) {}
+// SAFETY: a slice of qualifying elements qualifies (behind a `Box`, which owns it).
+unsafe impl<T: Relocatable> Relocatable for [T] {}
+// SAFETY: plain bytes (behind a `Box`, which owns them).
+unsafe impl Relocatable for str {}
+
+macro_rules! relocatable_tuples {
+    ($(($($t:ident),+)),*) => { $(
+        // SAFETY: tuples of qualifying elements qualify.
+        unsafe impl<$($t: Relocatable),+> Relocatable for ($($t,)+) {}
+    )* };
+}
+relocatable_tuples!(
+    (A),
+    (A, B),
+    (A, B, C),
+    (A, B, C, D),
+    (A, B, C, D, E),
+    (A, B, C, D, E, F)
+);
 
 /// The most objects one [`Relocator::batch`] moves.
 pub const MOVE_BATCH: usize = 64;

@@ -362,6 +362,40 @@ fn blocks_are_the_size_of_the_type() {
     assert_eq!(object.map(|(last, addr)| (last, addr % 64)), Some((7, 0)));
 }
 
+/// Boxed strings and slices, and tuples of up to six fields, are `Relocatable`: read with `get`, they
+/// survive removals and a compaction that moves them.
+#[test]
+fn boxed_slices_and_wide_tuples_move_and_read_back() {
+    type Row = (Box<str>, Box<[u32]>, u8, u16, Option<u64>, (char,));
+    let row = |i: u32| -> Row {
+        let text = format!("row {i}").into_boxed_str();
+        (
+            text,
+            (0..i % 7).collect(),
+            i as u8,
+            i as u16,
+            Some(u64::from(i)),
+            ('r',),
+        )
+    };
+    let cache = RelocCache::<Row>::new().unwrap();
+    let handles: Vec<_> = (0..20_000)
+        .map(|i| cache.insert(row(i)).ok().unwrap())
+        .collect();
+    let reader = cache.reader();
+    let guard = reader.pin();
+    for (i, &h) in handles.iter().enumerate() {
+        if i % 5 != 0 {
+            assert!(cache.remove(h, &guard));
+        }
+    }
+    let report = cache.compact(&guard, Budget::Unlimited).unwrap();
+    assert!(report.moved_objects > 0, "nothing moved");
+    for (i, &h) in handles.iter().enumerate().step_by(5) {
+        assert_eq!(cache.get(h, &guard), Some(&row(i as u32)));
+    }
+}
+
 /// Zero-sized objects each take a 16-byte block (a handle needs a place) but count no live bytes,
 /// and compact as others do.
 #[test]

@@ -383,12 +383,14 @@ fn boxed_slices_and_wide_tuples_move_and_read_back() {
         .map(|i| cache.insert(row(i)).ok().unwrap())
         .collect();
     let reader = cache.reader();
-    let guard = reader.pin();
     for (i, &h) in handles.iter().enumerate() {
         if i % 5 != 0 {
-            assert!(cache.remove(h, &guard));
+            assert!(cache.remove(h, &reader.pin()));
         }
     }
+    // The removed blocks are free once no guard can hold them.
+    cache.flush(&reader);
+    let guard = reader.pin();
     let report = cache.compact(&guard, Budget::Unlimited).unwrap();
     assert!(report.moved_objects > 0, "nothing moved");
     for (i, &h) in handles.iter().enumerate().step_by(5) {

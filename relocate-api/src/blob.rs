@@ -18,8 +18,8 @@
 //! new blob). So the classes together have the whole index space and its generations
 //! ([`crate::MAX_OBJECTS`]). A class keeps the runs it claimed (its vacant slots wait for its own next
 //! blobs) until [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table
-//! for any class (which an insert that finds the table full does first, and a background
-//! compactor's round for the classes where it may pay). Compaction, evacuation and
+//! for any class (which an insert that finds the table full does first, and inserts after enough
+//! removals and a background compactor's rounds do for the classes where it may pay). Compaction, evacuation and
 //! eviction are the class caches' own, applied to every class in turn.
 
 use crate::cache::{next_tag, tag_bits, CacheError, ReleaseArenasOnDrop, RelocCache};
@@ -169,6 +169,8 @@ struct BlobCounts {
     /// rather than scan the classes again.
     removals: AtomicU64,
     fruitless_at: AtomicU64,
+    /// `removals` when an insert last asked the sparse classes for their vacant runs.
+    scanned_at: AtomicU64,
 }
 
 impl BlobCache {
@@ -188,6 +190,7 @@ impl BlobCache {
                 released: AtomicU64::new(0),
                 removals: AtomicU64::new(0),
                 fruitless_at: AtomicU64::new(u64::MAX),
+                scanned_at: AtomicU64::new(0),
             }),
             release_on_drop: ReleaseArenasOnDrop::new(true),
         })
@@ -229,7 +232,12 @@ impl BlobCache {
     /// When the shared handle table is full, the classes first give back their vacant runs of slots
     /// ([`BlobCache::release_vacant_slots`]) and the insert is tried once more, so that a table
     /// filled at one class's peak does not refuse another class's blobs while the first holds
-    /// wholly vacant runs.
+    /// wholly vacant runs. And once a quarter of the table's slots' worth of blobs went since it
+    /// last did, an insert asks the classes that hold more than twice the slots they need for their
+    /// vacant runs (see [`release_vacant_slots`](Self::release_vacant_slots)), so that claims take
+    /// those rather than grow the table: when value sizes drift, the table stays near what the live
+    /// blobs need instead of reaching the sum of every class's peak, for a few slot reads per
+    /// removal.
     pub fn insert(&self, value: &[u8]) -> Result<BlobHandle, CacheError> {
         let class = class_of(LEN_BYTES + value.len()).ok_or(CacheError::TooLarge)?;
         let cache = self.class_or_make(class)?;
@@ -237,10 +245,20 @@ impl BlobCache {
             // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
             unsafe { cache.insert_with(|block| write_blob(block, value)) }.map(BlobHandle::of)
         };
-        match insert() {
+        let inserted = match insert() {
             Err(CacheError::OutOfMemory) if self.took_back_slots() => insert(),
             inserted => inserted,
+        };
+        let removals = self.counts.removals.load(Ordering::Relaxed);
+        let scanned_at = self.counts.scanned_at.load(Ordering::Relaxed);
+        if removals - scanned_at >= (self.table.committed() / 4) as u64
+            && (self.counts.scanned_at)
+                .compare_exchange(scanned_at, removals, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.release_sparse_classes_slots();
         }
+        inserted
     }
 
     /// After an insert ran out of memory: whether the table is full and the classes gave back
@@ -502,9 +520,12 @@ impl BlobCache {
     /// to need slots takes it before the table grows. Returns the number of slots given back. (A
     /// removed blob's slot is vacant once the guard it was removed under is dropped or re-pinned.)
     ///
-    /// Without this a class keeps its runs for its own next blobs, so when the sizes of the values
-    /// drift, the table holds the sum of every class's peak. Removals at random leave few runs
-    /// wholly vacant (a run is 256 slots); a class that empties gives back all but its last run.
+    /// Otherwise a class keeps its runs for its own next blobs, so when the sizes of the values
+    /// drift, the table would hold the sum of every class's peak: inserts ask for this (for the
+    /// classes that hold over twice the slots they need) once a quarter of the table's worth of
+    /// blobs went since they last did, and so does a background compactor's every round. Removals
+    /// at random leave few runs wholly vacant (a run is 256 slots); a class that empties gives back
+    /// all but its last run.
     /// Each class is locked in turn while its claimed slots are scanned (and its free list walked,
     /// when some run can go), so this is maintenance work, like `release_empty_arenas`.
     ///

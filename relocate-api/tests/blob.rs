@@ -527,7 +527,8 @@ fn drifting_sizes_reuse_slots_given_back_and_match_a_model() {
         assert_eq!(cache.is_empty(), model.is_empty());
     }
     assert!(given > 0);
-    assert_eq!(cache.stats().counters.returned_slots, given as u64);
+    // Inserts give runs back too (after enough removals), so the counter holds more than the calls.
+    assert!(cache.stats().counters.returned_slots >= given as u64);
     // Without giving back, each band's classes would keep their own peaks' slots: 49,152 table
     // slots here (three chunks of 16,384) for a peak of about 6,300 live blobs; with it, one chunk.
     let table_slots = cache.stats().table_committed_bytes / 8;
@@ -535,6 +536,42 @@ fn drifting_sizes_reuse_slots_given_back_and_match_a_model() {
         table_slots <= (peak_live * 2).next_multiple_of(16 << 10),
         "{table_slots} table slots for a peak of {peak_live} live blobs"
     );
+}
+
+/// Values whose sizes drift, phase after phase, with no call to `release_vacant_slots`: each insert
+/// that grows the table has the emptied classes give their runs back, so the table stays near what
+/// the live blobs need rather than the sum of every class's peak.
+#[test]
+fn drifting_sizes_keep_the_table_small_without_being_asked() {
+    const PHASES: usize = 20;
+    const LIVE: usize = 20_000;
+    let cache = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let mut live: Vec<(BlobHandle, Vec<u8>)> = Vec::new();
+    for phase in 0..PHASES {
+        let guard = reader.pin();
+        for (h, _) in live.drain(..) {
+            assert!(cache.remove(h, &guard));
+        }
+        drop(guard);
+        cache.flush(&reader);
+        let len = 20 + phase * 150;
+        for i in 0..LIVE {
+            let v = value((phase * LIVE + i) as u64, len);
+            live.push((cache.insert(&v).unwrap(), v));
+        }
+    }
+    let guard = reader.pin();
+    for (h, v) in &live {
+        assert_eq!(cache.get(*h, &guard), Some(v.as_slice()));
+    }
+    let table_slots = cache.stats().table_committed_bytes / 8;
+    // Each class's peak kept: PHASES × LIVE = 400,000 slots.
+    assert!(
+        table_slots <= 4 * LIVE,
+        "{table_slots} table slots for {LIVE} live blobs"
+    );
+    assert!(cache.stats().counters.returned_slots > 0);
 }
 
 /// Slot runs given back while other threads insert, read and remove in other classes (and in the
@@ -622,7 +659,7 @@ fn slots_given_back_while_other_threads_store_and_read() {
         cache.flush(&reader);
         let rest = cache.release_vacant_slots();
         assert!(given + rest > 0, "the emptied rounds' runs went back");
-        assert_eq!(cache.stats().counters.returned_slots, (given + rest) as u64);
+        assert!(cache.stats().counters.returned_slots >= (given + rest) as u64);
     });
     let survivors = (ROUNDS * 2 * PER_ROUND.div_ceil(1_000)) as usize;
     assert_eq!(cache.stats().live_objects, survivors);

@@ -251,7 +251,8 @@ impl BlobCache {
         };
         let removals = self.counts.removals.load(Ordering::Relaxed);
         let scanned_at = self.counts.scanned_at.load(Ordering::Relaxed);
-        if removals - scanned_at >= (self.table.committed() / 4) as u64
+        // Saturating: another thread may have moved `scanned_at` past the `removals` read here.
+        if removals.saturating_sub(scanned_at) >= (self.table.committed() / 4) as u64
             && (self.counts.scanned_at)
                 .compare_exchange(scanned_at, removals, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()

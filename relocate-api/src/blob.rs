@@ -27,12 +27,14 @@ use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::guard::{flush_until_quiet, next_epoch_id, Guard, Reader};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
+use crate::striped::StripedCounter;
 use crate::table::SlotTable;
 use crate::view::{read_many, read_slot};
 use alloc_core::movable::MAX_MOVABLE_BYTES;
 use crossbeam_epoch::Collector;
+use std::cell::Cell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Bytes of the length in front of every blob.
@@ -167,10 +169,26 @@ struct BlobCounts {
     /// Blobs removed or evicted so far, and how many there had been when an insert into a full
     /// table last found no vacant run to take back: until more go, a full table refuses at once
     /// rather than scan the classes again.
-    removals: AtomicU64,
-    fruitless_at: AtomicU64,
+    removals: StripedCounter,
+    fruitless_at: AtomicUsize,
     /// `removals` when an insert last asked the sparse classes for their vacant runs.
-    scanned_at: AtomicU64,
+    scanned_at: AtomicUsize,
+}
+
+/// Inserts between a thread's checks whether the classes are due to give slot runs back: the check
+/// sums a counter the removing threads write, which costs cache misses.
+const INSERTS_PER_CHECK: u32 = 64;
+
+/// Whether this thread's insert is one that checks (every [`INSERTS_PER_CHECK`]th).
+fn check_due() -> bool {
+    thread_local! {
+        static UNCHECKED: Cell<u32> = const { Cell::new(0) };
+    }
+    UNCHECKED.with(|unchecked| {
+        let n = unchecked.get() + 1;
+        unchecked.set(if n == INSERTS_PER_CHECK { 0 } else { n });
+        n == INSERTS_PER_CHECK
+    })
 }
 
 impl BlobCache {
@@ -188,9 +206,9 @@ impl BlobCache {
             tag: next_tag()?,
             counts: Box::new(BlobCounts {
                 released: AtomicU64::new(0),
-                removals: AtomicU64::new(0),
-                fruitless_at: AtomicU64::new(u64::MAX),
-                scanned_at: AtomicU64::new(0),
+                removals: StripedCounter::default(),
+                fruitless_at: AtomicUsize::new(usize::MAX),
+                scanned_at: AtomicUsize::new(0),
             }),
             release_on_drop: ReleaseArenasOnDrop::new(true),
         })
@@ -249,24 +267,32 @@ impl BlobCache {
             Err(CacheError::OutOfMemory) if self.took_back_slots() => insert(),
             inserted => inserted,
         };
-        let removals = self.counts.removals.load(Ordering::Relaxed);
+        if check_due() {
+            self.give_back_if_due();
+        }
+        inserted
+    }
+
+    /// Asks the sparse classes for their vacant runs if a quarter of the table's slots' worth of
+    /// blobs went since that was last done (see [`insert`](Self::insert)).
+    fn give_back_if_due(&self) {
+        let removals = self.counts.removals.sum();
         let scanned_at = self.counts.scanned_at.load(Ordering::Relaxed);
         // Saturating: another thread may have moved `scanned_at` past the `removals` read here.
-        if removals.saturating_sub(scanned_at) >= (self.table.committed() / 4) as u64
+        if removals.saturating_sub(scanned_at) >= self.table.committed() / 4
             && (self.counts.scanned_at)
                 .compare_exchange(scanned_at, removals, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
             self.release_sparse_classes_slots();
         }
-        inserted
     }
 
     /// After an insert ran out of memory: whether the table is full and the classes gave back
     /// vacant runs (no class lock is held here; the give-back takes each in turn). It scans only if
     /// blobs went since the last scan that found nothing.
     fn took_back_slots(&self) -> bool {
-        let removals = self.counts.removals.load(Ordering::Relaxed);
+        let removals = self.counts.removals.sum();
         if !self.table.is_full() || self.counts.fruitless_at.load(Ordering::Relaxed) == removals {
             return false;
         }
@@ -385,7 +411,7 @@ impl BlobCache {
             .owner(handle, guard)
             .is_some_and(|(_, c)| c.remove_at(handle.inner(), guard, |_| ()).is_some());
         if removed {
-            self.counts.removals.fetch_add(1, Ordering::Relaxed);
+            self.counts.removals.add(1);
         }
         removed
     }
@@ -414,9 +440,7 @@ impl BlobCache {
                 }
             },
         );
-        self.counts
-            .removals
-            .fetch_add(removed as u64, Ordering::Relaxed);
+        self.counts.removals.add(removed);
         removed
     }
 
@@ -492,7 +516,7 @@ impl BlobCache {
             };
             let report = class.evict_in_arena(guard, arena, is_ours, |handle, addr| {
                 // Counted before `on_evict` runs, which may panic: the blob is gone all the same.
-                self.counts.removals.fetch_add(1, Ordering::Relaxed);
+                self.counts.removals.add(1);
                 // SAFETY: a live blob of this class, valid during the callback.
                 on_evict(BlobHandle::of(handle), unsafe { blob_at(addr) });
             });

@@ -24,6 +24,7 @@ use crate::reentry;
 use crate::retire::Retired;
 pub(crate) use crate::slot::tag_bits;
 use crate::slot::{self, Home, Slot, TryRemove, GEN_COUNTER_MASK, INDEX_BITS, TAG_BITS};
+use crate::striped::StripedCounter;
 use crate::table::SlotTable;
 use crate::view::{read_many, View, SLOT_AHEAD};
 use alloc_core::movable::MovableHeap;
@@ -32,7 +33,7 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Why a cache could not be made or an operation could not run.
@@ -138,7 +139,7 @@ pub struct RelocCache<T, R = BitwiseMove> {
     pub(crate) inner: Box<Mutex<Inner>>,
     pub(crate) retired: Arc<Retired>,
     /// Objects removed (see [`RelocCache::live`]).
-    removed: Box<AtomicUsize>,
+    removed: Box<StripedCounter>,
     collector: ManuallyDrop<Collector>,
     /// The collector's identity, carried by every guard of it.
     epoch: usize,
@@ -291,7 +292,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 counters: Counters::default(),
             })),
             retired: Arc::default(),
-            removed: Box::new(AtomicUsize::new(0)),
+            removed: Box::default(),
             collector: ManuallyDrop::new(collector),
             epoch,
             relocator,
@@ -796,7 +797,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         // Account for the removal before `f` runs, so that a panicking `f` loses nothing: the block
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the
         // guard is gone.
-        self.removed.fetch_add(1, Ordering::Relaxed);
+        self.removed.add(1);
         // SAFETY: `begin_remove` emptied the slot and gave this remover its block.
         unsafe { self.retire(guard, addr, Some(handle.index())) };
         Some(f(addr))
@@ -819,7 +820,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Objects in the cache: those inserted (less those taken) that were not removed since. Removals
     /// count without the lock; the lock holder's `inserted` counts every object a removal can name.
     pub(crate) fn live(&self, inner: &Inner) -> usize {
-        inner.inserted - self.removed.load(Ordering::Relaxed)
+        // Every removal counted is of an object whose insert was (under the lock held here).
+        inner.inserted.saturating_sub(self.removed.sum())
     }
 
     /// Retires the block of an object a reader may still hold: after the epoch, drops the `T` in it,

@@ -70,6 +70,8 @@ mod policy;
 #[cfg(not(loom))]
 mod reentry;
 #[cfg(not(loom))]
+mod striped;
+#[cfg(not(loom))]
 mod table;
 #[cfg(not(loom))]
 mod view;

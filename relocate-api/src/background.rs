@@ -169,6 +169,9 @@ mod sealed {
         fn upkeep(&self) -> usize {
             0
         }
+        /// Told when a compactor's thread starts (`true`) and ends (`false`) its rounds, which
+        /// then do the upkeep the cache would otherwise do on its own operations.
+        fn background_upkeep(&self, _running: bool) {}
     }
 }
 
@@ -220,6 +223,10 @@ impl sealed::Caches for BlobCache {
 
     fn upkeep(&self) -> usize {
         self.release_sparse_classes_slots()
+    }
+
+    fn background_upkeep(&self, running: bool) {
+        self.upkept_in_background(running);
     }
 }
 
@@ -280,6 +287,15 @@ pub fn start_compactor<C: Compactable + 'static>(
         std::thread::Builder::new()
             .name("relocate-compactor".into())
             .spawn(move || {
+                cache.background_upkeep(true);
+                // Told again when the thread ends, however it ends.
+                struct Upkept<'c, C: Compactable>(&'c C);
+                impl<C: Compactable> Drop for Upkept<'_, C> {
+                    fn drop(&mut self) {
+                        self.0.background_upkeep(false);
+                    }
+                }
+                let _upkept = Upkept(&*cache);
                 let reader = cache.round_reader();
                 let mut backoff = Backoff::default();
                 while !stop.load(Ordering::Relaxed) {

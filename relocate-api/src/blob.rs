@@ -18,9 +18,10 @@
 //! new blob). So the classes together have the whole index space and its generations
 //! ([`crate::MAX_OBJECTS`]). A class keeps the runs it claimed (its vacant slots wait for its own next
 //! blobs) until [`BlobCache::release_vacant_slots`] gives the wholly vacant ones back to the table
-//! for any class (which an insert that finds the table full does first, and inserts after enough
-//! removals and a background compactor's rounds do for the classes where it may pay). Compaction, evacuation and
-//! eviction are the class caches' own, applied to every class in turn.
+//! for any class (which an insert that finds the table full does first, an insert that made a
+//! class claim slots does for one class where it may pay, and a background compactor's rounds for
+//! all of those). Compaction, evacuation and eviction are the class caches' own, applied to every
+//! class in turn.
 
 use crate::cache::{next_tag, tag_bits, CacheError, ReleaseArenasOnDrop, RelocCache};
 use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
@@ -32,7 +33,6 @@ use crate::table::SlotTable;
 use crate::view::{read_many, read_slot};
 use alloc_core::movable::MAX_MOVABLE_BYTES;
 use crossbeam_epoch::Collector;
-use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -171,24 +171,13 @@ struct BlobCounts {
     /// rather than scan the classes again.
     removals: StripedCounter,
     fruitless_at: AtomicUsize,
-    /// `removals` when an insert last asked the sparse classes for their vacant runs.
-    scanned_at: AtomicUsize,
-}
-
-/// Inserts between a thread's checks whether the classes are due to give slot runs back: the check
-/// sums a counter the removing threads write, which costs cache misses.
-const INSERTS_PER_CHECK: u32 = 64;
-
-/// Whether this thread's insert is one that checks (every [`INSERTS_PER_CHECK`]th).
-fn check_due() -> bool {
-    thread_local! {
-        static UNCHECKED: Cell<u32> = const { Cell::new(0) };
-    }
-    UNCHECKED.with(|unchecked| {
-        let n = unchecked.get() + 1;
-        unchecked.set(if n == INSERTS_PER_CHECK { 0 } else { n });
-        n == INSERTS_PER_CHECK
-    })
+    /// The table's `claims_made` when an insert last saw it, and the class after the one whose
+    /// runs an insert last gave back (see [`BlobCache::insert`]).
+    claims_seen: AtomicUsize,
+    next_to_scan: AtomicUsize,
+    /// Background compactors running on this cache: while there is one, its rounds give slot runs
+    /// back and inserts leave it to them.
+    background: AtomicUsize,
 }
 
 impl BlobCache {
@@ -208,7 +197,9 @@ impl BlobCache {
                 released: AtomicU64::new(0),
                 removals: StripedCounter::default(),
                 fruitless_at: AtomicUsize::new(usize::MAX),
-                scanned_at: AtomicUsize::new(0),
+                claims_seen: AtomicUsize::new(0),
+                next_to_scan: AtomicUsize::new(0),
+                background: AtomicUsize::new(0),
             }),
             release_on_drop: ReleaseArenasOnDrop::new(true),
         })
@@ -250,12 +241,16 @@ impl BlobCache {
     /// When the shared handle table is full, the classes first give back their vacant runs of slots
     /// ([`BlobCache::release_vacant_slots`]) and the insert is tried once more, so that a table
     /// filled at one class's peak does not refuse another class's blobs while the first holds
-    /// wholly vacant runs. And once a quarter of the table's slots' worth of blobs went since it
-    /// last did, an insert asks the classes that hold more than twice the slots they need for their
-    /// vacant runs (see [`release_vacant_slots`](Self::release_vacant_slots)), so that claims take
-    /// those rather than grow the table: when value sizes drift, the table stays near what the live
-    /// blobs need instead of reaching the sum of every class's peak, for a few slot reads per
-    /// removal.
+    /// wholly vacant runs. And an insert after which some class had to claim slots from the table
+    /// (a run of 256) has one class that holds more than twice the slots it needs, a quarter of
+    /// them back since it was last scanned, give its vacant runs back (see
+    /// [`release_vacant_slots`](Self::release_vacant_slots)), so that claims take those rather than
+    /// grow the table: when value sizes drift, the table stays near what the live blobs need
+    /// instead of reaching the sum of every class's peak. One class per claim, so that one insert
+    /// scans at most one class's slots; but that scan walks the class's free list, a cache miss
+    /// per vacant slot: giving back the runs of a class with 500,000 vacant slots stalled that
+    /// insert 13-14 ms. While a background compactor ([`crate::start_compactor`]) runs on the
+    /// cache, inserts leave this to its rounds.
     pub fn insert(&self, value: &[u8]) -> Result<BlobHandle, CacheError> {
         let class = class_of(LEN_BYTES + value.len()).ok_or(CacheError::TooLarge)?;
         let cache = self.class_or_make(class)?;
@@ -267,24 +262,40 @@ impl BlobCache {
             Err(CacheError::OutOfMemory) if self.took_back_slots() => insert(),
             inserted => inserted,
         };
-        if check_due() {
-            self.give_back_if_due();
+        let claims = self.table.claims_made();
+        if self.counts.background.load(Ordering::Relaxed) == 0
+            && self.counts.claims_seen.load(Ordering::Relaxed) != claims
+            && self.counts.claims_seen.swap(claims, Ordering::Relaxed) != claims
+        {
+            self.give_back_one_class();
         }
         inserted
     }
 
-    /// Asks the sparse classes for their vacant runs if a quarter of the table's slots' worth of
-    /// blobs went since that was last done (see [`insert`](Self::insert)).
-    fn give_back_if_due(&self) {
-        let removals = self.counts.removals.sum();
-        let scanned_at = self.counts.scanned_at.load(Ordering::Relaxed);
-        // Saturating: another thread may have moved `scanned_at` past the `removals` read here.
-        if removals.saturating_sub(scanned_at) >= self.table.committed() / 4
-            && (self.counts.scanned_at)
-                .compare_exchange(scanned_at, removals, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.release_sparse_classes_slots();
+    /// Has the first class (from the one after the class asked last) that holds more than twice the
+    /// slots it needs, and has had a quarter of them come back since its last scan, give its
+    /// vacant runs back (see [`insert`](Self::insert)).
+    fn give_back_one_class(&self) {
+        let start = self.counts.next_to_scan.load(Ordering::Relaxed);
+        for number in (start..NUM_CLASSES).chain(0..start) {
+            let Some(class) = self.classes[number].get() else {
+                continue;
+            };
+            if let Ok(Some(_)) = class.give_back_vacant_slots(true) {
+                self.counts
+                    .next_to_scan
+                    .store((number + 1) % NUM_CLASSES, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Counts a background compactor's thread starting (`true`) or ending.
+    pub(crate) fn upkept_in_background(&self, running: bool) {
+        if running {
+            self.counts.background.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counts.background.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -546,9 +557,9 @@ impl BlobCache {
     /// removed blob's slot is vacant once the guard it was removed under is dropped or re-pinned.)
     ///
     /// Otherwise a class keeps its runs for its own next blobs, so when the sizes of the values
-    /// drift, the table would hold the sum of every class's peak: inserts ask for this (for the
-    /// classes that hold over twice the slots they need) once a quarter of the table's worth of
-    /// blobs went since they last did, and so does a background compactor's every round. Removals
+    /// drift, the table would hold the sum of every class's peak: an insert after which a class
+    /// had to claim slots asks for this for one class that holds over twice the slots it needs,
+    /// and a background compactor's every round for all of those. Removals
     /// at random leave few runs wholly vacant (a run is 256 slots); a class that empties gives back
     /// all but its last run.
     /// Each class is locked in turn while its claimed slots are scanned (and its free list walked,
@@ -558,7 +569,13 @@ impl BlobCache {
     /// where it may pay (see `release_sparse_classes_slots`).
     pub fn release_vacant_slots(&self) -> usize {
         (self.made())
-            .map(|(_, class)| class.give_back_vacant_slots(false).unwrap_or(0))
+            .map(|(_, class)| {
+                class
+                    .give_back_vacant_slots(false)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
             .sum()
     }
 
@@ -568,7 +585,13 @@ impl BlobCache {
     /// amortise to a few slot reads per removal.
     pub(crate) fn release_sparse_classes_slots(&self) -> usize {
         (self.made())
-            .map(|(_, class)| class.give_back_vacant_slots(true).unwrap_or(0))
+            .map(|(_, class)| {
+                class
+                    .give_back_vacant_slots(true)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
             .sum()
     }
 

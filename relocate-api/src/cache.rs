@@ -397,8 +397,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// come back, after the epoch, not when their objects are removed: a scan before then would
     /// find them still in flight), or the class is empty and some came back. So a caller that asks
     /// often (the background compactor, every round) pays a lock and a few comparisons a time, and
-    /// scans amortise to a few slot reads per removal.
-    pub(crate) fn give_back_vacant_slots(&self, only_if_sparse: bool) -> Result<usize, CacheError> {
+    /// scans amortise to a few slot reads per removal. `None`: no scan was due.
+    pub(crate) fn give_back_vacant_slots(
+        &self,
+        only_if_sparse: bool,
+    ) -> Result<Option<usize>, CacheError> {
         let mut inner = self.lock()?;
         let run = self.claim_slots;
         if only_if_sparse {
@@ -410,13 +413,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             let listed_since = inner.listed - inner.listed_at_scan;
             let turned_over = listed_since >= claimed / 4 || (live == 0 && listed_since > 0);
             if !(sparse && turned_over) {
-                return Ok(0);
+                return Ok(None);
             }
         }
         inner.listed_at_scan = inner.listed;
         let given = inner.give_back_vacant_runs(&self.table, run as u32);
         inner.counters.returned_slots += given as u64;
-        Ok(given)
+        Ok(Some(given))
     }
 
     /// Frees the retired blocks and links the vacant slots that removals handed back (lock held).

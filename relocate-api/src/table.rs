@@ -68,6 +68,8 @@ struct Reservation {
     writable: Box<[AtomicU64]>,
     /// Chunks made writable.
     chunks: AtomicUsize,
+    /// Runs claimed so far (fresh or given back), for sharers that act when slots are wanted.
+    claims_made: AtomicUsize,
     /// Which slots caches have claimed; claims (and so growth) are serialised by it.
     claims: Mutex<Claims>,
     /// Open once any slot has been pinned: until then a move never reads (or faults in) a pin count.
@@ -114,6 +116,7 @@ impl SlotTable {
                     .map(|_| AtomicU64::new(0))
                     .collect(),
                 chunks: AtomicUsize::new(0),
+                claims_made: AtomicUsize::new(0),
                 claims: Mutex::default(),
                 gate: PinGate::new(),
             }),
@@ -237,6 +240,11 @@ impl SlotTable {
         unsafe { &*self.pins_base().cast::<Pins>().add(index as usize) }
     }
 
+    /// How many runs sharers have claimed so far (see [`claim`](Self::claim)).
+    pub(crate) fn claims_made(&self) -> usize {
+        self.shared.claims_made.load(Ordering::Relaxed)
+    }
+
     /// Slots accessible now (in the whole table, whoever claimed them).
     pub(crate) fn committed(&self) -> usize {
         self.shared.chunks.load(Ordering::Relaxed) * CHUNK_SLOTS
@@ -277,6 +285,7 @@ impl SlotTable {
     /// made accessible first. `None` when the table is full or memory is exhausted.
     pub(crate) fn claim(&self, want: usize) -> Option<Range<u32>> {
         let mut claims = self.claims();
+        self.shared.claims_made.fetch_add(1, Ordering::Relaxed);
         if let Some(run) = claims.returned.pop() {
             return Some(run);
         }

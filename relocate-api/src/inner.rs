@@ -172,58 +172,71 @@ impl Inner {
         self.claimed.iter().flat_map(Range::clone)
     }
 
+    /// How many slots the free list holds (a walk of it: for checks).
+    fn free_list_len(&self, table: &SlotTable) -> usize {
+        let (mut len, mut next) = (0, self.free_head);
+        while let Some(index) = next.checked_sub(1) {
+            let Some(slot) = table.get(index) else { break };
+            len += 1;
+            next = slot.free_link();
+        }
+        len
+    }
+
     /// Gives back to `table` every claimed run of `run` slots (aligned to `run`, as a shared
     /// table's runs are) that lies wholly on the free list, and returns how many slots that was.
     ///
     /// Only slots on the free list count: a vacant slot still waiting in a batch or on `retired`
     /// will be linked here later, so its run stays; a retired-for-good slot is never on the list,
     /// so a run with one stays too (its generation must not be handed out again); and so does the
-    /// run with the unused end of the last claim (`fresh`, never listed). A first pass over the
-    /// claimed slots looks for runs with nothing live in them, so that the free list, in random
-    /// order, is walked only when some run may go.
+    /// run with the unused end of the last claim (`fresh`, never listed). A slot tells whether it
+    /// is on the list ([`Slot::is_listed`]), and every slot on it is a claimed one, so both the
+    /// search for runs and the relinking of the list without them are passes in index order over
+    /// the claimed slots, not walks of the list, whose random order costs a cache miss per slot
+    /// (with a table of 1.8 million slots, a give-back took up to 13-14 ms walking the list, and
+    /// 6.0-6.7 ms in passes).
     pub(crate) fn give_back_vacant_runs(&mut self, table: &SlotTable, run: u32) -> usize {
-        let mut candidates: Vec<u32> = Vec::new();
-        let mut unit_all_vacant = true;
+        let listed = |index: u32| table.get(index).is_some_and(Slot::is_listed);
+        debug_assert_eq!(
+            self.claimed_slots().filter(|&index| listed(index)).count(),
+            self.free_list_len(table),
+            "the free list is the claimed slots that say they are listed"
+        );
+        let mut going: Vec<u32> = Vec::new();
+        let mut all_listed = true;
         for index in self.claimed_slots() {
-            let occupied = table.get(index).is_none_or(Slot::is_live);
-            unit_all_vacant &= !occupied;
+            all_listed &= listed(index);
             if (index + 1) % run == 0 {
-                if unit_all_vacant {
-                    candidates.push(index / run);
+                if all_listed {
+                    going.push(index / run);
                 }
-                unit_all_vacant = true;
+                all_listed = true;
             }
         }
-        if candidates.is_empty() {
-            return 0;
-        }
-        // Free-list members per candidate run.
-        candidates.sort_unstable();
-        let mut listed = vec![0u32; candidates.len()];
-        let mut next = self.free_head;
-        while let Some(index) = next.checked_sub(1) {
-            let Some(slot) = table.get(index) else { break };
-            if let Ok(at) = candidates.binary_search(&(index / run)) {
-                listed[at] += 1;
-            }
-            next = slot.free_link();
-        }
-        let going: Vec<u32> = (candidates.iter().zip(&listed))
-            .filter(|&(_, &n)| n == run)
-            .map(|(&unit, _)| unit)
-            .collect();
         if going.is_empty() {
             return 0;
         }
-        let goes = |index: u32| going.binary_search(&(index / run)).is_ok();
-        // Relink the free list without them, in its order.
+        going.sort_unstable();
+        // A bit per run from the first going to the last: asked once per listed slot (a binary
+        // search of `going` there was half of a give-back's time).
+        let (first, last) = (going[0], going[going.len() - 1]);
+        let mut going_bits = vec![0u64; ((last - first) / 64 + 1) as usize];
+        for &unit in &going {
+            going_bits[((unit - first) / 64) as usize] |= 1 << ((unit - first) % 64);
+        }
+        let goes = |index: u32| {
+            let unit = index / run;
+            (first..=last).contains(&unit)
+                && going_bits[((unit - first) / 64) as usize] >> ((unit - first) % 64) & 1 != 0
+        };
+        // Relink the free list from the slots that stay, in the claimed runs' order.
         let (mut head, mut last): (u32, Option<&Slot>) = (0, None);
-        let mut next = self.free_head;
-        while let Some(index) = next.checked_sub(1) {
-            let Some(slot) = table.get(index) else { break };
-            next = slot.free_link();
+        for index in self.claimed_slots() {
+            let Some(slot) = table.get(index).filter(|slot| slot.is_listed()) else {
+                continue;
+            };
             if goes(index) {
-                slot.set_free_link(0);
+                slot.clear_free_link();
                 continue;
             }
             match last {

@@ -84,6 +84,9 @@ pub(crate) const WRITING: u64 = 2;
 /// In a vacant slot (`LIVE` clear), the low bits mark what the cache's lock holder keeps it for: a
 /// *parked* home slot waits for the next object its home block gets (see `home`); a *retired* slot's
 /// generation wrapped, and it is never used again. Readers ignore both (they look at `LIVE`).
+/// The free-slot link of the last slot on a list: links are indices + 1 (at most `2^INDEX_BITS`), and
+/// a vacant slot whose link bits are all clear is on no list (see [`Slot::is_listed`]).
+const LINK_END: u32 = u32::MAX;
 const PARKED: u64 = 1;
 const RETIRED: u64 = 2;
 const LIVE_SHIFT: u32 = MOVABLE_ADDRESS_BITS;
@@ -323,22 +326,43 @@ impl Slot {
             .store(home.live_word(gen_of(word), addr), Ordering::Release);
     }
 
-    /// The free-slot link a vacant slot holds (0 if none was set).
+    /// The free-slot link a vacant slot holds: the next slot's index + 1, or 0 (the last on its
+    /// list, or on none).
     pub fn free_link(&self) -> u32 {
         let word = self.word.load(Ordering::Relaxed);
         debug_assert!(!is_live(word));
-        ((word & ADDR_MASK) >> 3) as u32
+        match ((word & ADDR_MASK) >> 3) as u32 {
+            LINK_END => 0,
+            link => link,
+        }
     }
 
-    /// Sets a vacant slot's free-slot link (its owner, the cache's lock holder, does this; readers
-    /// ignore vacant slots whatever their address bits).
+    /// Puts a vacant slot on a free list before the slot `link` names (index + 1; 0: it is the
+    /// last). Its owner, the cache's lock holder, does this; readers ignore vacant slots whatever
+    /// their address bits.
     pub fn set_free_link(&self, link: u32) {
         let word = self.word.load(Ordering::Relaxed);
         debug_assert!(!is_live(word));
+        let link = if link == 0 { LINK_END } else { link };
         self.word.store(
             (word & GEN_BITS) | (u64::from(link) << 3 & ADDR_MASK),
             Ordering::Relaxed,
         );
+    }
+
+    /// Takes a vacant slot off its free list: clears its link (lock holder only).
+    pub fn clear_free_link(&self) {
+        let word = self.word.load(Ordering::Relaxed);
+        debug_assert!(!is_live(word));
+        self.word.store(word & GEN_BITS, Ordering::Relaxed);
+    }
+
+    /// Whether a vacant slot is on a free list: its link was set since it became vacant (a
+    /// removal, `park`, `retire_for_good` and `clear_free_link` all leave the link bits clear, and
+    /// the last slot of a list holds `LINK_END`, not 0). Lock holder only.
+    pub fn is_listed(&self) -> bool {
+        let word = self.word.load(Ordering::Relaxed);
+        !is_live(word) && word & ADDR_MASK != 0
     }
 
     /// Whether a home slot is free for its home block's next object: never used (all zero) or parked,

@@ -581,6 +581,39 @@ mod tests {
 
     const NONE: Home = Home::NONE;
 
+    #[test]
+    fn a_vacant_slot_tells_whether_it_is_on_a_free_list() {
+        let slot = Slot::new();
+        assert!(!slot.is_listed(), "fresh");
+        slot.set_free_link(0);
+        assert!(slot.is_listed(), "the last slot of a list");
+        assert_eq!(slot.free_link(), 0);
+        let last_link = (1 << INDEX_BITS) as u32;
+        slot.set_free_link(last_link);
+        assert!(slot.is_listed());
+        assert_eq!(
+            slot.free_link(),
+            last_link,
+            "the largest link (index + 1) survives"
+        );
+        slot.clear_free_link();
+        assert!(!slot.is_listed(), "taken off its list");
+        assert_eq!(slot.free_link(), 0);
+        slot.set_free_link(7);
+        slot.publish_new(0x1000, NONE);
+        assert!(!slot.is_listed(), "live");
+        assert_eq!(slot.begin_remove(0, NONE), Some(0x1000));
+        assert!(!slot.is_listed(), "removed, not yet linked");
+        assert_eq!(
+            slot.generation(),
+            1,
+            "publishing over a link kept the generation"
+        );
+        slot.set_free_link(3);
+        slot.park();
+        assert!(!slot.is_listed(), "parked");
+    }
+
     /// A foreign handle of slot `home`'s index, generation `gen`: another cache's tag.
     fn foreign(home: Home, gen: u32, tag: u32) -> u64 {
         Home::new(0x40, 5, tag_bits(tag)).handle_bits(gen) & !((1 << INDEX_BITS) - 1)

@@ -562,8 +562,9 @@ impl BlobCache {
     /// and a background compactor's every round for all of those. Removals
     /// at random leave few runs wholly vacant (a run is 256 slots); a class that empties gives back
     /// all but its last run.
-    /// Each class is locked in turn while its claimed slots are scanned (and its free list walked,
-    /// when some run can go), so this is maintenance work, like `release_empty_arenas`.
+    /// Each class is locked in turn while its claimed slots are scanned (twice, when some run can
+    /// go: the second pass relinks its free list), so this is maintenance work, like
+    /// `release_empty_arenas`.
     ///
     /// A background compactor ([`crate::start_compactor`]) does this every round for the classes
     /// where it may pay (see `release_sparse_classes_slots`).

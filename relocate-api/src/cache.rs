@@ -503,7 +503,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 }
                 _ => {
                     let spare = *free_head - 1;
-                    *free_head = table.get(spare).map_or(0, Slot::free_link);
+                    *free_head = table.get(spare).map_or(0, |slot| {
+                        let next = slot.free_link();
+                        // Off the list, it must not say it is on one (see `Slot::is_listed`).
+                        slot.clear_free_link();
+                        next
+                    });
                     spare
                 }
             };

@@ -81,12 +81,12 @@ pub enum TryRemove {
 
 pub(crate) const MOVING: u64 = 1;
 pub(crate) const WRITING: u64 = 2;
-/// In a vacant slot (`LIVE` clear), the low bits mark what the cache's lock holder keeps it for: a
-/// *parked* home slot waits for the next object its home block gets (see `home`); a *retired* slot's
-/// generation wrapped, and it is never used again. Readers ignore both (they look at `LIVE`).
 /// The free-slot link of the last slot on a list: links are indices + 1 (at most `2^INDEX_BITS`), and
 /// a vacant slot whose link bits are all clear is on no list (see [`Slot::is_listed`]).
 const LINK_END: u32 = u32::MAX;
+/// In a vacant slot (`LIVE` clear), the low bits mark what the cache's lock holder keeps it for: a
+/// *parked* home slot waits for the next object its home block gets (see `home`); a *retired* slot's
+/// generation wrapped, and it is never used again. Readers ignore both (they look at `LIVE`).
 const PARKED: u64 = 1;
 const RETIRED: u64 = 2;
 const LIVE_SHIFT: u32 = MOVABLE_ADDRESS_BITS;

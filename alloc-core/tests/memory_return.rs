@@ -128,6 +128,16 @@ fn child(remote: bool) {
     );
 }
 
+/// Runs `child` if this process is the child of role `role`, spawns that child (test `test_name`
+/// of this binary) and checks it if this is the parent, and does nothing in another test's child.
+fn run_as(test_name: &str, role: &str, child: impl FnOnce()) {
+    match std::env::var(ROLE).as_deref() {
+        Ok(r) if r == role => child(),
+        Ok(_) => {}
+        Err(_) => parent(test_name, role),
+    }
+}
+
 fn parent(test_name: &str, role: &str) {
     let out = common::run_self(test_name, ROLE, role, Duration::from_secs(300));
     assert!(
@@ -144,20 +154,14 @@ fn parent(test_name: &str, role: &str) {
 
 #[test]
 fn one_gib_of_small_objects_goes_back() {
-    match std::env::var(ROLE).as_deref() {
-        Ok("local") => child(false),
-        Ok(_) => {}
-        Err(_) => parent("one_gib_of_small_objects_goes_back", "local"),
-    }
+    run_as("one_gib_of_small_objects_goes_back", "local", || {
+        child(false)
+    });
 }
 
 #[test]
 fn one_gib_freed_remotely_goes_back() {
-    match std::env::var(ROLE).as_deref() {
-        Ok("remote") => child(true),
-        Ok(_) => {}
-        Err(_) => parent("one_gib_freed_remotely_goes_back", "remote"),
-    }
+    run_as("one_gib_freed_remotely_goes_back", "remote", || child(true));
 }
 
 /// 256 MiB, written whole, shrunk with `realloc` to 160 MiB (more than half: kept in place).
@@ -251,23 +255,20 @@ fn late_child() {
 
 #[test]
 fn a_shrunk_huge_allocation_gives_its_tail_back() {
-    match std::env::var(ROLE).as_deref() {
-        Ok("shrink") => shrink_child(),
-        Ok(_) => {}
-        Err(_) => parent("a_shrunk_huge_allocation_gives_its_tail_back", "shrink"),
-    }
+    run_as(
+        "a_shrunk_huge_allocation_gives_its_tail_back",
+        "shrink",
+        shrink_child,
+    );
 }
 
 #[test]
 fn what_threads_free_after_their_heap_is_gone_goes_back() {
-    match std::env::var(ROLE).as_deref() {
-        Ok("late") => late_child(),
-        Ok(_) => {}
-        Err(_) => parent(
-            "what_threads_free_after_their_heap_is_gone_goes_back",
-            "late",
-        ),
-    }
+    run_as(
+        "what_threads_free_after_their_heap_is_gone_goes_back",
+        "late",
+        late_child,
+    );
 }
 
 /// A worker thread allocates 256 MiB of 1000-byte objects and hands them over; this thread frees
@@ -346,24 +347,18 @@ fn running_owner_child(ask: bool) {
 
 #[test]
 fn what_others_free_into_a_running_thread_goes_back_when_asked() {
-    match std::env::var(ROLE).as_deref() {
-        Ok("owner-asked") => running_owner_child(true),
-        Ok(_) => {}
-        Err(_) => parent(
-            "what_others_free_into_a_running_thread_goes_back_when_asked",
-            "owner-asked",
-        ),
-    }
+    run_as(
+        "what_others_free_into_a_running_thread_goes_back_when_asked",
+        "owner-asked",
+        || running_owner_child(true),
+    );
 }
 
 #[test]
 fn what_others_free_into_a_running_thread_goes_back_unasked() {
-    match std::env::var(ROLE).as_deref() {
-        Ok("owner-unasked") => running_owner_child(false),
-        Ok(_) => {}
-        Err(_) => parent(
-            "what_others_free_into_a_running_thread_goes_back_unasked",
-            "owner-unasked",
-        ),
-    }
+    run_as(
+        "what_others_free_into_a_running_thread_goes_back_unasked",
+        "owner-unasked",
+        || running_owner_child(false),
+    );
 }

@@ -559,25 +559,16 @@ impl BlobCache {
     /// Otherwise a class keeps its runs for its own next blobs, so when the sizes of the values
     /// drift, the table would hold the sum of every class's peak: an insert after which a class
     /// had to claim slots asks for this for one class that holds over twice the slots it needs,
-    /// and a background compactor's every round for all of those. Removals
-    /// at random leave few runs wholly vacant (a run is 256 slots); a class that empties gives back
-    /// all but its last run.
-    /// Each class is locked in turn while its claimed slots are scanned (twice, when some run can
-    /// go: the second pass relinks its free list), so this is maintenance work, like
+    /// and a background compactor's every round for all of those. Removals at random leave few
+    /// runs wholly vacant (a run is 256 slots); a class that empties gives back all but its last
+    /// run. Each class is locked in turn while its claimed slots are scanned (twice, when some run
+    /// can go: the second pass relinks its free list), so this is maintenance work, like
     /// `release_empty_arenas`.
     ///
     /// A background compactor ([`crate::start_compactor`]) does this every round for the classes
     /// where it may pay (see `release_sparse_classes_slots`).
     pub fn release_vacant_slots(&self) -> usize {
-        (self.made())
-            .map(|(_, class)| {
-                class
-                    .give_back_vacant_slots(false)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            })
-            .sum()
+        self.give_back_runs(false)
     }
 
     /// [`release_vacant_slots`](Self::release_vacant_slots) for the classes that claim more than
@@ -585,14 +576,14 @@ impl BlobCache {
     /// vacant since they were last scanned: cheap enough to ask for often, as the scans it runs
     /// amortise to a few slot reads per removal.
     pub(crate) fn release_sparse_classes_slots(&self) -> usize {
+        self.give_back_runs(true)
+    }
+
+    /// Every class's `give_back_vacant_slots(only_if_sparse)`, summed (a class inside one of its
+    /// own callbacks, which refuses, gives nothing).
+    fn give_back_runs(&self, only_if_sparse: bool) -> usize {
         (self.made())
-            .map(|(_, class)| {
-                class
-                    .give_back_vacant_slots(true)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            })
+            .filter_map(|(_, class)| class.give_back_vacant_slots(only_if_sparse).ok().flatten())
             .sum()
     }
 

@@ -17,8 +17,7 @@
 use crate::guard::{flush_until_quiet, next_epoch_id, Guard, Reader};
 use crate::handle::Handle;
 use crate::home::{HomeOf, Homes};
-use crate::inner::SPARE_CLAIM_SLOTS;
-use crate::inner::{Counters, Inner};
+use crate::inner::{Counters, Inner, SPARE_CLAIM_SLOTS};
 use crate::policy::{BitwiseMove, Relocatable, Relocator};
 use crate::reentry;
 use crate::retire::Retired;
@@ -241,13 +240,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// A cache of objects of `object_bytes` (at least `size_of::<T>()`) that may share `collector`
-    /// (whose identity is `epoch`), its tag (from `take_tag`, called only once nothing else can
-    /// fail: tags are never reused, so a failed construction must not use one up) and its `table` (from which it claims `claim_slots` at a
-    /// time) with others; with `homes`, the table is the cache's own and objects use their blocks'
-    /// home slots (see `home`). A shared collector is only for types without drop glue: a sibling may keep
-    /// the collector, and so this cache's pending deferred functions, alive after this cache is
-    /// dropped. Siblings sharing a tag must share the table too, and must never be handed each
-    /// other's handles: the byte-blob classes find a handle's class from its object's length first.
+    /// (whose identity is `epoch`), its tag (from `take_tag`, called only once nothing else can fail:
+    /// tags are never reused, so a failed construction must not use one up) and its `table` (from which
+    /// it claims `claim_slots` at a time) with others; with `homes`, the table is the cache's own and
+    /// objects use their blocks' home slots (see `home`). A shared collector is only for types without
+    /// drop glue: a sibling may keep the collector, and so this cache's pending deferred functions,
+    /// alive after this cache is dropped. Siblings sharing a tag must share the table too, and must
+    /// never be handed each other's handles: the byte-blob classes find a handle's class from its
+    /// object's length first.
     fn with_parts(
         relocator: R,
         collector: Collector,
@@ -463,7 +463,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         init: impl FnOnce(NonNull<u8>),
     ) -> Result<Handle<T>, CacheError> {
         let mut inner = self.lock()?;
-        let may_touch_more = inner.may_touch_more(self.live(&inner));
+        let may_touch_more = inner.may_touch_more(|| self.live(&inner));
         let inner = &mut *inner;
         if inner.free_head == 0 && !may_touch_more {
             inner.list_parked_slots(&self.table, &self.homes);

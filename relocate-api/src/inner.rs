@@ -99,8 +99,13 @@ impl Inner {
     /// made again elsewhere) would otherwise use a home slot in every unit it ever had, and its
     /// table would grow with the region rather than with its objects. Past the bound, new objects
     /// take vacant slots, away from home.
-    pub(crate) fn may_touch_more(&self, live: usize) -> bool {
-        self.touched < live + live / 2 + SPARE_CLAIM_SLOTS
+    /// `live()` (which sums a striped counter) is asked only when `touched` is past the run: never
+    /// for a cache without homes, which touches no home slot.
+    pub(crate) fn may_touch_more(&self, live: impl FnOnce() -> usize) -> bool {
+        self.touched < SPARE_CLAIM_SLOTS || {
+            let live = live();
+            self.touched < live + live / 2 + SPARE_CLAIM_SLOTS
+        }
     }
 
     /// Links every parked home slot on the free list, when a cache at its bound (`may_touch_more`)
@@ -172,29 +177,20 @@ impl Inner {
         self.claimed.iter().flat_map(Range::clone)
     }
 
-    /// The slots on the free list, in the claimed runs' order (a walk of the list, for checks; a
-    /// cycle ends it after as many steps as there are claimed slots, and then the lists differ).
+    /// The slots on the free list, sorted (a walk of the list, for checks; a cycle ends it after
+    /// as many steps as there are claimed slots, and then it differs from them).
     fn free_list_sorted(&self, table: &SlotTable) -> Vec<u32> {
-        let position = |index: u32| {
-            (self.claimed.iter())
-                .scan(0, |before, run| {
-                    let at = run.contains(&index).then(|| *before + (index - run.start));
-                    *before += run.len() as u32;
-                    Some(at)
-                })
-                .flatten()
-                .next()
-        };
         let (mut on_list, mut next) = (Vec::new(), self.free_head);
+        let claimed = self.claimed_slots().count();
         while let Some(index) = next.checked_sub(1) {
             let Some(slot) = table.get(index) else { break };
-            if on_list.len() > self.claimed_slots().count() {
+            if on_list.len() > claimed {
                 break;
             }
             on_list.push(index);
             next = slot.free_link();
         }
-        on_list.sort_by_key(|&index| position(index));
+        on_list.sort_unstable();
         on_list
     }
 
@@ -213,9 +209,14 @@ impl Inner {
     pub(crate) fn give_back_vacant_runs(&mut self, table: &SlotTable, run: u32) -> usize {
         let listed = |index: u32| table.get(index).is_some_and(Slot::is_listed);
         debug_assert!(
-            self.claimed_slots()
-                .filter(|&index| listed(index))
-                .eq(self.free_list_sorted(table)),
+            {
+                let mut listed_claimed: Vec<u32> = self
+                    .claimed_slots()
+                    .filter(|&index| listed(index))
+                    .collect();
+                listed_claimed.sort_unstable();
+                listed_claimed == self.free_list_sorted(table)
+            },
             "the free list is the claimed slots that say they are listed"
         );
         let mut going: Vec<u32> = Vec::new();

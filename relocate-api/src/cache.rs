@@ -35,6 +35,11 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Values [`RelocCache::insert_many`] stores under one taking of the cache lock: enough to make
+/// the lock's cost per insert small, few enough that other threads' inserts (and a compactor's
+/// rounds) wait at most a few microseconds for it.
+const INSERT_BATCH: usize = 64;
+
 /// Why a cache could not be made or an operation could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheError {
@@ -453,6 +458,75 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         inserted.map_err(|e| (ManuallyDrop::into_inner(value), e))
     }
 
+    /// Stores every value of `values`, in order, and appends their handles to `handles`, as an
+    /// [`insert`](Self::insert) of each would, but taking the cache lock once per
+    /// `INSERT_BATCH` (64) values rather than once per value. Inserts into one cache are
+    /// serialised by its lock: its two atomic operations are most of a warm insert's own time, and
+    /// threads inserting together pass the lock's cache line back and forth at every insert.
+    ///
+    /// `values` is left empty. If memory runs out, the insert stops there: the values not stored
+    /// stay in `values`, in order, and the error is returned (the handles of those stored are in
+    /// `handles`), so nothing is lost. `handles` grows before the lock is taken.
+    ///
+    /// ```
+    /// let cache: relocate_api::RelocCache<u64> = relocate_api::RelocCache::new().unwrap();
+    /// let (mut values, mut handles) = ((0..1000).collect::<Vec<u64>>(), Vec::new());
+    /// cache.insert_many(&mut values, &mut handles).unwrap();
+    /// assert!(values.is_empty());
+    /// let guard = cache.reader().pin();
+    /// assert_eq!(cache.get(handles[999], &guard), Some(&999));
+    /// ```
+    pub fn insert_many(
+        &self,
+        values: &mut Vec<T>,
+        handles: &mut Vec<Handle<T>>,
+    ) -> Result<(), CacheError> {
+        handles.reserve(values.len());
+        let count = values.len();
+        let base = values.as_mut_ptr();
+        // The values are taken out one by one below; should anything panic meanwhile, those not
+        // yet stored leak rather than being dropped twice.
+        // SAFETY: 0 is within capacity, and no value is left to drop in the vector.
+        unsafe { values.set_len(0) };
+        let mut stored = 0;
+        let mut result = Ok(());
+        'batches: while stored < count {
+            let mut inner = match self.lock() {
+                Ok(inner) => inner,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            for _ in 0..INSERT_BATCH.min(count - stored) {
+                // SAFETY: `init` moves value `stored`, which was not moved yet, into a block for one
+                // `T`; it is called only if the insert succeeds, and `stored` counts it then.
+                let inserted = unsafe {
+                    self.insert_locked(&mut inner, |block| {
+                        ptr::copy_nonoverlapping(base.add(stored), block.cast::<T>().as_ptr(), 1)
+                    })
+                };
+                match inserted {
+                    Ok(handle) => {
+                        handles.push(handle);
+                        stored += 1;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break 'batches;
+                    }
+                }
+            }
+        }
+        // SAFETY: values `stored..count` were not moved out; they go to the front, the vector's
+        // length then covering exactly them.
+        unsafe {
+            ptr::copy(base.add(stored), base, count - stored);
+            values.set_len(count - stored);
+        }
+        result
+    }
+
     /// Allocates a block, has `init` fill it, and publishes it under a new handle. `init` is called
     /// only if the insert then succeeds.
     ///
@@ -463,8 +537,20 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         init: impl FnOnce(NonNull<u8>),
     ) -> Result<Handle<T>, CacheError> {
         let mut inner = self.lock()?;
-        let may_touch_more = inner.may_touch_more(|| self.live(&inner));
-        let inner = &mut *inner;
+        // SAFETY: the caller's contract.
+        unsafe { self.insert_locked(&mut inner, init) }
+    }
+
+    /// [`insert_with`](Self::insert_with) with the cache lock held (`inner`).
+    ///
+    /// # Safety
+    /// [`insert_with`](Self::insert_with)'s contract.
+    unsafe fn insert_locked(
+        &self,
+        inner: &mut Inner,
+        init: impl FnOnce(NonNull<u8>),
+    ) -> Result<Handle<T>, CacheError> {
+        let may_touch_more = inner.may_touch_more(|| self.live(inner));
         if inner.free_head == 0 && !may_touch_more {
             inner.list_parked_slots(&self.table, &self.homes);
         }

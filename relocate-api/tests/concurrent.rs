@@ -192,11 +192,11 @@ fn readers_see_whole_objects_while_compaction_and_writers_run() {
     );
 }
 
-/// Churn: two threads insert objects and remove their oldest (checking each removed object's content
-/// and that its handle is then stale; one thread a `remove` each, the other `remove_many` 64 at a
-/// time), so removals on one thread hand slots back in batches that
-/// inserts on both reuse, while a compactor moves objects and a reader resolves handles ever issued,
-/// live or stale. A handle that resolves must name its own object, whole; none may name a newer
+/// Churn: two threads insert objects (one an `insert` each, the other `insert_many` 100 at a time)
+/// and remove their oldest (checking each removed object's content and that its handle is then
+/// stale; one thread a `remove` each, the other `remove_many` 64 or more at a time), so removals on
+/// one thread hand slots back in batches that inserts on both reuse, while a compactor moves objects
+/// and a reader resolves handles ever issued, live or stale. A handle that resolves must name its own object, whole; none may name a newer
 /// object in a reused slot. At the end the live count is exact.
 #[test]
 fn handles_stay_their_own_through_concurrent_insert_and_remove() {
@@ -206,8 +206,12 @@ fn handles_stay_their_own_through_concurrent_insert_and_remove() {
         200_000
     };
     const WINDOW: usize = 1_000;
-    /// The second thread removes its oldest objects this many at a time, with one `remove_many`.
+    /// The second thread removes its oldest objects this many at a time (or more), with one
+    /// `remove_many`.
     const BATCH: usize = 64;
+    /// The second thread inserts this many objects at a time, with one `insert_many` (which takes
+    /// the cache lock once per 64).
+    const INSERT_RUN: usize = 100;
     fn remove_oldest(
         cache: &RelocCache<Object>,
         guard: &relocate_api::Guard,
@@ -243,11 +247,25 @@ fn handles_stay_their_own_through_concurrent_insert_and_remove() {
                     let reader = cache.reader();
                     let mut window = std::collections::VecDeque::new();
                     let mut guard = reader.pin();
+                    let (mut values, mut handles) = (Vec::new(), Vec::new());
                     for seq in 0..per_thread {
                         let id = (t << 32) | seq;
-                        let handle = cache.insert(make(id, 0)).unwrap();
-                        issued.lock().unwrap().push((handle.to_bits(), id));
-                        window.push_back((handle, id));
+                        if t == 0 {
+                            let handle = cache.insert(make(id, 0)).unwrap();
+                            issued.lock().unwrap().push((handle.to_bits(), id));
+                            window.push_back((handle, id));
+                        } else {
+                            values.push(make(id, 0));
+                            if values.len() == INSERT_RUN || seq + 1 == per_thread {
+                                let first = id + 1 - values.len() as u64;
+                                cache.insert_many(&mut values, &mut handles).unwrap();
+                                let mut issued = issued.lock().unwrap();
+                                for (handle, id) in handles.drain(..).zip(first..) {
+                                    issued.push((handle.to_bits(), id));
+                                    window.push_back((handle, id));
+                                }
+                            }
+                        }
                         if t == 0 && window.len() > WINDOW {
                             let (old, old_id) = window.pop_front().unwrap();
                             let seen =
@@ -258,7 +276,7 @@ fn handles_stay_their_own_through_concurrent_insert_and_remove() {
                                 "a removed handle resolved"
                             );
                         }
-                        if t == 1 && (window.len() == WINDOW + BATCH || seq + 1 == per_thread) {
+                        if t == 1 && (window.len() >= WINDOW + BATCH || seq + 1 == per_thread) {
                             remove_oldest(cache, &guard, &mut window, WINDOW);
                         }
                         if seq % 100 == 0 {
@@ -303,12 +321,14 @@ fn handles_stay_their_own_through_concurrent_insert_and_remove() {
                 }
             }
         });
-        for churner in churners {
-            churner.join().unwrap();
-        }
+        // Stop the others before a churner's failure is raised, or the scope would wait for them.
+        let churned: Vec<_> = churners.into_iter().map(|churner| churner.join()).collect();
         stop.store(true, Ordering::Relaxed);
         let moved = compactor.join().unwrap();
         checker.join().unwrap();
+        for outcome in churned {
+            outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
         eprintln!(
             "moved {moved}, checker resolved {}",
             resolved.load(Ordering::Relaxed)

@@ -3,7 +3,8 @@
 //!
 //! - From inside a relocation callback, calls into the same cache that would wait for the compaction
 //!   in progress are refused (an error, `None`, `false` or 0; a panic for the calls with no error to
-//!   return), calls that cannot wait work, and the compaction goes on.
+//!   return; a refused `insert_many` leaves its values), calls that cannot wait work, and the
+//!   compaction goes on.
 //! - From inside an update's closure, an update of the same object is refused and a removal panics
 //!   (both would wait for themselves), and the object is as it was. A stale handle to the same slot
 //!   (inside an update's closure or a move's callback) is only stale.
@@ -43,6 +44,8 @@ fn copy(old: *const u64, new: *mut u64, _: Handle<u64>) {
 #[derive(Debug, Default)]
 struct Seen {
     insert: Option<CacheError>,
+    /// `insert_many`'s answer, and the values and handles it left.
+    insert_many: Option<(Result<(), CacheError>, Vec<u64>, usize)>,
     update_own: Option<Result<bool, CacheError>>,
     update_other: Option<Result<bool, CacheError>>,
     update_closures_ran: bool,
@@ -79,6 +82,9 @@ fn calls_from_inside_a_callback_get_an_answer_at_once() {
         let mut seen = seen2.lock().unwrap();
         let mut ran = false;
         seen.insert = cache.insert(1).err().map(|(_, e)| e);
+        let (mut values, mut handles) = (vec![5, 6, 7], Vec::new());
+        let answer = cache.insert_many(&mut values, &mut handles);
+        seen.insert_many = Some((answer, values, handles.len()));
         seen.update_own = Some(cache.update(own, &guard, |x| {
             ran = true;
             *x
@@ -155,6 +161,11 @@ fn calls_from_inside_a_callback_get_an_answer_at_once() {
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen.insert, Some(CacheError::Reentrant));
+    assert_eq!(
+        seen.insert_many,
+        Some((Err(CacheError::Reentrant), vec![5, 6, 7], 0)),
+        "a refused insert_many leaves every value where it was"
+    );
     assert_eq!(seen.update_own, Some(Err(CacheError::Reentrant)));
     assert_eq!(seen.update_other, Some(Err(CacheError::Reentrant)));
     assert!(

@@ -1,6 +1,6 @@
-//! Model-based test: random sequences of insert / get / update / remove / compact / evacuate / reclaim
-//! (either kind) against a plain `HashMap`, with the whole contents compared after every step (through
-//! `get`, a `View` and `get_many`). Also: stale and foreign handles resolve to `None` (through `get`
+//! Model-based test: random sequences of insert (one or many) / get / update / remove / compact /
+//! evacuate / reclaim (either kind) against a plain `HashMap`, with the whole contents compared after
+//! every step (through `get`, a `View` and `get_many`). Also: stale and foreign handles resolve to `None` (through `get`
 //! and `get_many`), `remove_many` removes what a `remove` of each handle would, and a type too large
 //! for a slab is refused (the largest that fits works).
 
@@ -92,7 +92,22 @@ fn random_operations_match_a_hashmap() {
         let guard = reader.pin();
         let keys: Vec<Handle<Value>> = model.keys().copied().collect();
         match rng.below(100) {
-            0..=44 => {
+            40..=44 => {
+                // A batch, sometimes longer than the values stored under one taking of the lock.
+                let keys: Vec<u64> = (0..rng.below(150)).map(|_| rng.next()).collect();
+                let mut values: Vec<Value> = keys.iter().map(|&k| value_for(k, 0)).collect();
+                let mut handles = vec![Handle::from_bits(0)];
+                cache.insert_many(&mut values, &mut handles).unwrap();
+                assert!(values.is_empty());
+                assert_eq!(handles.len(), keys.len() + 1, "handles are appended");
+                for (&handle, &key) in handles[1..].iter().zip(&keys) {
+                    assert!(
+                        model.insert(handle, value_for(key, 0)).is_none(),
+                        "handle reused while live"
+                    );
+                }
+            }
+            0..=39 => {
                 let key = rng.next();
                 let handle = cache.insert(value_for(key, 0)).map_err(|(_, e)| e).unwrap();
                 assert!(

@@ -21,7 +21,8 @@
 //!
 //! Arena classes, like the kernel's migrate types: `Normal` arenas hold the global allocator's slabs
 //! and spans; `Movable` arenas hold only movable slabs (relocating caches), so evacuating them frees
-//! whole arenas. A unit never changes arena class.
+//! whole arenas. A unit never changes arena class. Movable arenas are further split by group
+//! ([`Placement`]): while an arena holds slabs, they are all of one group (one cache's).
 //!
 //! The pool of arenas is one [`SpinLock`]: units are taken and returned there, at most once per slab
 //! (64 KiB..256 KiB of small objects) or per large allocation, never on the small-object fast path.
@@ -88,9 +89,9 @@ pub(crate) enum ArenaKind {
 const KINDS: usize = 2;
 
 /// Transparent huge pages, chosen by `ALLOC_CORE_THP`: `0` never; `always` (or `2`) `MADV_HUGEPAGE` on
-/// every arena when mapped; unset (the default) *growing*: on a movable arena when mapped, unless it is
-/// the first of its kind (the pool maps an arena only when none has room, so a second one means the
-/// relocating caches outgrew 2 MiB), and never on a normal arena.
+/// every arena when mapped; unset (the default) *growing*: on a movable arena when it opens, unless it
+/// is the first of its group (see [`Placement`]: the pool opens an arena only when none of the group
+/// has room, so a second one means the cache outgrew 2 MiB), and never on a normal arena.
 /// With THP in `madvise` mode a hinted arena gets a 2 MiB page on its first touch, so it is resident
 /// whole. A movable arena is all slab units (its metadata lives elsewhere), its heaps fill slabs in
 /// order and compaction keeps them dense, so that costs little and saves a page fault per 4 KiB and
@@ -154,10 +155,32 @@ pub(crate) struct ArenaHeader {
     base: usize,
     /// `MADV_HUGEPAGE` is in force on the arena (see `THP_GROWING`).
     huge: bool,
+    /// The arena group whose slabs it holds (see [`Placement`]); set when the arena opens, and
+    /// meaningful only while some unit of it is held.
+    group: u32,
     /// Oldest time a unit became dirty, or the arena became empty.
     dirty_since_ms: u64,
     next: *mut ArenaMeta,
     prev: *mut ArenaMeta,
+}
+
+/// Where the units a caller asks for may come from.
+///
+/// Movable heaps are grouped (relocate-api gives each cache a group of its own): an arena holds the
+/// slabs of one group only, so that evicting a cache's oldest arena evicts that cache's oldest objects
+/// and frees the whole 2 MiB, and evacuating it does not wait for other caches' objects. A request is
+/// served from an arena of its group with room, else from a wholly free arena (of any group: it
+/// opens again for this one), else from a new one. Group 0 is shared: every normal arena's, and that
+/// of movable heaps given no group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub(crate) group: u32,
+    /// An arena being evacuated, never used (its base; 0 for none).
+    pub(crate) avoid: usize,
+}
+
+impl Placement {
+    pub(crate) const SHARED: Self = Self { group: 0, avoid: 0 };
 }
 
 /// The units a caller received from the pool.
@@ -279,49 +302,69 @@ fn run_mask(first: usize, count: usize) -> u32 {
 }
 
 impl ArenaPool {
-    /// Takes `count` contiguous units from an arena of `kind` other than `avoid` (an arena being
-    /// evacuated; 0 for none), mapping a new arena if none has room. `init` runs under the pool lock,
-    /// so descriptors are never seen half-written by a stats walk.
+    /// Takes `count` contiguous units from an arena of `kind` as `placement` allows, mapping a new
+    /// arena if none has room. `init` runs under the pool lock, so descriptors are never seen
+    /// half-written by a stats walk.
     pub(crate) fn alloc_units(
         &mut self,
         kind: ArenaKind,
         count: usize,
-        avoid: usize,
+        placement: Placement,
         init: impl FnOnce(&Units),
     ) -> Option<Units> {
         debug_assert!(count >= 1 && count <= UNITS_PER_ARENA - meta_units(kind));
+        let all = all_data_units(kind);
         let list = &mut self.lists[kind as usize];
+        // The first wholly free arena, and how many arenas the group holds units in.
+        let (mut vacant, mut group_arenas): (*mut ArenaMeta, usize) = (ptr::null_mut(), 0);
         let mut arena = list.head;
         while !arena.is_null() {
             // SAFETY: arenas on the list are mapped and their headers initialised (`map_arena`).
             let header = unsafe { &mut (*arena).header };
-            if header.base != avoid {
-                if let Some(first) = find_run(header.free_units, count) {
-                    if header.free_units == all_data_units(kind) {
-                        // Wholly free until now: it opens again, as the newest.
-                        self.opened += 1;
-                        // SAFETY: no unit of the arena is held, so nothing reads its serial.
-                        unsafe { set_serial(arena, self.opened) };
+            if header.free_units == all {
+                if vacant.is_null() && header.base != placement.avoid {
+                    vacant = arena;
+                }
+            } else if header.group == placement.group {
+                group_arenas += 1;
+                if header.base != placement.avoid {
+                    if let Some(first) = find_run(header.free_units, count) {
+                        return Some(Self::take(arena, first, count, init));
                     }
-                    return Some(Self::take(arena, first, count, init));
                 }
             }
             arena = header.next;
         }
-        let arena = map_arena(kind, list.arenas)?;
+        let arena = if vacant.is_null() {
+            let arena = map_arena(kind, group_arenas)?;
+            // SAFETY: `map_arena` returned a mapped, initialised arena on no list yet.
+            let header = unsafe { &mut (*arena).header };
+            header.next = list.head;
+            if !list.head.is_null() {
+                // SAFETY: the old head is a live arena on this list.
+                unsafe { (*list.head).header.prev = arena };
+            }
+            list.head = arena;
+            list.arenas += 1;
+            arena
+        } else {
+            // SAFETY: a live arena of the list.
+            let header = unsafe { &mut (*vacant).header };
+            let huge = wants_huge_on_opening(kind, group_arenas);
+            if header.huge != huge {
+                os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, huge);
+                header.huge = huge;
+            }
+            vacant
+        };
+        // The arena opens (again), for this group and as the newest.
         self.opened += 1;
-        // SAFETY: `map_arena` returned a mapped, initialised arena that is on no list yet, so no unit
-        // of it is held and nothing reads its serial.
+        // SAFETY: no unit of the arena is held (it is new or wholly free), so nothing reads its
+        // serial.
         unsafe { set_serial(arena, self.opened) };
         // SAFETY: as above.
         let header = unsafe { &mut (*arena).header };
-        header.next = list.head;
-        if !list.head.is_null() {
-            // SAFETY: the old head is a live arena on this list.
-            unsafe { (*list.head).header.prev = arena };
-        }
-        list.head = arena;
-        list.arenas += 1;
+        header.group = placement.group;
         let first = find_run(header.free_units, count)?;
         Some(Self::take(arena, first, count, init))
     }
@@ -584,8 +627,18 @@ fn mapped_bytes(kind: ArenaKind) -> usize {
     }
 }
 
-/// Maps a new arena of `kind`; `existing` arenas of that kind are mapped already (all without room).
-fn map_arena(kind: ArenaKind, existing: usize) -> Option<*mut ArenaMeta> {
+/// Whether an arena of `kind` that opens for a group holding units in `group_arenas` others (all
+/// without room) gets the huge-page hint (see `THP_GROWING`).
+fn wants_huge_on_opening(kind: ArenaKind, group_arenas: usize) -> bool {
+    match thp_policy() {
+        THP_ALWAYS => true,
+        THP_GROWING => kind == ArenaKind::Movable && group_arenas > 0,
+        _ => false,
+    }
+}
+
+/// Maps a new arena of `kind`, for a group holding units in `group_arenas` others.
+fn map_arena(kind: ArenaKind, group_arenas: usize) -> Option<*mut ArenaMeta> {
     let (base, meta) = match kind {
         ArenaKind::Normal => {
             let base = os::map_aligned(ARENA_BYTES, ARENA_BYTES);
@@ -599,11 +652,7 @@ fn map_arena(kind: ArenaKind, existing: usize) -> Option<*mut ArenaMeta> {
     if base.is_null() {
         return None;
     }
-    let huge = match thp_policy() {
-        THP_ALWAYS => true,
-        THP_GROWING => kind == ArenaKind::Movable && existing > 0,
-        _ => false,
-    };
+    let huge = wants_huge_on_opening(kind, group_arenas);
     if huge {
         // Before the first touch, so that the first fault maps the whole arena as one page.
         os::advise_hugepage(base, ARENA_BYTES, true);

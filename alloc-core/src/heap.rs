@@ -30,7 +30,7 @@
 //! takes up again; after a `purge` asked, every empty slab. (It does not decommit pages inside the
 //! slabs it keeps, which means scanning their free blocks: only the thread's own `purge` does that.)
 
-use crate::arena::{ArenaKind, POOL};
+use crate::arena::{ArenaKind, Placement, POOL};
 use crate::os;
 use crate::pool;
 use crate::remote::{Block, DelayedFreeList};
@@ -256,17 +256,19 @@ impl Heap {
     fn new_slab(&self, class: usize) -> Option<*mut Slab> {
         let units = CLASSES[class].slab_units as usize;
         let owner = self.addr();
-        let taken = POOL.lock().alloc_units(ArenaKind::Normal, units, 0, |u| {
-            // SAFETY: the units were just taken from a live arena under the pool lock.
-            let descs = unsafe { &(*u.arena).descs };
-            descs[u.first].init_small(
-                &descs[u.first + 1..u.first + units],
-                u.start(),
-                class,
-                owner,
-                false,
-            );
-        })?;
+        let taken = POOL
+            .lock()
+            .alloc_units(ArenaKind::Normal, units, Placement::SHARED, |u| {
+                // SAFETY: the units were just taken from a live arena under the pool lock.
+                let descs = unsafe { &(*u.arena).descs };
+                descs[u.first].init_small(
+                    &descs[u.first + 1..u.first + units],
+                    u.start(),
+                    class,
+                    owner,
+                    false,
+                );
+            })?;
         crate::stats::slab_created(class);
         // SAFETY: `alloc_units` initialised this descriptor.
         Some(unsafe { &(*taken.arena).descs[taken.first] } as *const Slab as *mut Slab)

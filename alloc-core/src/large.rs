@@ -12,7 +12,9 @@
 //!
 //! Spans take the arena pool lock; huge mappings take no lock at all.
 
-use crate::arena::{ArenaKind, ArenaMeta, ARENA_BYTES, ARENA_MASK, POOL, UNITS_PER_ARENA};
+use crate::arena::{
+    ArenaKind, ArenaMeta, Placement, ARENA_BYTES, ARENA_MASK, POOL, UNITS_PER_ARENA,
+};
 use crate::os;
 use crate::size_class::UNIT_BYTES;
 use crate::slab::{Slab, KIND_HUGE, KIND_LARGE};
@@ -32,14 +34,16 @@ pub(crate) fn alloc_span(size: usize, align: usize, zero: bool) -> *mut u8 {
     let units = span_units(size, align);
     debug_assert!(units < UNITS_PER_ARENA);
     let mut object = ptr::null_mut();
-    let taken = POOL.lock().alloc_units(ArenaKind::Normal, units, 0, |u| {
-        let start = u.start();
-        let offset = (start as usize).next_multiple_of(align) - start as usize;
-        // SAFETY: the units were just taken from a live arena under the pool lock.
-        let descs = unsafe { &(*u.arena).descs };
-        init_span(&descs[u.first..u.first + units], offset, size);
-        object = start.wrapping_add(offset);
-    });
+    let taken = POOL
+        .lock()
+        .alloc_units(ArenaKind::Normal, units, Placement::SHARED, |u| {
+            let start = u.start();
+            let offset = (start as usize).next_multiple_of(align) - start as usize;
+            // SAFETY: the units were just taken from a live arena under the pool lock.
+            let descs = unsafe { &(*u.arena).descs };
+            init_span(&descs[u.first..u.first + units], offset, size);
+            object = start.wrapping_add(offset);
+        });
     let Some(taken) = taken else {
         return ptr::null_mut();
     };

@@ -25,8 +25,8 @@
 //! handle slot can store a movable block's address in that many bits.
 
 use crate::arena::{
-    self, ArenaKind, BACKMAP_COLUMNS, BACKMAP_GRANULE, BACKMAP_OFFSET, LIVE_BITMAP_OFFSET,
-    LIVE_GRANULE,
+    self, ArenaKind, Placement, BACKMAP_COLUMNS, BACKMAP_GRANULE, BACKMAP_OFFSET,
+    LIVE_BITMAP_OFFSET, LIVE_GRANULE,
 };
 use crate::heap::{release_slab_to_arena, SlabList};
 pub use crate::region::{data_start, reserve_movable_region, MOVABLE_ADDRESS_BITS};
@@ -147,8 +147,8 @@ pub struct MovableHeap {
     /// Slabs being emptied by a compactor (between `begin_drain` and `end_drain`).
     draining: SlabList,
     slabs: usize,
-    /// An arena being evacuated: new slabs never come from it (0: none).
-    avoid_arena: usize,
+    /// The heap's arena group, and an arena being evacuated, which new slabs never come from.
+    placement: Placement,
 }
 
 // SAFETY: the heap owns its slabs exclusively (their `owner` is UNOWNED, so no thread heap treats them as
@@ -226,13 +226,22 @@ impl MovableHeap {
             full: SlabList::new(),
             draining: SlabList::new(),
             slabs: 0,
-            avoid_arena: 0,
+            placement: Placement::SHARED,
         })
+    }
+
+    /// Puts the heap in arena group `group`: its new slabs come only from arenas that hold no other
+    /// group's slabs (a wholly free arena joins the group), so that evicting or evacuating an arena
+    /// concerns this group's heaps alone and frees the whole 2 MiB. Group 0, every heap's at first,
+    /// is shared. (A relocating cache gives its heaps a group of their own.) Slabs made before keep
+    /// their arenas.
+    pub fn set_arena_group(&mut self, group: u32) {
+        self.placement.group = group;
     }
 
     /// While set, new slabs are never taken from the arena at `arena` (the one being evacuated).
     pub fn set_avoid_arena(&mut self, arena: Option<usize>) {
-        self.avoid_arena = arena.unwrap_or(0);
+        self.placement.avoid = arena.unwrap_or(0);
     }
 
     /// The block size this heap hands out.
@@ -378,7 +387,7 @@ impl MovableHeap {
         let taken =
             arena::POOL
                 .lock()
-                .alloc_units(ArenaKind::Movable, units, self.avoid_arena, |u| {
+                .alloc_units(ArenaKind::Movable, units, self.placement, |u| {
                     // SAFETY: the units were just taken from a live arena under the pool lock.
                     let descs = unsafe { &(*u.arena).descs };
                     descs[u.first].init_with_geometry(
@@ -611,6 +620,49 @@ pub fn is_movable_address(addr: usize) -> bool {
 mod tests {
     use super::*;
     use crate::size_class::UNIT_BYTES;
+
+    #[test]
+    fn heaps_of_different_groups_never_share_an_arena() {
+        // Heaps 0 and 2 in one group, heap 1 in another, making slabs by turns.
+        let groups = [0xA11CE, 0xB0B, 0xA11CE];
+        let mut heaps: Vec<MovableHeap> = groups
+            .iter()
+            .map(|&group| {
+                let mut heap = MovableHeap::new(4096).unwrap();
+                heap.set_arena_group(group);
+                heap
+            })
+            .collect();
+        let per_slab = heaps[0].slab_capacity();
+        let mut blocks = vec![Vec::new(); heaps.len()];
+        for _ in 0..20 * per_slab {
+            for (heap, blocks) in heaps.iter_mut().zip(&mut blocks) {
+                blocks.push(heap.alloc(0).unwrap());
+            }
+        }
+        let arenas = |heap: &MovableHeap| {
+            let mut arenas: Vec<usize> = heap.slabs().map(|s| s.arena).collect();
+            arenas.sort_unstable();
+            arenas.dedup();
+            arenas
+        };
+        let (a, b, c) = (arenas(&heaps[0]), arenas(&heaps[1]), arenas(&heaps[2]));
+        assert!(
+            a.iter().chain(&c).all(|arena| !b.contains(arena)),
+            "{a:x?} {b:x?} {c:x?}"
+        );
+        assert!(
+            a.iter().any(|arena| c.contains(arena)),
+            "one group's heaps share their arenas: {a:x?} {c:x?}"
+        );
+        for (heap, blocks) in heaps.iter_mut().zip(blocks) {
+            for block in blocks {
+                // SAFETY: allocated above from this heap, freed once.
+                unsafe { heap.free(block) };
+            }
+            assert_eq!(heap.slab_count(), 0);
+        }
+    }
 
     #[test]
     fn live_blocks_and_owners_are_walkable() {

@@ -261,13 +261,16 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
-        let heap =
+        let mut heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         // Fail here, not at the first insert, if movable memory cannot be had (see `slot`).
         if !alloc_core::movable::reserve_movable_region() {
             return Err(CacheError::OutOfMemory);
         }
         let tag = take_tag()?;
+        // The cache's arenas hold its own slabs only (a byte-blob cache's classes share its tag, and
+        // so its arenas): evicting its oldest arena evicts its oldest objects, and frees 2 MiB.
+        heap.set_arena_group(tag);
         // A cache asked for homes owns its table: it is not a byte-blob class, whose `BlobCache`
         // gives memory back for all its classes when dropped.
         let standalone = homes;

@@ -297,9 +297,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Eviction as [`reclaim`](Self::reclaim) does it, of the arena opened earliest among those
     /// holding this cache's objects (mapped, or given a slab again after it was wholly free): first
-    /// in, first out, for a cache that holds itself to a budget by reclaiming. That arena holds the
-    /// oldest objects unless newer ones went into room it had left (free blocks of its slabs, or
-    /// free units while other arenas were full); those go with it.
+    /// in, first out, for a cache that holds itself to a budget by reclaiming. A cache's arenas hold
+    /// its own objects only (caches never share an arena), so that arena holds the cache's oldest
+    /// objects, unless newer ones went into room it had left (free blocks of its slabs, or free units
+    /// while the cache's other arenas were full); those go with it.
     pub fn reclaim_oldest(
         &self,
         guard: &Guard,

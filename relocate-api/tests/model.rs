@@ -488,8 +488,8 @@ fn a_budget_bounds_what_one_pass_moves() {
         report.moved_objects > 0 && !report.budget_exhausted,
         "{report:?}"
     );
-    // The arena of a survivor (caches share arenas, so "the sparsest" could be one holding only
-    // old copies, which the pinned guard keeps).
+    // The arena of a survivor ("the sparsest" could be one holding only old copies, which the
+    // pinned guard keeps).
     let arena = cache.get(handles[0], &guard).unwrap() as *const [u64; 8] as usize;
     let budgeted = cache
         .evacuate_arena(&guard, arena, Budget::Objects(3))

@@ -480,11 +480,17 @@ impl BlobCache {
 
     /// Eviction: removes every blob in the arena holding the fewest live bytes, telling `on_evict`.
     /// A cache held to a budget by reclaiming wants [`reclaim_oldest`](Self::reclaim_oldest) (see
-    /// [`RelocCache::reclaim`]).
-    pub fn reclaim(&self, guard: &Guard, on_evict: impl FnMut(BlobHandle, &[u8])) -> usize {
+    /// [`RelocCache::reclaim`]). The report counts the blobs evicted. (The error `RelocCache`'s
+    /// reclaims give from inside the cache's own relocation callback cannot arise: blobs move
+    /// bytewise, with no callback. The `Result` keeps the two caches' eviction alike.)
+    pub fn reclaim(
+        &self,
+        guard: &Guard,
+        on_evict: impl FnMut(BlobHandle, &[u8]),
+    ) -> Result<CompactReport, CacheError> {
         let mut arenas: Vec<(usize, usize)> = Vec::new();
         for (_, class) in self.made() {
-            for (arena, bytes) in class.live_bytes_by_arena().unwrap_or_default() {
+            for (arena, bytes) in class.live_bytes_by_arena()? {
                 add_to_arena(&mut arenas, arena, bytes);
             }
         }
@@ -495,28 +501,34 @@ impl BlobCache {
     }
 
     /// Eviction of the arena opened earliest among those holding blobs: first in, first out (see
-    /// [`RelocCache::reclaim_oldest`]).
-    pub fn reclaim_oldest(&self, guard: &Guard, on_evict: impl FnMut(BlobHandle, &[u8])) -> usize {
-        let oldest = (self.made())
-            .filter_map(|(_, class)| class.oldest_arena().ok().flatten())
-            .min()
-            .map(|(_, arena)| arena);
-        self.reclaim_arena(guard, oldest, on_evict)
+    /// [`RelocCache::reclaim_oldest`]), reported as [`reclaim`](Self::reclaim) does.
+    pub fn reclaim_oldest(
+        &self,
+        guard: &Guard,
+        on_evict: impl FnMut(BlobHandle, &[u8]),
+    ) -> Result<CompactReport, CacheError> {
+        let mut oldest: Option<(u64, usize)> = None;
+        for (_, class) in self.made() {
+            if let Some(arena) = class.oldest_arena()? {
+                oldest = Some(oldest.map_or(arena, |o| o.min(arena)));
+            }
+        }
+        self.reclaim_arena(guard, oldest.map(|(_, arena)| arena), on_evict)
     }
 
-    /// Removes every blob in `arena` (if any), telling `on_evict`; returns how many.
+    /// Removes every blob in `arena` (if any), telling `on_evict`.
     fn reclaim_arena(
         &self,
         guard: &Guard,
         arena: Option<usize>,
         mut on_evict: impl FnMut(BlobHandle, &[u8]),
-    ) -> usize {
+    ) -> Result<CompactReport, CacheError> {
         // Before any blob is read under it.
         guard.check(self.epoch);
+        let mut total = CompactReport::default();
         let Some(arena) = arena else {
-            return 0;
+            return Ok(total);
         };
-        let mut evicted = 0;
         for (number, class) in self.made() {
             // The slot's object under `guard`: a blob of this class or, if the slot's run went to
             // another class meanwhile, of that one (whose blob its length tells).
@@ -531,9 +543,9 @@ impl BlobCache {
                 // SAFETY: a live blob of this class, valid during the callback.
                 on_evict(BlobHandle::of(handle), unsafe { blob_at(addr) });
             });
-            evicted += report.map_or(0, |r| r.evicted);
+            total.merge(report?);
         }
-        evicted
+        Ok(total)
     }
 
     /// Frees what the epoch allows, in every class. The classes share one collector, so it is flushed

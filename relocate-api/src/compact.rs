@@ -281,6 +281,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// evicted objects' blocks still count in their arena, so flush between two reclaims, or the
     /// second may pick the same arena and find nothing left to evict.
     ///
+    /// Eviction works an arena (2 MiB of the cache's slabs) at a time: a cache holding less than that
+    /// loses every object in one reclaim.
+    ///
     /// The fewest live objects are the least data lost per arena freed. But in a cache that holds
     /// itself to a budget by reclaiming each time it grows past it, that arena is the one it just
     /// opened for its newest objects, so it keeps its first contents and loses every new object

@@ -46,7 +46,10 @@
 
 mod sync;
 
+// Public for loom-tests, which model them; not part of the API.
+#[doc(hidden)]
 pub mod retire;
+#[doc(hidden)]
 pub mod slot;
 
 #[cfg(not(loom))]
@@ -92,5 +95,8 @@ pub use handle::Handle;
 pub use inner::Counters;
 #[cfg(not(loom))]
 pub use policy::{BitwiseMove, FnRelocator, Isolation, Relocatable, Relocator, MOVE_BATCH};
+/// `#[derive(Relocatable)]`: see [`trait@Relocatable`].
+#[cfg(not(loom))]
+pub use relocate_derive::Relocatable;
 #[cfg(not(loom))]
 pub use view::View;

@@ -17,6 +17,56 @@ use crate::CacheError;
 ///   drop (no self-references; heap data the type owns is shared by the two copies until the old one is
 ///   forgotten).
 ///
+/// For a struct or enum whose fields all qualify, `#[derive(Relocatable)]` implements it without
+/// `unsafe` (a field that does not qualify is a compile error there):
+///
+/// ```
+/// use relocate_api::{RelocCache, Relocatable};
+///
+/// #[derive(Relocatable)]
+/// struct Session {
+///     user: String,
+///     scores: Vec<(u32, f64)>,
+///     expires: Option<u64>,
+/// }
+///
+/// let cache: RelocCache<Session> = RelocCache::new().unwrap();
+/// let session = Session { user: "ada".into(), scores: vec![(1, 2.5)], expires: None };
+/// let handle = cache.insert(session).map_err(|(_, e)| e).unwrap();
+/// let guard = cache.reader().pin();
+/// assert_eq!(cache.get(handle, &guard).unwrap().user, "ada");
+/// ```
+///
+/// ```compile_fail,E0277
+/// #[derive(relocate_api::Relocatable)]
+/// struct Counter {
+///     hits: std::cell::Cell<u64>, // interior mutability: refused
+/// }
+/// ```
+///
+/// ```compile_fail,E0277
+/// #[derive(relocate_api::Relocatable)]
+/// struct Shared<T> {
+///     value: std::sync::Mutex<T>, // refused whatever `T` is
+/// }
+/// ```
+///
+/// ```compile_fail,E0277
+/// #[derive(relocate_api::Relocatable)]
+/// enum Link {
+///     End,
+///     Next(*const Link), // a raw pointer may point into the object itself: refused
+/// }
+/// ```
+///
+/// ```compile_fail
+/// #[derive(relocate_api::Relocatable)]
+/// union Either {
+///     int: u64,
+///     float: f64,
+/// }
+/// ```
+///
 /// Types that do not qualify can still live in a cache: they are reached with
 /// [`crate::RelocCache::with_pinned`], which excludes moves while the closure runs (moves only:
 /// see there for updates).
@@ -62,6 +112,8 @@ unsafe impl<T: Relocatable> Relocatable for Option<T> {}
 unsafe impl<T: Relocatable> Relocatable for [T] {}
 // SAFETY: plain bytes (behind a `Box`, which owns them).
 unsafe impl Relocatable for str {}
+// SAFETY: no data at all.
+unsafe impl<T: ?Sized> Relocatable for std::marker::PhantomData<T> {}
 
 macro_rules! relocatable_tuples {
     ($(($($t:ident),+)),*) => { $(
@@ -121,6 +173,11 @@ pub enum Isolation {
 ///
 /// The compactor holds the cache's lock while callbacks run, so a thread that holds a lock a callback
 /// takes must not call into the cache meanwhile (it would wait for the compactor, which waits for it).
+/// Only a thread's own nesting is detected: callbacks of cache A that call into cache B while
+/// another thread compacts B with callbacks that call into A wait for each other's locks, an
+/// ordinary lock-order cycle (make such calls go one way only, e.g. only A's callbacks into B).
+/// Nor may a callback stop or drop a [`crate::Compactor`] of its own cache: stopping waits for the
+/// compactor's thread, which may be waiting for the lock the callback's compaction holds.
 /// If a callback panics, the move is abandoned: the object stays at its old address, the new memory is
 /// freed (without dropping it), and the panic is counted, not propagated. A `migrate` that panics after
 /// changing outside pointers leaves them as it left them; keep `migrate` free of panics.

@@ -96,7 +96,9 @@ fn blobs_of_every_size_round_trip_through_compaction_and_eviction() {
             cache.reclaim_oldest(&guard, record)
         } else {
             cache.reclaim(&guard, record)
-        };
+        }
+        .unwrap()
+        .evicted;
         assert_eq!(n, evicted.len());
         assert!(n > 0, "oldest: {oldest}");
         for (h, bytes) in evicted {
@@ -846,5 +848,5 @@ fn reclaim_refuses_a_guard_from_another_cache() {
     let cache = BlobCache::new().unwrap();
     let other = BlobCache::new().unwrap();
     let reader = other.reader();
-    cache.reclaim_oldest(&reader.pin(), |_, _| ());
+    let _ = cache.reclaim_oldest(&reader.pin(), |_, _| ());
 }

@@ -129,10 +129,13 @@ fn reclaim_takes_the_sparsest_arena_and_reclaim_oldest_the_first_opened() {
         .collect();
     let guard = reader.pin();
     let mut evicted = HashSet::new();
-    let n = blobs.reclaim_oldest(&guard, |h, bytes| {
-        assert_eq!(bytes.len(), 56);
-        evicted.insert(h);
-    });
+    let n = blobs
+        .reclaim_oldest(&guard, |h, bytes| {
+            assert_eq!(bytes.len(), 56);
+            evicted.insert(h);
+        })
+        .unwrap()
+        .evicted;
     assert!(
         n == evicted.len() && n < stored.len(),
         "{n} of {}",

@@ -74,24 +74,26 @@ fn an_eviction_leaves_another_class_blob_in_its_old_slot_and_block_alone() {
     let guard = reader.pin();
     let y = Cell::new(None);
     let mut evicted = Vec::new();
-    cache.reclaim_oldest(&guard, |h, _| {
-        evicted.push(h);
-        if y.get().is_some() {
-            return;
-        }
-        // What another thread may do meanwhile: `t`'s block comes back (slab 1 empties), class X
-        // gives back its first run of slots, and a blob of class Y (512-byte blocks) takes slot 0
-        // and, in a new slab, `t`'s old block.
-        cache.flush(&reader);
-        assert!(cache.release_vacant_slots() >= 256);
-        let hy = cache.insert(&[0x77; 500]).unwrap();
-        assert_eq!(
-            (slot_of(hy), block_of(&cache, hy)),
-            (slot_of(t), t_block),
-            "the layout this test builds: Y's blob takes t's slot and block"
-        );
-        y.set(Some(hy));
-    });
+    cache
+        .reclaim_oldest(&guard, |h, _| {
+            evicted.push(h);
+            if y.get().is_some() {
+                return;
+            }
+            // What another thread may do meanwhile: `t`'s block comes back (slab 1 empties), class X
+            // gives back its first run of slots, and a blob of class Y (512-byte blocks) takes slot 0
+            // and, in a new slab, `t`'s old block.
+            cache.flush(&reader);
+            assert!(cache.release_vacant_slots() >= 256);
+            let hy = cache.insert(&[0x77; 500]).unwrap();
+            assert_eq!(
+                (slot_of(hy), block_of(&cache, hy)),
+                (slot_of(t), t_block),
+                "the layout this test builds: Y's blob takes t's slot and block"
+            );
+            y.set(Some(hy));
+        })
+        .unwrap();
     let y = y.get().unwrap();
     assert_eq!(evicted.iter().filter(|&&h| h == y).count(), 1);
     assert_eq!(

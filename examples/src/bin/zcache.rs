@@ -92,11 +92,14 @@ fn main() {
         while cache.stats().resident_bytes > BUDGET_BYTES {
             reclaims += 1;
             let guard = reader.pin();
-            let dropped = cache.reclaim_oldest(&guard, |handle, _| {
-                if let Some(id) = owners.remove(&handle) {
-                    index.remove(&id);
-                }
-            });
+            let dropped = cache
+                .reclaim_oldest(&guard, |handle, _| {
+                    if let Some(id) = owners.remove(&handle) {
+                        index.remove(&id);
+                    }
+                })
+                .expect("refused only from inside a relocation callback")
+                .evicted;
             drop(guard);
             cache.flush(&reader);
             evicted += dropped;

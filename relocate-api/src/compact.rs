@@ -629,10 +629,16 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// others: the `BlobCache` reads it once for all).
     pub(crate) fn slab_stats(&self) -> CacheStats {
         let inner = self.lock_outside_callback("stats");
-        let (slabs, resident) = inner
-            .heap
-            .slabs()
-            .fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)));
+        // Every slab of a heap has the same length: counted, not walked (a walk reads every slab's
+        // descriptor, a cache miss each: 1.7 ms for a `BlobCache` of 1.5 GB).
+        let slabs = inner.heap.slab_count();
+        let resident = slabs
+            * (inner.heap.slab_capacity() * inner.heap.block_bytes()).next_multiple_of(64 << 10);
+        debug_assert_eq!(
+            (slabs, resident),
+            (inner.heap.slabs())
+                .fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)))
+        );
         let live = self.live(&inner);
         CacheStats {
             live_objects: live,

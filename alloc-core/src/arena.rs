@@ -101,7 +101,8 @@ const KINDS: usize = 2;
 /// kernel frees the split-off pages when it needs memory (its deferred split); an emptied arena is
 /// unmapped whole. The hint is then withdrawn (`MADV_NOHUGEPAGE`), or khugepaged could collapse the
 /// arena again and make the decommitted units resident; it is given again once every unit of the
-/// arena holds a slab.
+/// arena holds a slab. A hinted arena that stops growing keeps its never-used units resident (the
+/// huge page): after the decommit delay without growth they go back the same way.
 const THP_NEVER: u8 = 1;
 const THP_GROWING: u8 = 2;
 const THP_ALWAYS: u8 = 3;
@@ -158,6 +159,9 @@ pub(crate) struct ArenaHeader {
     /// The arena group whose slabs it holds (see [`Placement`]); set when the arena opens, and
     /// meaningful only while some unit of it is held.
     group: u32,
+    /// When a unit was last taken while the arena was huge-paged with units free (see
+    /// `maintain_kinds`: its never-used units are resident until it grows into them).
+    grown_ms: u64,
     /// Oldest time a unit became dirty, or the arena became empty.
     dirty_since_ms: u64,
     next: *mut ArenaMeta,
@@ -376,6 +380,9 @@ impl ArenaPool {
         debug_assert_eq!(header.free_units & mask, mask);
         header.free_units &= !mask;
         header.dirty_units &= !mask;
+        if header.huge && header.free_units != 0 {
+            header.grown_ms = os::now_ms();
+        }
         if header.free_units == 0 && !header.huge && wants_huge_when_full(header.kind) {
             // Full: khugepaged may now collapse it without making free units resident.
             os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, true);
@@ -460,17 +467,35 @@ impl ArenaPool {
                 if aged && header.free_units == all_data_units(kind) {
                     // SAFETY: a live arena of this list, wholly free; we hold the lock.
                     released += unsafe { self.unmap_free(kind, arena) };
-                } else if aged && header.dirty_units != 0 {
+                    arena = next;
+                    continue;
+                }
+                if aged && header.dirty_units != 0 {
                     if header.huge && thp_policy() != THP_ALWAYS {
                         os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, false);
                         header.huge = false;
                     }
-                    released += decommit_units(arena, header.dirty_units);
+                    released += decommit_units(arena, header.dirty_units, true);
                     if kind == ArenaKind::Movable {
                         released += decommit_unused_backmap(arena);
                     }
                     header.zero_units |= header.dirty_units;
                     header.dirty_units = 0;
+                }
+                // A cache's arena given the huge-page hint as it opened (`THP_GROWING`) and no longer
+                // growing: the units it never used are resident all the same (the huge page), up to
+                // 2 MiB less a slab per cache. They go back, splitting the page; the hint is given
+                // again if the arena fills up.
+                let never_used = header.free_units & header.zero_units;
+                if header.huge
+                    && never_used != 0
+                    && wants_huge_when_full(kind)
+                    && (force || now_ms.saturating_sub(header.grown_ms) >= DECOMMIT_DELAY_MS)
+                {
+                    os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, false);
+                    header.huge = false;
+                    // Never committed in the statistics: they were not written.
+                    released += decommit_units(arena, never_used, false);
                 }
                 arena = next;
             }
@@ -598,7 +623,8 @@ fn decommit_unused_backmap(arena: *mut ArenaMeta) -> usize {
     end - used
 }
 
-fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {
+/// Decommits the units of `mask`, which were counted as committed if `counted`.
+fn decommit_units(arena: *mut ArenaMeta, mask: u32, counted: bool) -> usize {
     // SAFETY: a live arena (the caller holds the pool lock).
     let base = unsafe { (*arena).header.base };
     let mut rest = mask;
@@ -607,7 +633,9 @@ fn decommit_units(arena: *mut ArenaMeta, mask: u32) -> usize {
         let first = rest.trailing_zeros() as usize;
         let len = (rest >> first).trailing_ones() as usize;
         os::decommit((base + (first << UNIT_SHIFT)) as *mut u8, len << UNIT_SHIFT);
-        crate::stats::sub_committed(len << UNIT_SHIFT);
+        if counted {
+            crate::stats::sub_committed(len << UNIT_SHIFT);
+        }
         bytes += len << UNIT_SHIFT;
         rest &= !run_mask(first, len);
     }

@@ -636,8 +636,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             * (inner.heap.slab_capacity() * inner.heap.block_bytes()).next_multiple_of(64 << 10);
         debug_assert_eq!(
             (slabs, resident),
-            (inner.heap.slabs())
-                .fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)))
+            (inner.heap.slabs()).fold((0, 0), |(n, bytes), s| (n + 1, bytes + slab_bytes(&s)))
         );
         let live = self.live(&inner);
         CacheStats {

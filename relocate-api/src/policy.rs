@@ -59,6 +59,15 @@ use crate::CacheError;
 /// }
 /// ```
 ///
+/// ```compile_fail,E0793
+/// #[derive(relocate_api::Relocatable)]
+/// #[repr(packed)]
+/// struct Packed {
+///     tag: u8,
+///     value: u32, // a reference to a packed field is not allowed: implement the trait by hand
+/// }
+/// ```
+///
 /// ```compile_fail
 /// #[derive(relocate_api::Relocatable)]
 /// union Either {

@@ -30,6 +30,18 @@ enum Shape<const N: usize> {
     Nested(Pair, Unit),
 }
 
+/// A field that names `Self`.
+#[derive(Relocatable, Debug, Clone, PartialEq)]
+enum List {
+    Nil,
+    Cons(u64, Box<Self>),
+}
+
+/// No value at all (it derives, and never lives in a cache).
+#[derive(Relocatable)]
+#[allow(dead_code)]
+enum Never {}
+
 /// Inserts `make(i)` for 20,000 keys, removes all but every tenth, compacts until nothing moves,
 /// and checks that the survivors moved and read back as they were made.
 fn survives_compaction<
@@ -77,4 +89,5 @@ fn derived_types_move_and_read_back() {
         },
         _ => Shape::Nested(Pair(i as u32, "n".into()), Unit),
     });
+    survives_compaction(|i| List::Cons(i, Box::new(List::Cons(i + 1, Box::new(List::Nil)))));
 }

@@ -7,24 +7,39 @@
 //! contracts cover what they own), which is what the derive checks, so a user needs no `unsafe`:
 //!
 //! - the impl requires every type parameter to be `Relocatable`;
-//! - a function the compiler checks but never calls names every field's type with a
-//!   `Relocatable` bound, under those same requirements, so a field that does not qualify (a
-//!   `Cell`, an atomic, a raw pointer) is a compile error at the derive.
+//! - a function the compiler checks but never calls destructures a `&Self` exhaustively (every
+//!   field of a struct, every variant of an enum, no `..`) and requires `Relocatable` of each field
+//!   it binds, under those same requirements. The field types are the compiler's, taken from the
+//!   type as finally defined, not the tokens the derive saw: an attribute macro expanded after the
+//!   derive could otherwise change a field's type behind its back (one that turned a `u64` into an
+//!   `AtomicU64` did, in a review), and a field it added or renamed fails the pattern. So a field
+//!   that does not qualify (a `Cell`, an atomic, a raw pointer) is a compile error at the derive.
 //!
 //! Unions are refused: which field is live is not known, so no field's contract can be relied on.
+//! Packed structs are refused too (a reference to a packed field is not allowed): implement the
+//! trait by hand for those.
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as Tokens;
-use quote::quote;
-use syn::{parse_macro_input, parse_quote, Data, DeriveInput, Fields, GenericParam};
+use quote::{format_ident, quote};
+use syn::{parse_macro_input, parse_quote, Data, DeriveInput, Fields, GenericParam, Ident};
 
 /// Implements `relocate_api::Relocatable` for a struct or enum whose fields all implement it.
 #[proc_macro_derive(Relocatable)]
 pub fn derive_relocatable(input: TokenStream) -> TokenStream {
     let mut input = parse_macro_input!(input as DeriveInput);
-    let fields: Vec<&Fields> = match &input.data {
-        Data::Struct(data) => vec![&data.fields],
-        Data::Enum(data) => data.variants.iter().map(|v| &v.fields).collect(),
+    let name = input.ident.clone();
+    // One arm per variant (a struct is one), each binding every field to a reference.
+    let arms: Vec<Tokens> = match &input.data {
+        Data::Struct(data) => vec![arm(quote!(#name), &data.fields)],
+        Data::Enum(data) => data
+            .variants
+            .iter()
+            .map(|variant| {
+                let variant_name = &variant.ident;
+                arm(quote!(#name::#variant_name), &variant.fields)
+            })
+            .collect(),
         Data::Union(data) => {
             return syn::Error::new(
                 data.union_token.span,
@@ -34,29 +49,26 @@ pub fn derive_relocatable(input: TokenStream) -> TokenStream {
             .into();
         }
     };
-    let field_types: Vec<&syn::Type> = fields
-        .iter()
-        .flat_map(|fields| fields.iter().map(|field| &field.ty))
-        .collect();
     for param in &mut input.generics.params {
         if let GenericParam::Type(param) = param {
             param.bounds.push(parse_quote!(::relocate_api::Relocatable));
         }
     }
-    let name = &input.ident;
     let (impl_generics, type_generics, where_clause) = input.generics.split_for_impl();
-    let checks: Tokens = field_types
-        .iter()
-        .map(|ty| quote! { relocatable::<#ty>(); })
-        .collect();
+    let check = if arms.is_empty() {
+        // An enum without variants: there is no value, and no field.
+        quote!(match *value {})
+    } else {
+        quote!(match value { #(#arms)* })
+    };
     quote! {
         const _: () = {
-            // Never called: it compiles only if every field's type is `Relocatable` whenever the
-            // impl below applies.
+            // Never called: it compiles only if every field of the type, as finally defined, is
+            // `Relocatable` whenever the impl below applies.
             #[allow(dead_code, clippy::extra_unused_type_parameters)]
-            fn fields_are_relocatable #impl_generics () #where_clause {
-                fn relocatable<F: ::relocate_api::Relocatable + ?Sized>() {}
-                #checks
+            fn fields_are_relocatable #impl_generics (value: &#name #type_generics) #where_clause {
+                fn relocatable<F: ::relocate_api::Relocatable + ?Sized>(_: &F) {}
+                #check
             }
             // SAFETY: every field's type is `Relocatable` under the impl's bounds (checked above):
             // a shared reference to the value reaches its fields by shared references only, so no
@@ -66,4 +78,25 @@ pub fn derive_relocatable(input: TokenStream) -> TokenStream {
         };
     }
     .into()
+}
+
+/// A match arm for `path` (a struct or one of an enum's variants) with `fields`, binding every
+/// field (no `..`) and checking each.
+fn arm(path: Tokens, fields: &Fields) -> Tokens {
+    let bindings: Vec<Ident> = (0..fields.len())
+        .map(|i| format_ident!("field_{}", i))
+        .collect();
+    let pattern = match fields {
+        Fields::Named(named) => {
+            let names = named.named.iter().map(|field| &field.ident);
+            quote!(#path { #(#names: #bindings),* })
+        }
+        Fields::Unnamed(_) => quote!(#path ( #(#bindings),* )),
+        Fields::Unit => quote!(#path),
+    };
+    quote! {
+        #pattern => {
+            #(relocatable(#bindings);)*
+        }
+    }
 }

@@ -89,9 +89,10 @@ pub(crate) enum ArenaKind {
 const KINDS: usize = 2;
 
 /// Transparent huge pages, chosen by `ALLOC_CORE_THP`: `0` never; `always` (or `2`) `MADV_HUGEPAGE` on
-/// every arena when mapped; unset (the default) *growing*: on a movable arena when it opens, unless it
-/// is the first of its group (see [`Placement`]: the pool opens an arena only when none of the group
-/// has room, so a second one means the cache outgrew 2 MiB), and never on a normal arena.
+/// every arena when mapped; unset (the default) *growing*: on a movable arena when it opens for a
+/// group that has filled an arena already (see [`Placement`]: the pool opens an arena only when none
+/// of the group has room, and a cache's heaps join its own group once they fill an arena in the
+/// shared one, so either way the group outgrew 2 MiB), and never on a normal arena.
 /// With THP in `madvise` mode a hinted arena gets a 2 MiB page on its first touch, so it is resident
 /// whole. A movable arena is all slab units (its metadata lives elsewhere), its heaps fill slabs in
 /// order and compaction keeps them dense, so that costs little and saves a page fault per 4 KiB and
@@ -170,12 +171,13 @@ pub(crate) struct ArenaHeader {
 
 /// Where the units a caller asks for may come from.
 ///
-/// Movable heaps are grouped (relocate-api gives each cache a group of its own): an arena holds the
-/// slabs of one group only, so that evicting a cache's oldest arena evicts that cache's oldest objects
-/// and frees the whole 2 MiB, and evacuating it does not wait for other caches' objects. A request is
-/// served from an arena of its group with room, else from a wholly free arena (of any group: it
-/// opens again for this one), else from a new one. Group 0 is shared: every normal arena's, and that
-/// of movable heaps given no group.
+/// Movable heaps are grouped (relocate-api gives each cache a group of its own, which its heaps join
+/// once they hold an arena's worth of slabs, see `MovableHeap::set_arena_group`): an arena holds the
+/// slabs of one group only, so that evicting a cache's oldest arena evicts that cache's oldest
+/// objects and frees the whole 2 MiB, and evacuating it does not wait for other caches' objects. A
+/// request is served from an arena of its group with room, else from a wholly free arena (of any
+/// group: it opens again for this one), else from a new one. Group 0 is shared: every normal
+/// arena's, and that of small movable heaps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Placement {
     pub(crate) group: u32,
@@ -329,18 +331,18 @@ impl ArenaPool {
                 if vacant.is_null() && header.base != placement.avoid {
                     vacant = arena;
                 }
-            } else if header.group == placement.group {
+            } else if header.group == placement.group && header.base != placement.avoid {
                 group_arenas += 1;
-                if header.base != placement.avoid {
-                    if let Some(first) = find_run(header.free_units, count) {
-                        return Some(Self::take(arena, first, count, init));
-                    }
+                if let Some(first) = find_run(header.free_units, count) {
+                    return Some(Self::take(arena, first, count, init));
                 }
             }
             arena = header.next;
         }
+        // A group's first arena is its heaps' second arena's worth (see `Placement`): growth.
+        let growing = group_arenas > 0 || placement.group != 0;
         let arena = if vacant.is_null() {
-            let arena = map_arena(kind, group_arenas)?;
+            let arena = map_arena(kind, growing)?;
             // SAFETY: `map_arena` returned a mapped, initialised arena on no list yet.
             let header = unsafe { &mut (*arena).header };
             header.next = list.head;
@@ -354,7 +356,7 @@ impl ArenaPool {
         } else {
             // SAFETY: a live arena of the list.
             let header = unsafe { &mut (*vacant).header };
-            let huge = wants_huge_on_opening(kind, group_arenas);
+            let huge = wants_huge_on_opening(kind, growing);
             if header.huge != huge {
                 os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, huge);
                 header.huge = huge;
@@ -655,18 +657,18 @@ fn mapped_bytes(kind: ArenaKind) -> usize {
     }
 }
 
-/// Whether an arena of `kind` that opens for a group holding units in `group_arenas` others (all
-/// without room) gets the huge-page hint (see `THP_GROWING`).
-fn wants_huge_on_opening(kind: ArenaKind, group_arenas: usize) -> bool {
+/// Whether an arena of `kind` that opens for a `growing` group (one that filled an arena already)
+/// gets the huge-page hint (see `THP_GROWING`).
+fn wants_huge_on_opening(kind: ArenaKind, growing: bool) -> bool {
     match thp_policy() {
         THP_ALWAYS => true,
-        THP_GROWING => kind == ArenaKind::Movable && group_arenas > 0,
+        THP_GROWING => kind == ArenaKind::Movable && growing,
         _ => false,
     }
 }
 
-/// Maps a new arena of `kind`, for a group holding units in `group_arenas` others.
-fn map_arena(kind: ArenaKind, group_arenas: usize) -> Option<*mut ArenaMeta> {
+/// Maps a new arena of `kind`, for a `growing` group (see `wants_huge_on_opening`).
+fn map_arena(kind: ArenaKind, growing: bool) -> Option<*mut ArenaMeta> {
     let (base, meta) = match kind {
         ArenaKind::Normal => {
             let base = os::map_aligned(ARENA_BYTES, ARENA_BYTES);
@@ -680,7 +682,7 @@ fn map_arena(kind: ArenaKind, group_arenas: usize) -> Option<*mut ArenaMeta> {
     if base.is_null() {
         return None;
     }
-    let huge = wants_huge_on_opening(kind, group_arenas);
+    let huge = wants_huge_on_opening(kind, growing);
     if huge {
         // Before the first touch, so that the first fault maps the whole arena as one page.
         os::advise_hugepage(base, ARENA_BYTES, true);

@@ -147,8 +147,11 @@ pub struct MovableHeap {
     /// Slabs being emptied by a compactor (between `begin_drain` and `end_drain`).
     draining: SlabList,
     slabs: usize,
-    /// The heap's arena group, and an arena being evacuated, which new slabs never come from.
+    /// The heap's arena group (0 while it shares arenas, see `set_arena_group`), and an arena
+    /// being evacuated, which new slabs never come from.
     placement: Placement,
+    /// The group it takes once it has made an arena's worth of slabs (0: none).
+    own_group: u32,
 }
 
 // SAFETY: the heap owns its slabs exclusively (their `owner` is UNOWNED, so no thread heap treats them as
@@ -227,16 +230,29 @@ impl MovableHeap {
             draining: SlabList::new(),
             slabs: 0,
             placement: Placement::SHARED,
+            own_group: 0,
         })
     }
 
-    /// Puts the heap in arena group `group`: its new slabs come only from arenas that hold no other
-    /// group's slabs (a wholly free arena joins the group), so that evicting or evacuating an arena
-    /// concerns this group's heaps alone and frees the whole 2 MiB. Group 0, every heap's at first,
-    /// is shared. (A relocating cache gives its heaps a group of their own.) Slabs made before keep
-    /// their arenas.
+    /// Gives the heap arena group `group`, which it joins once it holds an arena's worth of slabs:
+    /// from then on its new slabs come only from arenas that hold no other group's slabs (a wholly
+    /// free arena joins the group), so that evicting or evacuating one of them concerns this
+    /// group's heaps alone and frees the whole 2 MiB. Until then it shares arenas with the other
+    /// small heaps (group 0, every heap's at first): a small cache in an arena of its own would
+    /// take pages that small caches share (the back-map's rows span an arena's slabs, and a huge
+    /// page spans its units), and a process of many small caches would map an arena for each.
+    /// (A relocating cache gives its heaps a group of their own.) Slabs made before keep their
+    /// arenas.
     pub fn set_arena_group(&mut self, group: u32) {
-        self.placement.group = group;
+        self.own_group = group;
+        self.join_own_group_if_grown();
+    }
+
+    /// Joins `own_group` once the heap holds an arena's worth of slabs (and stays in it).
+    fn join_own_group_if_grown(&mut self) {
+        if self.slabs * self.geometry.slab_units as usize >= arena::UNITS_PER_ARENA {
+            self.placement.group = self.own_group;
+        }
     }
 
     /// While set, new slabs are never taken from the arena at `arena` (the one being evacuated).
@@ -411,6 +427,7 @@ impl MovableHeap {
         let slab: &'static Slab = unsafe { &(*taken.arena).descs[taken.first] };
         self.avail.push(slab);
         self.slabs += 1;
+        self.join_own_group_if_grown();
         Some(slab)
     }
 
@@ -622,8 +639,9 @@ mod tests {
     use crate::size_class::UNIT_BYTES;
 
     #[test]
-    fn heaps_of_different_groups_never_share_an_arena() {
-        // Heaps 0 and 2 in one group, heap 1 in another, making slabs by turns.
+    fn heaps_share_arenas_while_small_and_keep_to_their_group_after() {
+        // Heaps 0 and 2 in one group, heap 1 in another, making one-unit slabs by turns: an
+        // arena's worth of them each in the shared arenas, then as many again.
         let groups = [0xA11CE, 0xB0B, 0xA11CE];
         let mut heaps: Vec<MovableHeap> = groups
             .iter()
@@ -633,23 +651,36 @@ mod tests {
                 heap
             })
             .collect();
+        assert_eq!(heaps[0].geometry.slab_units, 1);
         let per_slab = heaps[0].slab_capacity();
+        let small = arena::UNITS_PER_ARENA * per_slab;
         let mut blocks = vec![Vec::new(); heaps.len()];
-        for _ in 0..20 * per_slab {
+        for _ in 0..2 * small {
             for (heap, blocks) in heaps.iter_mut().zip(&mut blocks) {
                 blocks.push(heap.alloc(0).unwrap());
             }
         }
-        let arenas = |heap: &MovableHeap| {
-            let mut arenas: Vec<usize> = heap.slabs().map(|s| s.arena).collect();
+        let arenas = |blocks: &[NonNull<u8>]| {
+            let mut arenas: Vec<usize> = blocks
+                .iter()
+                .map(|b| b.as_ptr() as usize & !arena::ARENA_MASK)
+                .collect();
             arenas.sort_unstable();
             arenas.dedup();
             arenas
         };
-        let (a, b, c) = (arenas(&heaps[0]), arenas(&heaps[1]), arenas(&heaps[2]));
+        let early: Vec<Vec<usize>> = blocks.iter().map(|b| arenas(&b[..small])).collect();
+        let late: Vec<Vec<usize>> = blocks.iter().map(|b| arenas(&b[small..])).collect();
         assert!(
-            a.iter().chain(&c).all(|arena| !b.contains(arena)),
-            "{a:x?} {b:x?} {c:x?}"
+            early[0].iter().any(|arena| early[1].contains(arena)),
+            "small heaps share arenas: {early:x?}"
+        );
+        let (a, b, c) = (&late[0], &late[1], &late[2]);
+        assert!(
+            a.iter()
+                .chain(c)
+                .all(|arena| !b.contains(arena) && !early[1].contains(arena)),
+            "grown heaps keep to their group: {late:x?}, {early:x?}"
         );
         assert!(
             a.iter().any(|arena| c.contains(arena)),

@@ -91,8 +91,8 @@ const KINDS: usize = 2;
 /// Transparent huge pages, chosen by `ALLOC_CORE_THP`: `0` never; `always` (or `2`) `MADV_HUGEPAGE` on
 /// every arena when mapped; unset (the default) *growing*: on a movable arena when it opens for a
 /// group that has filled an arena already (see [`Placement`]: the pool opens an arena only when none
-/// of the group has room, and a cache's heaps join its own group once they fill an arena in the
-/// shared one, so either way the group outgrew 2 MiB), and never on a normal arena.
+/// of the group has room, and a cache's heaps join its own group once its live objects fill an
+/// arena, so either way the group outgrew 2 MiB), and never on a normal arena.
 /// With THP in `madvise` mode a hinted arena gets a 2 MiB page on its first touch, so it is resident
 /// whole. A movable arena is all slab units (its metadata lives elsewhere), its heaps fill slabs in
 /// order and compaction keeps them dense, so that costs little and saves a page fault per 4 KiB and
@@ -172,7 +172,7 @@ pub(crate) struct ArenaHeader {
 /// Where the units a caller asks for may come from.
 ///
 /// Movable heaps are grouped (relocate-api gives each cache a group of its own, which its heaps join
-/// once they hold an arena's worth of slabs, see `MovableHeap::set_arena_group`): an arena holds the
+/// once its live objects fill an arena, see `MovableHeap::set_arena_group`): an arena holds the
 /// slabs of one group only, so that evicting a cache's oldest arena evicts that cache's oldest
 /// objects and frees the whole 2 MiB, and evacuating it does not wait for other caches' objects. A
 /// request is served from an arena of its group with room, else from a wholly free arena (of any
@@ -339,7 +339,7 @@ impl ArenaPool {
             }
             arena = header.next;
         }
-        // A group's first arena is its heaps' second arena's worth (see `Placement`): growth.
+        // A group's heaps join it once they fill an arena (see `Placement`): its first is growth.
         let growing = group_arenas > 0 || placement.group != 0;
         let arena = if vacant.is_null() {
             let arena = map_arena(kind, growing)?;

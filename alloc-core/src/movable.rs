@@ -35,6 +35,9 @@ use crate::slab::{Slab, FLAG_DRAINING, FLAG_FULL, FLAG_ORDER, UNOWNED};
 use crate::sync::{AtomicU64, Ordering};
 use core::ptr::{self, NonNull};
 
+/// The bytes of a movable arena: what evicting or evacuating one gives back.
+pub const ARENA_BYTES: usize = arena::ARENA_BYTES;
+
 /// The smallest block a movable heap serves (one back-map entry per block).
 pub const MIN_MOVABLE_BYTES: usize = BACKMAP_GRANULE;
 /// The largest block a movable heap serves: the global allocator's largest class and an eighth, so
@@ -147,11 +150,9 @@ pub struct MovableHeap {
     /// Slabs being emptied by a compactor (between `begin_drain` and `end_drain`).
     draining: SlabList,
     slabs: usize,
-    /// The heap's arena group (0 while it shares arenas, see `set_arena_group`), and an arena
-    /// being evacuated, which new slabs never come from.
+    /// The heap's arena group (0, shared, until `set_arena_group`), and an arena being evacuated,
+    /// which new slabs never come from.
     placement: Placement,
-    /// The group it takes once it has made an arena's worth of slabs (0: none).
-    own_group: u32,
 }
 
 // SAFETY: the heap owns its slabs exclusively (their `owner` is UNOWNED, so no thread heap treats them as
@@ -230,29 +231,19 @@ impl MovableHeap {
             draining: SlabList::new(),
             slabs: 0,
             placement: Placement::SHARED,
-            own_group: 0,
         })
     }
 
-    /// Gives the heap arena group `group`, which it joins once it holds an arena's worth of slabs:
-    /// from then on its new slabs come only from arenas that hold no other group's slabs (a wholly
-    /// free arena joins the group), so that evicting or evacuating one of them concerns this
-    /// group's heaps alone and frees the whole 2 MiB. Until then it shares arenas with the other
-    /// small heaps (group 0, every heap's at first): a small cache in an arena of its own would
-    /// take pages that small caches share (the back-map's rows span an arena's slabs, and a huge
+    /// Puts the heap in arena group `group`: its new slabs come only from arenas that hold no other
+    /// group's slabs (a wholly free arena joins the group), so that evicting or evacuating one of
+    /// them concerns this group's heaps alone and frees the whole 2 MiB. Group 0, every heap's at
+    /// first, is shared. A heap should join a group of its own only once it holds an arena's worth
+    /// of live blocks (a relocating cache does): small heaps each in an arena of their own would
+    /// take pages that they share in one (the back-map's rows span an arena's slabs, and a huge
     /// page spans its units), and a process of many small caches would map an arena for each.
-    /// (A relocating cache gives its heaps a group of their own.) Slabs made before keep their
-    /// arenas.
+    /// Slabs made before keep their arenas.
     pub fn set_arena_group(&mut self, group: u32) {
-        self.own_group = group;
-        self.join_own_group_if_grown();
-    }
-
-    /// Joins `own_group` once the heap holds an arena's worth of slabs (and stays in it).
-    fn join_own_group_if_grown(&mut self) {
-        if self.slabs * self.geometry.slab_units as usize >= arena::UNITS_PER_ARENA {
-            self.placement.group = self.own_group;
-        }
+        self.placement.group = group;
     }
 
     /// While set, new slabs are never taken from the arena at `arena` (the one being evacuated).
@@ -427,7 +418,6 @@ impl MovableHeap {
         let slab: &'static Slab = unsafe { &(*taken.arena).descs[taken.first] };
         self.avail.push(slab);
         self.slabs += 1;
-        self.join_own_group_if_grown();
         Some(slab)
     }
 
@@ -641,22 +631,20 @@ mod tests {
     #[test]
     fn heaps_share_arenas_while_small_and_keep_to_their_group_after() {
         // Heaps 0 and 2 in one group, heap 1 in another, making one-unit slabs by turns: an
-        // arena's worth of them each in the shared arenas, then as many again.
+        // arena's worth of them each in the shared arenas, then as many again in their groups.
         let groups = [0xA11CE, 0xB0B, 0xA11CE];
-        let mut heaps: Vec<MovableHeap> = groups
-            .iter()
-            .map(|&group| {
-                let mut heap = MovableHeap::new(4096).unwrap();
-                heap.set_arena_group(group);
-                heap
-            })
+        let mut heaps: Vec<MovableHeap> = (0..groups.len())
+            .map(|_| MovableHeap::new(4096).unwrap())
             .collect();
         assert_eq!(heaps[0].geometry.slab_units, 1);
         let per_slab = heaps[0].slab_capacity();
         let small = arena::UNITS_PER_ARENA * per_slab;
         let mut blocks = vec![Vec::new(); heaps.len()];
-        for _ in 0..2 * small {
-            for (heap, blocks) in heaps.iter_mut().zip(&mut blocks) {
+        for i in 0..2 * small {
+            for ((heap, blocks), &group) in heaps.iter_mut().zip(&mut blocks).zip(&groups) {
+                if i == small {
+                    heap.set_arena_group(group);
+                }
                 blocks.push(heap.alloc(0).unwrap());
             }
         }

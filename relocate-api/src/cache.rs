@@ -40,6 +40,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// rounds) wait at most a few microseconds for it.
 const INSERT_BATCH: usize = 64;
 
+/// Inserts between two checks of whether a cache has grown into an arena group of its own (see
+/// `Inner::arena_group`): each sums the striped removal counter.
+const JOIN_CHECK_INSERTS: usize = 256;
+
 /// Why a cache could not be made or an operation could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheError {
@@ -261,16 +265,13 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
-        let mut heap =
+        let heap =
             MovableHeap::with_layout(object_bytes, align_of::<T>()).ok_or(CacheError::TooLarge)?;
         // Fail here, not at the first insert, if movable memory cannot be had (see `slot`).
         if !alloc_core::movable::reserve_movable_region() {
             return Err(CacheError::OutOfMemory);
         }
         let tag = take_tag()?;
-        // The cache's arenas hold its own slabs only (a byte-blob cache's classes share its tag, and
-        // so its arenas): evicting its oldest arena evicts its oldest objects, and frees 2 MiB.
-        heap.set_arena_group(tag);
         // A cache asked for homes owns its table: it is not a byte-blob class, whose `BlobCache`
         // gives memory back for all its classes when dropped.
         let standalone = homes;
@@ -297,6 +298,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 inserted: 0,
                 listed: 0,
                 listed_at_scan: 0,
+                arena_group: tag,
                 counters: Counters::default(),
             })),
             retired: Arc::default(),
@@ -553,6 +555,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         inner: &mut Inner,
         init: impl FnOnce(NonNull<u8>),
     ) -> Result<Handle<T>, CacheError> {
+        if inner.arena_group != 0 && inner.inserted % JOIN_CHECK_INSERTS == 0 {
+            self.join_arena_group_if_grown(inner);
+        }
         let may_touch_more = inner.may_touch_more(|| self.live(inner));
         if inner.free_head == 0 && !may_touch_more {
             inner.list_parked_slots(&self.table, &self.homes);
@@ -912,6 +917,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         inner.inserted -= 1;
         inner.release_slot(handle.index(), slot);
         Some(value)
+    }
+
+    /// Puts the cache's heap in the cache's own arena group (see `Inner::arena_group`) once its
+    /// live objects fill an arena.
+    fn join_arena_group_if_grown(&self, inner: &mut Inner) {
+        if self.live(inner) * self.block_bytes >= alloc_core::movable::ARENA_BYTES {
+            inner.heap.set_arena_group(inner.arena_group);
+            inner.arena_group = 0;
+        }
     }
 
     /// Objects in the cache: those inserted (less those taken) that were not removed since. Removals

@@ -281,8 +281,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// evicted objects' blocks still count in their arena, so flush between two reclaims, or the
     /// second may pick the same arena and find nothing left to evict.
     ///
-    /// Eviction works an arena (2 MiB of the cache's slabs) at a time: a cache holding less than that
-    /// loses every object in one reclaim.
+    /// Eviction works an arena at a time (2 MiB of the cache's slabs, or the cache's share of an
+    /// arena shared by small caches): a cache holding less than 2 MiB loses every object in one
+    /// reclaim.
     ///
     /// The fewest live objects are the least data lost per arena freed. But in a cache that holds
     /// itself to a budget by reclaiming each time it grows past it, that arena is the one it just
@@ -300,10 +301,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Eviction as [`reclaim`](Self::reclaim) does it, of the arena opened earliest among those
     /// holding this cache's objects (mapped, or given a slab again after it was wholly free): first
-    /// in, first out, for a cache that holds itself to a budget by reclaiming. A cache's arenas hold
-    /// its own objects only (caches never share an arena), so that arena holds the cache's oldest
-    /// objects, unless newer ones went into room it had left (free blocks of its slabs, or free units
-    /// while the cache's other arenas were full); those go with it.
+    /// in, first out, for a cache that holds itself to a budget by reclaiming. Past its first 2 MiB
+    /// of slabs (which share arenas with other small caches), a cache's arenas hold its own objects
+    /// only, so that arena holds the cache's oldest objects, unless newer ones went into room it had
+    /// left (free blocks of its slabs, or free units while the cache's other arenas were full); those
+    /// go with it. While it holds a share of a shared arena, that share goes (its oldest objects all
+    /// the same), and the arena's 2 MiB go back once the other caches' shares do.
     pub fn reclaim_oldest(
         &self,
         guard: &Guard,
@@ -724,7 +727,7 @@ fn slab_bytes(slab: &SlabView) -> usize {
 
 /// alloc-core's arena size.
 fn arena_bytes() -> usize {
-    2 << 20
+    movable::ARENA_BYTES
 }
 
 fn live_blocks(heap: &movable::MovableHeap, slab: &SlabView) -> Vec<(NonNull<u8>, u32)> {

@@ -22,7 +22,7 @@
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as Tokens;
 use quote::{format_ident, quote};
-use syn::{parse_macro_input, parse_quote, Data, DeriveInput, Fields, GenericParam, Ident};
+use syn::{parse_macro_input, parse_quote, Data, DeriveInput, Fields, GenericParam, Ident, Index};
 
 /// Implements `relocate_api::Relocatable` for a struct or enum whose fields all implement it.
 #[proc_macro_derive(Relocatable)]
@@ -81,19 +81,31 @@ pub fn derive_relocatable(input: TokenStream) -> TokenStream {
 }
 
 /// A match arm for `path` (a struct or one of an enum's variants) with `fields`, binding every
-/// field (no `..`) and checking each.
+/// field (no `..`) and checking each. The pattern is braced whatever the shape (`S {}`,
+/// `S { 0: field_0 }`): a bare `S` would be read as a fresh binding, matching anything, if the type
+/// as finally defined were no longer a unit struct (a review found that hole), where a braced
+/// pattern must name every field of whatever the type became.
 fn arm(path: Tokens, fields: &Fields) -> Tokens {
     let bindings: Vec<Ident> = (0..fields.len())
         .map(|i| format_ident!("field_{}", i))
         .collect();
-    let pattern = match fields {
-        Fields::Named(named) => {
-            let names = named.named.iter().map(|field| &field.ident);
-            quote!(#path { #(#names: #bindings),* })
-        }
-        Fields::Unnamed(_) => quote!(#path ( #(#bindings),* )),
-        Fields::Unit => quote!(#path),
+    let members: Vec<Tokens> = match fields {
+        Fields::Named(named) => named
+            .named
+            .iter()
+            .map(|field| {
+                let name = &field.ident;
+                quote!(#name)
+            })
+            .collect(),
+        Fields::Unnamed(_) | Fields::Unit => (0..fields.len())
+            .map(|i| {
+                let index = Index::from(i);
+                quote!(#index)
+            })
+            .collect(),
     };
+    let pattern = quote!(#path { #(#members: #bindings),* });
     quote! {
         #pattern => {
             #(relocatable(#bindings);)*

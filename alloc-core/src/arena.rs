@@ -487,12 +487,15 @@ impl ArenaPool {
                 // A cache's arena given the huge-page hint as it opened (`THP_GROWING`) and no longer
                 // growing: the units it never used are resident all the same (the huge page), up to
                 // 2 MiB less a slab per cache. They go back, splitting the page; the hint is given
-                // again if the arena fills up.
+                // again if the arena fills up. Only once it has not grown for the delay, even when
+                // forced: an arena a compaction is filling right now would be split under it (more
+                // page faults, and TLB shootdowns for the readers, each round of a compaction loop
+                // that releases at once).
                 let never_used = header.free_units & header.zero_units;
                 if header.huge
                     && never_used != 0
                     && wants_huge_when_full(kind)
-                    && (force || now_ms.saturating_sub(header.grown_ms) >= DECOMMIT_DELAY_MS)
+                    && now_ms.saturating_sub(header.grown_ms) >= DECOMMIT_DELAY_MS
                 {
                     os::advise_hugepage(header.base as *mut u8, ARENA_BYTES, false);
                     header.huge = false;

@@ -34,7 +34,7 @@ use crate::view::{read_many, read_slot};
 use alloc_core::movable::MAX_MOVABLE_BYTES;
 use crossbeam_epoch::Collector;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Bytes of the length in front of every blob.
@@ -178,6 +178,9 @@ struct BlobCounts {
     /// Background compactors running on this cache: while there is one, its rounds give slot runs
     /// back and inserts leave it to them.
     background: AtomicUsize,
+    /// The classes are in the cache's arena group (see `join_arena_group_if_grown`); classes made
+    /// later join as they are made.
+    joined: AtomicBool,
 }
 
 impl BlobCache {
@@ -200,6 +203,7 @@ impl BlobCache {
                 claims_seen: AtomicUsize::new(0),
                 next_to_scan: AtomicUsize::new(0),
                 background: AtomicUsize::new(0),
+                joined: AtomicBool::new(false),
             }),
             release_on_drop: ReleaseArenasOnDrop::new(true),
         })
@@ -229,11 +233,18 @@ impl BlobCache {
         );
         // Another thread may have made it meanwhile: then ours is dropped unused (or our failure
         // does not matter).
-        match (made, cell.get()) {
-            (_, Some(cache)) => Ok(cache),
-            (Ok(made), None) => Ok(cell.get_or_init(|| made)),
-            (Err(e), None) => Err(e),
+        let class = match (made, cell.get()) {
+            (_, Some(cache)) => cache,
+            (Ok(made), None) => cell.get_or_init(|| made),
+            (Err(e), None) => return Err(e),
+        };
+        // After the class is published, so that a join running meanwhile either sees the class or
+        // has set the flag. (Were both missed, the class would stay in the shared arenas: where its
+        // slabs go, nothing more.)
+        if self.counts.joined.load(Ordering::SeqCst) {
+            class.join_arena_group();
         }
+        Ok(class)
     }
 
     /// Stores a copy of `value`. `TooLarge` above [`MAX_BLOB_BYTES`].
@@ -256,12 +267,18 @@ impl BlobCache {
         let cache = self.class_or_make(class)?;
         let insert = || {
             // SAFETY: the class's blocks hold the length and the bytes; copying cannot panic.
-            unsafe { cache.insert_with(|block| write_blob(block, value)) }.map(BlobHandle::of)
+            unsafe { cache.insert_with(|block| write_blob(block, value)) }
         };
         let inserted = match insert() {
             Err(CacheError::OutOfMemory) if self.took_back_slots() => insert(),
             inserted => inserted,
         };
+        let inserted = inserted.map(|(handle, join_due)| {
+            if join_due {
+                self.join_arena_group_if_grown();
+            }
+            BlobHandle::of(handle)
+        });
         let claims = self.table.claims_made();
         if self.counts.background.load(Ordering::Relaxed) == 0
             && self.counts.claims_seen.load(Ordering::Relaxed) != claims
@@ -286,6 +303,24 @@ impl BlobCache {
                     .next_to_scan
                     .store((number + 1) % NUM_CLASSES, Ordering::Relaxed);
                 return;
+            }
+        }
+    }
+
+    /// Puts every class in the cache's arena group once the blobs of all classes together fill an
+    /// arena (see `Inner::arena_group`): a cache of many small classes would otherwise never leave
+    /// the shared arenas (a review's cache, one large class and many small ones held to 16 MiB by
+    /// `reclaim_oldest`, kept evicting the same shared arena's newest blobs and grew to 253 MiB).
+    /// Asked by inserts when a class's own cadence makes a check due (no class lock held here).
+    fn join_arena_group_if_grown(&self) {
+        if self.counts.joined.load(Ordering::Relaxed) {
+            return;
+        }
+        let live: usize = self.made().map(|(_, class)| class.live_block_bytes()).sum();
+        if live >= alloc_core::movable::ARENA_BYTES {
+            self.counts.joined.store(true, Ordering::SeqCst);
+            for (_, class) in self.made() {
+                class.join_arena_group();
             }
         }
     }
@@ -389,6 +424,8 @@ impl BlobCache {
 
     /// Replaces a value. In place (same handle) when it fits the same class; otherwise the value moves
     /// to another class and the new handle is returned (the old one becomes stale). `None`: stale handle.
+    /// A reader that took the old handle from an index before the index was given the new one gets
+    /// `None` for it: on `None`, look the key up again before treating it as gone.
     pub fn replace(
         &self,
         handle: BlobHandle,

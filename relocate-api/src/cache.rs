@@ -40,9 +40,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// rounds) wait at most a few microseconds for it.
 const INSERT_BATCH: usize = 64;
 
-/// Inserts between two checks of whether a cache has grown into an arena group of its own (see
-/// `Inner::arena_group`): each sums the striped removal counter.
+/// At most this many inserts between two checks of whether a cache has grown into an arena group of
+/// its own (see `Inner::arena_group`): each sums the striped removal counter. Fewer for large
+/// objects, so that a check comes at least every quarter of an arena (see `join_check_mask`).
 const JOIN_CHECK_INSERTS: usize = 256;
+
+/// The mask of `Inner::inserted` at whose zeros a cache of `block_bytes` blocks checks whether it
+/// joins its arena group: a power of two of inserts, at most `JOIN_CHECK_INSERTS`, filling at most
+/// a quarter of an arena (a review found caches of 32 KiB objects filling 4 MiB of shared arenas
+/// between two checks every 256 inserts).
+fn join_check_mask(block_bytes: usize) -> usize {
+    let quarter = alloc_core::movable::ARENA_BYTES / 4 / block_bytes.max(1);
+    let every = if quarter == 0 {
+        1
+    } else {
+        1 << quarter.ilog2()
+    };
+    every.min(JOIN_CHECK_INSERTS) - 1
+}
 
 /// Why a cache could not be made or an operation could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,7 +313,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 inserted: 0,
                 listed: 0,
                 listed_at_scan: 0,
+                // A byte-blob class joins when its `BlobCache` as a whole fills an arena.
                 arena_group: tag,
+                joins_itself: standalone,
+                join_check_mask: join_check_mask(block_bytes),
                 counters: Counters::default(),
             })),
             retired: Arc::default(),
@@ -460,7 +478,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         let inserted = unsafe {
             self.insert_with(|block| block.cast::<T>().write(ManuallyDrop::take(&mut value)))
         };
-        inserted.map_err(|e| (ManuallyDrop::into_inner(value), e))
+        inserted
+            .map(|(handle, _)| handle)
+            .map_err(|e| (ManuallyDrop::into_inner(value), e))
     }
 
     /// Stores every value of `values`, in order, and appends their handles to `handles`, as an
@@ -512,7 +532,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     })
                 };
                 match inserted {
-                    Ok(handle) => {
+                    Ok((handle, _)) => {
                         handles.push(handle);
                         stored += 1;
                     }
@@ -533,14 +553,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// Allocates a block, has `init` fill it, and publishes it under a new handle. `init` is called
-    /// only if the insert then succeeds.
+    /// only if the insert then succeeds. With the handle, whether a byte-blob class's `BlobCache`
+    /// should check if it joins its arena group (see `Inner::joins_itself`).
     ///
     /// # Safety
     /// - `init` leaves a valid object (`object_bytes` bytes) in the block and does not panic.
     pub(crate) unsafe fn insert_with(
         &self,
         init: impl FnOnce(NonNull<u8>),
-    ) -> Result<Handle<T>, CacheError> {
+    ) -> Result<(Handle<T>, bool), CacheError> {
         let mut inner = self.lock()?;
         // SAFETY: the caller's contract.
         unsafe { self.insert_locked(&mut inner, init) }
@@ -554,8 +575,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         &self,
         inner: &mut Inner,
         init: impl FnOnce(NonNull<u8>),
-    ) -> Result<Handle<T>, CacheError> {
-        if inner.arena_group != 0 && inner.inserted % JOIN_CHECK_INSERTS == 0 {
+    ) -> Result<(Handle<T>, bool), CacheError> {
+        let join_due = inner.arena_group != 0 && inner.inserted & inner.join_check_mask == 0;
+        if join_due && inner.joins_itself {
             self.join_arena_group_if_grown(inner);
         }
         let may_touch_more = inner.may_touch_more(|| self.live(inner));
@@ -630,7 +652,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         inner.inserted += 1;
         let counter = slot.generation();
         slot.publish_new(block.as_ptr() as usize, self.home(index));
-        Ok(self.handle_for(index, counter))
+        Ok((
+            self.handle_for(index, counter),
+            join_due && !inner.joins_itself,
+        ))
     }
 
     /// The object a handle names, or `None` if it was removed, evicted, or is not from this cache.
@@ -923,9 +948,27 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// live objects fill an arena.
     fn join_arena_group_if_grown(&self, inner: &mut Inner) {
         if self.live(inner) * self.block_bytes >= alloc_core::movable::ARENA_BYTES {
+            Self::join_arena_group_locked(inner);
+        }
+    }
+
+    fn join_arena_group_locked(inner: &mut Inner) {
+        if inner.arena_group != 0 {
             inner.heap.set_arena_group(inner.arena_group);
             inner.arena_group = 0;
         }
+    }
+
+    /// For a byte-blob class: puts its heap in its arena group now (its `BlobCache` as a whole
+    /// filled an arena). Idempotent.
+    pub(crate) fn join_arena_group(&self) {
+        Self::join_arena_group_locked(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// For a byte-blob class: its live objects' blocks, in bytes.
+    pub(crate) fn live_block_bytes(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.live(&inner) * self.block_bytes
     }
 
     /// Objects in the cache: those inserted (less those taken) that were not removed since. Removals

@@ -48,6 +48,11 @@ pub(crate) struct Inner {
     /// an evacuation would count both. (An arena per cache from the start made 1,000 small caches
     /// take 1.7-3.6 times the memory, and their creation 9 times slower.)
     pub(crate) arena_group: u32,
+    /// Whether the cache decides that itself (a byte-blob class's `BlobCache` decides for all its
+    /// classes: the insert tells it a check is due), and the mask of `inserted` at whose zeros a
+    /// check is due (see `join_check_mask`).
+    pub(crate) joins_itself: bool,
+    pub(crate) join_check_mask: usize,
     pub(crate) counters: Counters,
 }
 

@@ -51,12 +51,7 @@ const JOIN_CHECK_INSERTS: usize = 256;
 /// between two checks every 256 inserts).
 fn join_check_mask(block_bytes: usize) -> usize {
     let quarter = alloc_core::movable::ARENA_BYTES / 4 / block_bytes.max(1);
-    let every = if quarter == 0 {
-        1
-    } else {
-        1 << quarter.ilog2()
-    };
-    every.min(JOIN_CHECK_INSERTS) - 1
+    (1 << quarter.max(1).ilog2()).min(JOIN_CHECK_INSERTS) - 1
 }
 
 /// Why a cache could not be made or an operation could not run.
@@ -948,21 +943,14 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// live objects fill an arena.
     fn join_arena_group_if_grown(&self, inner: &mut Inner) {
         if self.live(inner) * self.block_bytes >= alloc_core::movable::ARENA_BYTES {
-            Self::join_arena_group_locked(inner);
-        }
-    }
-
-    fn join_arena_group_locked(inner: &mut Inner) {
-        if inner.arena_group != 0 {
-            inner.heap.set_arena_group(inner.arena_group);
-            inner.arena_group = 0;
+            inner.join_arena_group();
         }
     }
 
     /// For a byte-blob class: puts its heap in its arena group now (its `BlobCache` as a whole
-    /// filled an arena). Idempotent.
+    /// filled an arena). Idempotent. (No user code runs under a class's lock: blobs move bytewise.)
     pub(crate) fn join_arena_group(&self) {
-        Self::join_arena_group_locked(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        (self.inner.lock().unwrap_or_else(|e| e.into_inner())).join_arena_group();
     }
 
     /// For a byte-blob class: its live objects' blocks, in bytes.

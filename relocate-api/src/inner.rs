@@ -97,6 +97,14 @@ impl Inner {
         }
     }
 
+    /// Puts the heap in `arena_group`, if it is not in it yet.
+    pub(crate) fn join_arena_group(&mut self) {
+        if self.arena_group != 0 {
+            self.heap.set_arena_group(self.arena_group);
+            self.arena_group = 0;
+        }
+    }
+
     /// Counts a free home slot, `fresh` or parked, as taken.
     pub(crate) fn took_home_slot(&mut self, fresh: bool) {
         if fresh {

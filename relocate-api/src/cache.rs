@@ -11,9 +11,10 @@
 //! removed objects), hands the slots to `retired` and the blocks to one deferred function that
 //! (drops the old values if it must and) queues them on `retired`; the next operation that holds
 //! `inner` returns the blocks to the movable heap and takes the slots back (parks a home slot for
-//! its block's next object, links any other into the free list; see `home`). Deferred functions
+//! its block's next object, lists any other as free; see `home` and `free`). Deferred functions
 //! never take `inner`, so they may run on any thread at any time without deadlock.
 
+use crate::free::{FreeSlots, UNIT_SLOTS};
 use crate::guard::{flush_until_quiet, next_epoch_id, Guard, Reader};
 use crate::handle::Handle;
 use crate::home::{HomeOf, Homes};
@@ -234,7 +235,7 @@ impl<T: Send + Sync + 'static> RelocCache<T, BitwiseMove> {
     ) -> Result<Self, CacheError> {
         const { assert!(!std::mem::needs_drop::<T>()) };
         // Siblings claim small runs, so that a class with few objects holds few slots.
-        const SIBLING_CLAIM_SLOTS: usize = 256;
+        const SIBLING_CLAIM_SLOTS: usize = UNIT_SLOTS as usize;
         Self::with_parts(
             BitwiseMove,
             collector,
@@ -298,7 +299,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             claim_slots,
             inner: Box::new(Mutex::new(Inner {
                 heap,
-                free_head: 0,
+                free: FreeSlots::default(),
                 claimed: Vec::new(),
                 fresh: 0..0,
                 spare_floor: if homes.exist() { MAX_OBJECTS as u32 } else { 0 },
@@ -427,6 +428,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ) -> Result<Option<usize>, CacheError> {
         let mut inner = self.lock()?;
         let run = self.claim_slots;
+        debug_assert_eq!(
+            run, UNIT_SLOTS as usize,
+            "a shared table's runs are free-list units"
+        );
         if only_if_sparse {
             let claimed: usize = inner.claimed.iter().map(ExactSizeIterator::len).sum();
             let live = self.live(&inner);
@@ -440,7 +445,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             }
         }
         inner.listed_at_scan = inner.listed;
-        let given = inner.give_back_vacant_runs(&self.table, run as u32);
+        let given = inner.give_back_vacant_runs(&self.table);
         inner.counters.returned_slots += given as u64;
         Ok(Some(given))
     }
@@ -576,21 +581,20 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             self.join_arena_group_if_grown(inner);
         }
         let may_touch_more = inner.may_touch_more(|| self.live(inner));
-        if inner.free_head == 0 && !may_touch_more {
+        if inner.free.is_empty() && !may_touch_more {
             inner.list_parked_slots(&self.table, &self.homes);
         }
-        if inner.free_head == 0 {
-            // A spare for the free list, in case the block's home slot is not free.
+        if inner.free.is_empty() {
+            // A spare for the free lists, in case the block's home slot is not free.
             let index = (inner.fresh_slot(&self.table, self.claim_slots, self.homes.exist()))
                 .ok_or(CacheError::OutOfMemory)?;
             let slot = self.table.get(index).expect("claimed slots are accessible");
-            slot.set_free_link(0);
-            inner.free_head = index + 1;
+            inner.free.push(index, slot);
         }
         let (homes, table) = (&self.homes, &self.table);
         let Inner {
             heap,
-            free_head,
+            free: free_slots,
             spare_floor,
             home_units,
             ..
@@ -612,16 +616,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                     home_taken = Some(slot.is_fresh());
                     home
                 }
-                _ => {
-                    let spare = *free_head - 1;
-                    *free_head = table.get(spare).map_or(0, |slot| {
-                        let next = slot.free_link();
-                        // Off the list, it must not say it is on one (see `Slot::is_listed`).
-                        slot.clear_free_link();
-                        next
-                    });
-                    spare
-                }
+                _ => free_slots.pop(table).expect("a spare was listed above"),
             };
             index
         });
@@ -634,8 +629,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             // SAFETY: allocated just now from this heap and never published.
             unsafe { inner.heap.free(block) };
             if home_taken.is_none() {
-                slot.set_free_link(inner.free_head);
-                inner.free_head = index + 1;
+                inner.free.push(index, slot);
             }
             return Err(CacheError::OutOfMemory);
         }

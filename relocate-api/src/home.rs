@@ -26,7 +26,7 @@
 //!
 //! Which slots are used how (all under the cache's lock):
 //! - Spares are claimed from the top of the index space down (`Inner::spare_floor`): indices at or
-//!   above the floor are spares for good, linked on the cache's free list when vacant. A claim that
+//!   above the floor are spares for good, listed as free (see `free`) when vacant. A claim that
 //!   reaches down into home slots converts the free ones and skips the used ones (which become spares
 //!   when they come back).
 //! - Below the floor, a slot that comes back from a removal is *parked* (see `slot`): it waits for
@@ -36,7 +36,7 @@
 //!   emptied by compaction are made again elsewhere). So a fresh home slot is taken only while the
 //!   cache has used fewer than 1.5 slots per live object plus a run; past that bound new objects
 //!   take vacant slots away from home, and when a quarter of the used slots are parked, all parked
-//!   slots are linked on the free list (`Inner::may_touch_more`, `Inner::list_parked_slots`).
+//!   slots are listed as free (`Inner::may_touch_more`, `Inner::list_parked_slots`).
 //! - Blocks beyond the index space (a region used past `2^INDEX_BITS >> shift` units) have no home:
 //!   their objects take spares.
 //!

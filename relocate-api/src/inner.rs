@@ -1,7 +1,8 @@
 //! A cache's state under its lock: its movable heap, the slots it has claimed from the table and
-//! how vacant ones are found again (a free list, home slots parked for their block's next object,
+//! how vacant ones are found again (free lists, home slots parked for their block's next object,
 //! runs given back to a shared table), and its running totals.
 
+use crate::free::{FreeSlots, UNIT_SLOTS};
 use crate::home::Homes;
 use crate::slot::Slot;
 use crate::table::SlotTable;
@@ -14,9 +15,8 @@ pub(crate) const SPARE_CLAIM_SLOTS: usize = 256;
 
 pub(crate) struct Inner {
     pub(crate) heap: MovableHeap,
-    /// The vacant slots ready for reuse, linked through the slots themselves: index + 1 of the first
-    /// (0: none); each vacant slot's [`Slot::free_link`] names the next the same way.
-    pub(crate) free_head: u32,
+    /// The vacant slots ready for reuse (see `free`).
+    pub(crate) free: FreeSlots,
     /// The runs of table slots this cache has claimed and not given back, in the order claimed, a
     /// run that continues the last merged into it: every slot it uses lies in them (the table may be
     /// shared, see `table`).
@@ -25,7 +25,7 @@ pub(crate) struct Inner {
     pub(crate) fresh: Range<u32>,
     /// For a cache with homes (see `home`): slots at or above this index are spares, claimed from
     /// the top of the table down; below it, home slots. 0 for a cache without homes, whose slots are
-    /// all claimed runs (so every slot that comes back is linked on the free list).
+    /// all claimed runs (so every slot that comes back is listed in `free`).
     pub(crate) spare_floor: u32,
     /// The units whose home slots have been used, sorted (with `claimed`, where `for_each` looks).
     pub(crate) home_units: Vec<u32>,
@@ -36,8 +36,8 @@ pub(crate) struct Inner {
     pub(crate) parked: usize,
     /// Objects inserted, less those taken (see [`RelocCache::live`]).
     pub(crate) inserted: usize,
-    /// Slots linked onto the free list so far, and how many had been when the claimed slots were
-    /// last scanned for vacant runs.
+    /// Slots listed in `free` as they came back so far, and how many had been when the cache last
+    /// gave vacant runs back (see `give_back_vacant_slots`).
     pub(crate) listed: usize,
     pub(crate) listed_at_scan: usize,
     /// The arena group (the cache's tag) its heap joins once its live objects fill an arena (0:
@@ -129,7 +129,7 @@ impl Inner {
         }
     }
 
-    /// Links every parked home slot on the free list, when a cache at its bound (`may_touch_more`)
+    /// Lists every parked home slot in `free`, when a cache at its bound (`may_touch_more`)
     /// needs a vacant slot and a quarter of the slots it used are parked (so the scan, of every
     /// used unit's slots, pays for itself): parked slots whose blocks are gone or taken would
     /// otherwise wait for nothing.
@@ -140,16 +140,15 @@ impl Inner {
         for &unit in &self.home_units {
             for index in homes.unit_slots(unit) {
                 if let Some(slot) = table.get(index).filter(|slot| slot.is_parked()) {
-                    slot.set_free_link(self.free_head);
-                    self.free_head = index + 1;
+                    self.free.push(index, slot);
                 }
             }
         }
         self.parked = 0;
     }
 
-    /// Takes a vacant slot back: parks a home slot for its block's next object, links any other on
-    /// the free list, and retires one whose generation counter wrapped (so no old handle can ever
+    /// Takes a vacant slot back: parks a home slot for its block's next object, lists any other in
+    /// `free`, and retires one whose generation counter wrapped (so no old handle can ever
     /// name a new object).
     pub(crate) fn release_slot(&mut self, index: u32, slot: &Slot) {
         if slot.generation() == 0 {
@@ -159,8 +158,7 @@ impl Inner {
             slot.park();
             self.parked += 1;
         } else {
-            slot.set_free_link(self.free_head);
-            self.free_head = index + 1;
+            self.free.push(index, slot);
             self.listed += 1;
         }
     }
@@ -198,104 +196,39 @@ impl Inner {
         self.claimed.iter().flat_map(Range::clone)
     }
 
-    /// The slots on the free list, sorted (a walk of the list, for checks; a cycle ends it after
-    /// as many steps as there are claimed slots, and then it differs from them).
-    fn free_list_sorted(&self, table: &SlotTable) -> Vec<u32> {
-        let (mut on_list, mut next) = (Vec::new(), self.free_head);
-        let claimed = self.claimed_slots().count();
-        while let Some(index) = next.checked_sub(1) {
-            let Some(slot) = table.get(index) else { break };
-            if on_list.len() > claimed {
-                break;
-            }
-            on_list.push(index);
-            next = slot.free_link();
-        }
-        on_list.sort_unstable();
-        on_list
-    }
-
-    /// Gives back to `table` every claimed run of `run` slots (aligned to `run`, as a shared
-    /// table's runs are) that lies wholly on the free list, and returns how many slots that was.
+    /// Gives back to `table` every claimed run of slots (`UNIT_SLOTS` of them, aligned, as a shared
+    /// table's runs are) that lies wholly on the free lists, and returns how many slots that was.
     ///
-    /// Only slots on the free list count: a vacant slot still waiting in a batch or on `retired`
-    /// will be linked here later, so its run stays; a retired-for-good slot is never on the list,
-    /// so a run with one stays too (its generation must not be handed out again); and so does the
-    /// run with the unused end of the last claim (`fresh`, never listed). A slot tells whether it
-    /// is on the list ([`Slot::is_listed`]), and every slot on it is a claimed one, so both the
-    /// search for runs and the relinking of the list without them are passes in index order over
-    /// the claimed slots, not walks of the list, whose random order costs a cache miss per slot
-    /// (with a table of 1.8 million slots, a give-back took up to 13-14 ms walking the list, and
-    /// 6.0-6.7 ms in passes).
-    pub(crate) fn give_back_vacant_runs(&mut self, table: &SlotTable, run: u32) -> usize {
-        let listed = |index: u32| table.get(index).is_some_and(Slot::is_listed);
+    /// Only listed slots count: a vacant slot still waiting in a batch or on `retired` will be
+    /// listed here later, so its run stays; a retired-for-good slot is never listed, so a run with
+    /// one stays too (its generation must not be handed out again); and so does the run with the
+    /// unused end of the last claim (`fresh`, never listed). The free lists are kept per run, so
+    /// this costs a look at each run with a listed slot and a write to each slot that goes, not a
+    /// pass over the claimed slots (which took 10.5-12.4 ms for a table of 2.9 million slots in
+    /// `benches`' `blob-slots`, against 0.12-0.16 ms now).
+    pub(crate) fn give_back_vacant_runs(&mut self, table: &SlotTable) -> usize {
         debug_assert!(
             {
-                let mut listed_claimed: Vec<u32> = self
-                    .claimed_slots()
-                    .filter(|&index| listed(index))
-                    .collect();
+                let listed = |index: &u32| table.get(*index).is_some_and(Slot::is_listed);
+                let mut listed_claimed: Vec<u32> = self.claimed_slots().filter(listed).collect();
                 listed_claimed.sort_unstable();
-                listed_claimed == self.free_list_sorted(table)
+                listed_claimed == self.free.listed_sorted(table)
             },
-            "the free list is the claimed slots that say they are listed"
+            "the free lists are the claimed slots that say they are listed"
         );
-        let mut going: Vec<u32> = Vec::new();
-        let mut all_listed = true;
-        for index in self.claimed_slots() {
-            all_listed &= listed(index);
-            if (index + 1) % run == 0 {
-                if all_listed {
-                    going.push(index / run);
-                }
-                all_listed = true;
-            }
-        }
+        let going = self.free.take_vacant_units(table);
         if going.is_empty() {
             return 0;
         }
-        going.sort_unstable();
-        // A bit per run from the first going to the last: asked once per listed slot (a binary
-        // search of `going` there was half of a give-back's time).
-        let (first, final_run) = (going[0], going[going.len() - 1]);
-        let mut going_bits = vec![0u64; ((final_run - first) / 64 + 1) as usize];
-        for &unit in &going {
-            going_bits[((unit - first) / 64) as usize] |= 1 << ((unit - first) % 64);
-        }
-        let goes = |index: u32| {
-            let unit = index / run;
-            (first..=final_run).contains(&unit)
-                && going_bits[((unit - first) / 64) as usize] >> ((unit - first) % 64) & 1 != 0
-        };
-        // Relink the free list from the slots that stay, in the claimed runs' order.
-        let (mut head, mut last): (u32, Option<&Slot>) = (0, None);
-        for index in self.claimed_slots() {
-            let Some(slot) = table.get(index).filter(|slot| slot.is_listed()) else {
-                continue;
-            };
-            if goes(index) {
-                slot.clear_free_link();
-                continue;
-            }
-            match last {
-                Some(previous) => previous.set_free_link(index + 1),
-                None => head = index + 1,
-            }
-            last = Some(slot);
-        }
-        if let Some(previous) = last {
-            previous.set_free_link(0);
-        }
-        self.free_head = head;
         self.claimed = (self.claimed.iter())
-            .flat_map(|c| split_out(c.clone(), run, &going))
+            .flat_map(|c| split_out(c.clone(), UNIT_SLOTS, &going))
             .collect();
         // Highest first: the table hands out the last given first, so a claimer gets them in order
         // and merges adjacent ones.
         for &unit in going.iter().rev() {
-            table.give_back(unit * run..(unit + 1) * run);
+            table.give_back(unit * UNIT_SLOTS..(unit + 1) * UNIT_SLOTS);
         }
-        going.len() * run as usize
+        going.len() * UNIT_SLOTS as usize
     }
 }
 

@@ -39,7 +39,8 @@
 //! move), `home` (slot indices that name a block's place, so a read need not wait for the slot),
 //! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `guard` (readers and epoch
 //! guards), `view` (the read path: one slot load per get), `cache` (insert, update, remove),
-//! `inner` (a cache's state under its lock: slot bookkeeping and totals), `compact` (moves,
+//! `inner` (a cache's state under its lock: slot bookkeeping and totals), `free` (vacant slots
+//! listed per run of 256, so wholly vacant runs go back cheaply), `compact` (moves,
 //! evacuation, eviction, statistics), `blob` (the byte-blob flavour), `background` (the compactor
 //! thread), `reentry` (what a thread is in the middle of, so that calls that would wait for their
 //! own thread are refused).
@@ -60,6 +61,8 @@ mod blob;
 mod cache;
 #[cfg(not(loom))]
 mod compact;
+#[cfg(not(loom))]
+mod free;
 #[cfg(not(loom))]
 mod guard;
 #[cfg(not(loom))]

@@ -12,7 +12,7 @@
 //!
 //! The vacant slots of removed objects need no epoch (their generation moved on when they were
 //! emptied, so no handle reaches them), and go onto `Retired` at once when their batch is handed over,
-//! to be linked into the cache's free list at its next lock.
+//! to be listed as free by the cache at its next lock.
 //!
 //! Invariants:
 //! - handing a block over later than its removal is safe: a deferred function runs only once every
@@ -41,7 +41,7 @@ pub const BATCH_BLOCKS: usize = 32;
 const BATCH_OWNERS: usize = 8;
 
 /// What removals hand back to a cache, waiting for its lock: blocks whose epoch has passed (to
-/// return to the heap) and the vacant slots of removed objects (to link into the free list).
+/// return to the heap) and the vacant slots of removed objects (to list as free).
 #[derive(Default)]
 pub struct Retired {
     lists: Mutex<RetiredLists>,

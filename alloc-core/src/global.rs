@@ -84,8 +84,7 @@ fn alloc_slow(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
     }
     ensure_init();
-    // Fresh mappings read as zero: no memset.
-    large::alloc_huge(size, align)
+    large::alloc_huge(size, align, zero)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -279,6 +278,7 @@ pub fn purge() -> usize {
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), true);
+    released += crate::huge_cache::release(os::now_ms(), true);
     released
 }
 
@@ -291,6 +291,7 @@ pub fn maintain() -> usize {
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), false);
+    released += crate::huge_cache::release(os::now_ms(), false);
     released
 }
 

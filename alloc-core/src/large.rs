@@ -15,6 +15,7 @@
 use crate::arena::{
     ArenaKind, ArenaMeta, Placement, ARENA_BYTES, ARENA_MASK, POOL, UNITS_PER_ARENA,
 };
+use crate::huge_cache;
 use crate::os;
 use crate::size_class::UNIT_BYTES;
 use crate::slab::{Slab, KIND_HUGE, KIND_LARGE};
@@ -153,8 +154,9 @@ fn huge_meta_bytes() -> usize {
     core::mem::size_of::<HugeMeta>().next_multiple_of(os::page_size())
 }
 
-/// Maps a huge allocation; null on failure.
-pub(crate) fn alloc_huge(size: usize, align: usize) -> *mut u8 {
+/// Maps a huge allocation (or takes a kept one, see `huge_cache`, zeroing the object if `zero`:
+/// a fresh mapping reads as zero); null on failure.
+pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     let page = os::page_size();
     let meta_bytes = huge_meta_bytes();
     let (map_align, offset, meta_offset) = if align < ARENA_BYTES {
@@ -168,20 +170,46 @@ pub(crate) fn alloc_huge(size: usize, align: usize) -> *mut u8 {
     else {
         return ptr::null_mut();
     };
-    let mut base = os::map_aligned(map_bytes, map_align);
-    if base.is_null() {
-        return ptr::null_mut();
-    }
+    let kept = (meta_offset == 0)
+        .then(|| huge_cache::take(map_bytes))
+        .flatten();
+    let (mut base, mut map_bytes) = match kept {
+        Some((base, kept_bytes)) => {
+            // Up to twice the size needed, the mapping is taken whole (its pages are what saves
+            // the page faults; trimming them would make later, larger requests miss). More than
+            // that, the tail goes back (if the kernel refuses, the mapping keeps it, and its size
+            // says so).
+            let tail = kept_bytes - map_bytes;
+            let trimmed = tail > map_bytes && os::try_unmap((base + map_bytes) as *mut u8, tail);
+            if trimmed {
+                crate::stats::sub_huge(tail);
+            }
+            (
+                base as *mut u8,
+                if trimmed { map_bytes } else { kept_bytes },
+            )
+        }
+        None => {
+            let base = os::map_aligned(map_bytes, map_align);
+            if base.is_null() {
+                return ptr::null_mut();
+            }
+            crate::stats::add_huge(map_bytes);
+            (base, map_bytes)
+        }
+    };
     let object = base.wrapping_add(offset);
     let meta = base.wrapping_add(meta_offset).cast::<HugeMeta>();
     // An object aligned to `align` (2 MiB or more) needs only its metadata before it: the rest of
     // the alignment goes back at once (if the kernel refuses, the mapping keeps it, and says so).
-    let mut map_bytes = map_bytes;
     if meta_offset > 0 && os::try_unmap(base, meta_offset) {
         base = meta.cast();
         map_bytes -= meta_offset;
+        crate::stats::sub_huge(meta_offset);
     }
-    // SAFETY: the metadata lies inside the fresh, zeroed mapping; all-zero bytes are a valid `HugeMeta`.
+    // SAFETY: the metadata lies inside the mapping, which is ours (fresh and zeroed, or kept: then
+    // it holds an earlier allocation's metadata); all-zero bytes are a valid `HugeMeta`, and every
+    // field is written here.
     unsafe {
         for desc in (*meta).descs.iter() {
             desc.init_unowned();
@@ -191,8 +219,11 @@ pub(crate) fn alloc_huge(size: usize, align: usize) -> *mut u8 {
         (*meta).map_bytes = map_bytes;
         (*meta).object_bytes = size;
     }
+    if zero && kept.is_some() {
+        // SAFETY: the object's `size` bytes lie inside the mapping (`offset + size <= map_bytes`).
+        unsafe { ptr::write_bytes(object, 0, size) };
+    }
     crate::checked::register_chunk(object as usize & !ARENA_MASK);
-    crate::stats::add_huge(map_bytes);
     crate::stats::resize_huge_request(0, size);
     object
 }
@@ -205,7 +236,7 @@ fn huge_meta_of(object: *mut u8) -> *mut HugeMeta {
     }
 }
 
-/// Unmaps a huge allocation.
+/// Frees a huge allocation: keeps its mapping for reuse (see `huge_cache`) or unmaps it.
 ///
 /// # Safety
 /// - `object` was returned by `alloc_huge` and is not used afterwards.
@@ -217,9 +248,13 @@ pub(crate) unsafe fn free_huge(object: *mut u8) {
     let (base, bytes, size) =
         unsafe { ((*meta).map_base, (*meta).map_bytes, (*meta).object_bytes) };
     crate::checked::unregister_chunk(object as usize & !ARENA_MASK);
-    crate::stats::sub_huge(bytes);
     crate::stats::resize_huge_request(size, 0);
-    os::unmap(base as *mut u8, bytes);
+    if huge_cache::keeps(base, bytes) {
+        huge_cache::put(base, bytes);
+    } else {
+        crate::stats::sub_huge(bytes);
+        os::unmap(base as *mut u8, bytes);
+    }
 }
 
 /// Bytes usable from `object` in its mapping.

@@ -15,7 +15,7 @@
 //! | size classes | `size_class` | the const class table |
 //! | slabs | `slab`, `remote` | out-of-line descriptors, free lists, lock-free remote frees |
 //! | heaps | `heap`, `pool` | per-thread heaps, abandonment and adoption, the shared slab pool |
-//! | large | `large` | page spans inside arenas, direct mappings for huge allocations |
+//! | large | `large`, `huge_cache` | page spans inside arenas, direct mappings for huge allocations, freed ones kept briefly for reuse |
 //! | front | `global`, `thread`, `stats` | `SlabAlloc: GlobalAlloc`, thread heaps and fork, purge, statistics |
 //!
 //! Under `--cfg loom` only the lock-free protocol modules are built, with loom's atomics, so that
@@ -37,6 +37,8 @@ mod checked;
 mod global;
 #[cfg(not(loom))]
 mod heap;
+#[cfg(not(loom))]
+mod huge_cache;
 #[cfg(not(loom))]
 mod large;
 #[cfg(not(loom))]

@@ -248,6 +248,7 @@ pub(crate) fn lock_all_for_fork() {
     SLAB_POOL.lock_raw();
     crate::arena::POOL.lock_raw();
     STORE.lock_raw();
+    crate::huge_cache::lock_for_fork();
 }
 
 /// # Safety
@@ -255,6 +256,7 @@ pub(crate) fn lock_all_for_fork() {
 pub(crate) unsafe fn unlock_all_after_fork() {
     // SAFETY: the caller took every lock in `lock_all_for_fork` (in the child, the only thread).
     unsafe {
+        crate::huge_cache::unlock_after_fork();
         STORE.unlock_raw();
         crate::arena::POOL.unlock_raw();
         SLAB_POOL.unlock_raw();

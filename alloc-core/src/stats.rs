@@ -14,6 +14,7 @@ static COMMITTED: AtomicUsize = AtomicUsize::new(0);
 static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static HUGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static HUGE_REQUESTED: AtomicUsize = AtomicUsize::new(0);
+static HUGE_CACHED: AtomicUsize = AtomicUsize::new(0);
 static SLABS_CREATED: [AtomicUsize; NUM_CLASSES] = [const { AtomicUsize::new(0) }; NUM_CLASSES];
 
 pub(crate) fn add_mapped(bytes: usize) {
@@ -43,6 +44,21 @@ pub(crate) fn sub_huge(bytes: usize) {
     HUGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
     sub_mapped(bytes);
     sub_committed(bytes);
+}
+/// A freed huge mapping of `bytes` was kept for reuse (still mapped and resident).
+pub(crate) fn cache_huge(bytes: usize) {
+    HUGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+    HUGE_CACHED.fetch_add(bytes, Ordering::Relaxed);
+}
+/// A kept huge mapping of `bytes` left the cache: `unmapped`, or taken by an allocation.
+pub(crate) fn uncache_huge(bytes: usize, unmapped: bool) {
+    HUGE_CACHED.fetch_sub(bytes, Ordering::Relaxed);
+    if unmapped {
+        sub_mapped(bytes);
+        sub_committed(bytes);
+    } else {
+        HUGE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 /// A huge allocation's requested size changed from `old` bytes to `new` (0 for none).
 pub(crate) fn resize_huge_request(old: usize, new: usize) {
@@ -98,6 +114,9 @@ pub struct Stats {
     /// metadata page or two each, and for an alignment above those pages but below 2 MiB, the
     /// padding up to it.
     pub huge_mapped_bytes: usize,
+    /// Bytes of freed huge mappings kept, resident, for the next huge allocations (at most 32 MiB,
+    /// each for at most the decommit delay while the program allocates; `purge` unmaps them all).
+    pub huge_cached_bytes: usize,
     pub arenas: usize,
     /// Units free in arenas (all kinds), and of those the ones still committed.
     pub free_units: usize,
@@ -146,6 +165,7 @@ pub fn stats() -> Stats {
         large_allocated_bytes: large,
         huge_allocated_bytes: huge,
         huge_mapped_bytes: HUGE_BYTES.load(Ordering::Relaxed),
+        huge_cached_bytes: HUGE_CACHED.load(Ordering::Relaxed),
         arenas,
         free_units,
         dirty_units,

@@ -261,10 +261,11 @@ unsafe impl GlobalAlloc for SlabAlloc {
 ///
 /// Live heaps of other threads are not touched (their owners are running): a slab returns to its
 /// arena when it empties in its owner's hands, and frees made by other threads reach the owner when
-/// it collects them. It collects its whole heap every so often on its allocation slow path, sooner
-/// after a `purge` (or a round of the background purger) asked it to, and in its own `purge`. So
-/// memory that other threads free into the slabs of a thread that neither allocates nor exits stays
-/// with that thread until it does one or the other.
+/// it collects them. A slab that was full is collected at the owner's next allocation slow path
+/// (its first remote free tells the owner); the others when the owner collects its whole heap,
+/// every so often on its slow path, sooner after a `purge` (or a round of the background purger)
+/// asked it to, and in its own `purge`. So memory that other threads free into the slabs of a
+/// thread that neither allocates nor exits stays with that thread until it does one or the other.
 pub fn purge() -> usize {
     ensure_init();
     let heap = thread_heap();

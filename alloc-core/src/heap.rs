@@ -16,8 +16,11 @@
 //! frees cannot pin memory another thread could use. (`purge` on a running thread keeps its slabs,
 //! which that thread is likely to fill again, and decommits their free pages.)
 //!
-//! Frees by other threads wait in their slabs' remote lists until the owner collects them, and the
-//! slow path only looks at the slabs of the class it allocates, up to the first with a free block.
+//! Frees by other threads wait in their slabs' remote lists until the owner collects them. A parked
+//! slab's first remote free reaches the owner through `delayed`, at its next slow path, which then
+//! takes the slab's other remote frees too and returns it if they emptied it (so a thread whose
+//! full slabs other threads emptied gives them back at its first slow path). Otherwise the slow
+//! path only looks at the slabs of the class it allocates, up to the first with a free block.
 //! So the owner also collects its whole heap (every class: remote frees gathered, emptied slabs
 //! returned) every `max(COLLECT_EVERY, 4 × slabs owned)` slow paths, and sooner when another
 //! thread's `purge` or the background purger asked ([`Heap::request_collect`]), but never within
@@ -308,6 +311,13 @@ impl Heap {
     pub(crate) fn free_owned(&self, slab: &Slab, block: *mut Block) {
         if slab.is_full_parked() {
             self.unpark(slab);
+            // Only the first remote free into a parked slab reaches us; the others since wait on
+            // its remote list. Take them now (as mimalloc does for a full page), so that a slab
+            // that other threads emptied goes back to its arena at this heap's next slow path,
+            // not at its next whole-heap collection: a thread pool whose results another thread
+            // frees would otherwise keep its peak while its threads run small jobs.
+            let collected = slab.collect_remote();
+            HeapCounters::bump(&self.counters.remote_collected, collected as u64);
         }
         // SAFETY: we own the slab and the block was handed out from it.
         let used = unsafe { slab.push_local(block) };

@@ -18,6 +18,11 @@
 //!   same class, a few live at a time, then waits; `purge` then finds the memory back. (Before a
 //!   heap collected itself whole, the worker reused one slab and the others, emptied by remote
 //!   frees nobody collected, stayed with it: 256 MiB resident until the worker exited.)
+//! - `..._after_a_small_job`: the same, but the worker allocates only 1,000 objects, and this
+//!   thread waits out the decommit delay and runs one background maintenance round, which forces
+//!   nothing. The worker's first slow path takes the frees others made into its full slabs and
+//!   returns the slabs they emptied (before, it took only the first free of each, and the rest
+//!   stayed on the slabs until a whole-heap collection: the 256 MiB stayed resident).
 
 mod common;
 
@@ -271,11 +276,23 @@ fn what_threads_free_after_their_heap_is_gone_goes_back() {
     );
 }
 
+/// How the memory others freed into a running worker's slabs is to come back.
+#[derive(Clone, Copy)]
+enum Settle {
+    /// The worker allocates 4M objects of the class, at most 64 live; this thread then purges.
+    /// With `asked`, this thread also purges right after its frees, which asks the worker to
+    /// collect its heap.
+    LongJobThenPurge { asked: bool },
+    /// The worker allocates 1,000 objects of the class, at most 64 live; this thread waits out the
+    /// decommit delay and runs one round of background maintenance (no heap is asked to collect
+    /// at once, nothing is forced).
+    SmallJobThenMaintain,
+}
+
 /// A worker thread allocates 256 MiB of 1000-byte objects and hands them over; this thread frees
-/// them (remote frees into the worker's slabs) and, if `ask`, calls `purge`, which asks the worker
-/// to collect. The worker then allocates 4M objects of the same class, at most 64 live, and waits
-/// (alive) while this thread purges and measures.
-fn running_owner_child(ask: bool) {
+/// them (remote frees into the worker's slabs). The worker then allocates objects of the same
+/// class and waits (alive) while this thread settles as `settle` says and measures.
+fn running_owner_child(settle: Settle) {
     const OBJECT: usize = 1000;
     const BYTES: usize = 256 << 20;
     alloc_core::purge();
@@ -300,9 +317,13 @@ fn running_owner_child(ask: bool) {
             chain.bytes += OBJECT;
         }
         to_main.send(SendChain(chain)).unwrap();
+        let job = match settle {
+            Settle::LongJobThenPurge { .. } => 4_000_000u64,
+            Settle::SmallJobThenMaintain => 1_000,
+        };
         from_main.recv().unwrap();
         let mut live = Vec::with_capacity(64);
-        for i in 0..4_000_000u64 {
+        for i in 0..job {
             if live.len() == 64 {
                 live.clear();
             }
@@ -320,12 +341,18 @@ fn running_owner_child(ask: bool) {
     let chain = from_worker.recv().unwrap().into_inner();
     let peak = common::resident_bytes();
     let objects = free_chain(chain);
-    if ask {
+    if let Settle::LongJobThenPurge { asked: true } = settle {
         alloc_core::purge();
     }
     to_worker.send(()).unwrap();
     from_worker.recv().unwrap();
-    let released = alloc_core::purge();
+    let released = match settle {
+        Settle::LongJobThenPurge { .. } => alloc_core::purge(),
+        Settle::SmallJobThenMaintain => {
+            std::thread::sleep(Duration::from_millis(100));
+            alloc_core::maintain()
+        }
+    };
     let after = common::resident_bytes();
     to_worker.send(()).unwrap();
     worker.join().unwrap();
@@ -350,7 +377,7 @@ fn what_others_free_into_a_running_thread_goes_back_when_asked() {
     run_as(
         "what_others_free_into_a_running_thread_goes_back_when_asked",
         "owner-asked",
-        || running_owner_child(true),
+        || running_owner_child(Settle::LongJobThenPurge { asked: true }),
     );
 }
 
@@ -359,6 +386,15 @@ fn what_others_free_into_a_running_thread_goes_back_unasked() {
     run_as(
         "what_others_free_into_a_running_thread_goes_back_unasked",
         "owner-unasked",
-        || running_owner_child(false),
+        || running_owner_child(Settle::LongJobThenPurge { asked: false }),
+    );
+}
+
+#[test]
+fn what_others_free_into_a_running_thread_goes_back_after_a_small_job() {
+    run_as(
+        "what_others_free_into_a_running_thread_goes_back_after_a_small_job",
+        "owner-small-job",
+        || running_owner_child(Settle::SmallJobThenMaintain),
     );
 }

@@ -3,9 +3,10 @@
 //! A huge allocation (above `LARGE_MAX_BYTES`) is a mapping of its own, and a fresh mapping faults
 //! every page in again: a loop that allocated, filled and freed a 2 MB buffer took about 400 µs an
 //! iteration, against 3 µs with mimalloc or glibc, which keep freed memory for reuse. So a freed
-//! mapping waits here, whole and resident, and an allocation that fits in one takes the smallest
-//! that fits instead of mapping anew (whole up to twice the size it needs, its tail unmapped
-//! beyond: a tail kept resident is the price of reuse, at most the allocation's own size).
+//! mapping waits here, whole and resident, and an allocation takes the smallest that fits instead
+//! of mapping anew (whole up to twice the size it needs, its tail unmapped beyond: a tail kept
+//! resident is the price of reuse, at most the allocation's own size), or, if none fits, the
+//! largest, grown by `mremap` (its pages move with it; only the new ones fault in).
 //!
 //! Bounds, so that the cache costs little memory: at most `SLOTS` mappings and `MAX_BYTES` in all
 //! (a mapping that would not fit is unmapped at once, the oldest ones go first to make room), and a
@@ -135,17 +136,19 @@ pub(crate) fn put(base: usize, bytes: usize) {
     going.unmap();
 }
 
-/// The smallest kept mapping of at least `bytes`, taken out of the cache (its base and size), after
-/// unmapping the expired ones; `None` if none fits.
+/// The smallest kept mapping of at least `bytes`, or else the largest (for the caller to grow),
+/// taken out of the cache (its base and size), after unmapping the expired ones; `None` if none
+/// is kept.
 pub(crate) fn take(bytes: usize) -> Option<(usize, usize)> {
     let now = os::now_ms();
     let mut going = Going::new();
     let taken = {
         let mut cache = CACHE.lock();
         cache.expire(now, false, &mut going);
-        let best = (0..cache.len)
+        let fits = (0..cache.len)
             .filter(|&at| cache.kept[at].bytes >= bytes)
             .min_by_key(|&at| cache.kept[at].bytes);
+        let best = fits.or_else(|| (0..cache.len).max_by_key(|&at| cache.kept[at].bytes));
         best.map(|at| {
             let kept = cache.remove(at);
             crate::stats::uncache_huge(kept.bytes, false);

@@ -179,24 +179,34 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
             // the page faults; trimming them would make later, larger requests miss). More than
             // that, the tail goes back (if the kernel refuses, the mapping keeps it, and its size
             // says so).
-            let tail = kept_bytes - map_bytes;
-            let trimmed = tail > map_bytes && os::try_unmap((base + map_bytes) as *mut u8, tail);
-            if trimmed {
-                crate::stats::sub_huge(tail);
+            if kept_bytes >= map_bytes {
+                let tail = kept_bytes - map_bytes;
+                let trimmed =
+                    tail > map_bytes && os::try_unmap((base + map_bytes) as *mut u8, tail);
+                if trimmed {
+                    crate::stats::sub_huge(tail);
+                }
+                (
+                    base as *mut u8,
+                    if trimmed { map_bytes } else { kept_bytes },
+                )
+            } else if let Some(grown) = grow_mapping(base as *mut u8, kept_bytes, map_bytes) {
+                // Too small: grown, its pages moved rather than faulted in again.
+                crate::stats::add_huge(map_bytes - kept_bytes);
+                (grown, map_bytes)
+            } else {
+                crate::stats::sub_huge(kept_bytes);
+                os::unmap(base as *mut u8, kept_bytes);
+                match map_fresh(map_bytes, map_align) {
+                    Some(fresh) => fresh,
+                    None => return ptr::null_mut(),
+                }
             }
-            (
-                base as *mut u8,
-                if trimmed { map_bytes } else { kept_bytes },
-            )
         }
-        None => {
-            let base = os::map_aligned(map_bytes, map_align);
-            if base.is_null() {
-                return ptr::null_mut();
-            }
-            crate::stats::add_huge(map_bytes);
-            (base, map_bytes)
-        }
+        None => match map_fresh(map_bytes, map_align) {
+            Some(fresh) => fresh,
+            None => return ptr::null_mut(),
+        },
     };
     let object = base.wrapping_add(offset);
     let meta = base.wrapping_add(meta_offset).cast::<HugeMeta>();
@@ -226,6 +236,34 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     crate::checked::register_chunk(object as usize & !ARENA_MASK);
     crate::stats::resize_huge_request(0, size);
     object
+}
+
+/// A fresh mapping of `bytes` aligned to `align`, counted, with its size.
+fn map_fresh(bytes: usize, align: usize) -> Option<(*mut u8, usize)> {
+    let base = os::map_aligned(bytes, align);
+    if base.is_null() {
+        return None;
+    }
+    crate::stats::add_huge(bytes);
+    Some((base, bytes))
+}
+
+/// Grows the mapping `base..base + old_bytes` to `new_bytes` without copying its contents: in
+/// place if the address space after it is free, else by moving its pages (`mremap`) to a new
+/// 2 MiB-aligned reservation. The new base, or `None` (and nothing changed).
+fn grow_mapping(base: *mut u8, old_bytes: usize, new_bytes: usize) -> Option<*mut u8> {
+    if os::remap_in_place(base, old_bytes, new_bytes) {
+        return Some(base);
+    }
+    let target = os::map_aligned(new_bytes, ARENA_BYTES);
+    if target.is_null() {
+        return None;
+    }
+    if !os::remap_to(base, old_bytes, target, new_bytes) {
+        os::unmap(target, new_bytes);
+        return None;
+    }
+    Some(target)
 }
 
 fn huge_meta_of(object: *mut u8) -> *mut HugeMeta {
@@ -288,21 +326,14 @@ pub(crate) unsafe fn grow_huge(object: *mut u8, new_size: usize) -> *mut u8 {
     else {
         return ptr::null_mut();
     };
-    let (new_base, new_object) = if os::remap_in_place(base as *mut u8, old_bytes, new_bytes) {
-        (base as *mut u8, object)
-    } else {
-        let target = os::map_aligned(new_bytes, ARENA_BYTES);
-        if target.is_null() {
-            return ptr::null_mut();
-        }
-        if !os::remap_to(base as *mut u8, old_bytes, target, new_bytes) {
-            os::unmap(target, new_bytes);
-            return ptr::null_mut();
-        }
-        crate::checked::unregister_chunk(base);
-        crate::checked::register_chunk(target as usize);
-        (target, target.wrapping_add(offset))
+    let Some(new_base) = grow_mapping(base as *mut u8, old_bytes, new_bytes) else {
+        return ptr::null_mut();
     };
+    if new_base as usize != base {
+        crate::checked::unregister_chunk(base);
+        crate::checked::register_chunk(new_base as usize);
+    }
+    let new_object = new_base.wrapping_add(offset);
     let meta = new_base.cast::<HugeMeta>();
     // SAFETY: the metadata moved with the mapping's first page and is ours.
     let old_size = unsafe {

@@ -10,6 +10,7 @@
 //! structure (`--variant NAME` on the workload binary) and the allocator binary it runs in, and the
 //! runner prints one row per variant in a table of its own ([`Table`]).
 
+mod buffers;
 mod churn;
 mod frag;
 mod handles;
@@ -104,6 +105,14 @@ pub const ALL: &[Workload] = &[
         about: "producer/consumer: one thread allocates batches, another frees them",
         release: Release::Purge,
         run: xthread::run,
+        variants: &[],
+        table: Table::Allocators,
+    },
+    Workload {
+        name: "buffers",
+        about: "2 threads take, fill and free request buffers of 256 KiB-4 MiB, 4 live each",
+        release: Release::Purge,
+        run: buffers::run,
         variants: &[],
         table: Table::Allocators,
     },

@@ -117,9 +117,9 @@ pub(crate) fn put(base: usize, bytes: usize) {
         let mut cache = CACHE.lock();
         cache.expire(now, false, &mut going);
         while cache.len == SLOTS || cache.bytes + bytes > MAX_BYTES {
-            let oldest = (0..cache.len)
-                .min_by_key(|&at| cache.kept[at].freed_ms)
-                .unwrap_or(0);
+            let Some(oldest) = (0..cache.len).min_by_key(|&at| cache.kept[at].freed_ms) else {
+                break; // (`keeps` bounds `bytes` to half the cache, so this cannot be)
+            };
             let kept = cache.remove(oldest);
             going.push(kept.base, kept.bytes);
         }

@@ -445,9 +445,11 @@ impl ArenaPool {
 
     /// Gives back what has been free for longer than the delay (everything when `force`).
     /// Returns the number of bytes decommitted or unmapped.
+    /// Freed huge mappings kept for reuse age out here too (see `huge_cache`).
     pub(crate) fn maintain(&mut self, now_ms: u64, force: bool) -> usize {
         self.last_maintenance_ms = now_ms;
         self.maintain_kinds(&[ArenaKind::Normal, ArenaKind::Movable], now_ms, force)
+            + crate::huge_cache::release(now_ms, force)
     }
 
     /// `maintain` restricted to some arena kinds.

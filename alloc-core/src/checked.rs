@@ -123,6 +123,13 @@ mod imp {
                     );
                 }
             }
+            // SAFETY: a registered chunk whose descriptors say huge is the first chunk of a live
+            // huge mapping, and `object` is not at its start (handled above).
+            KIND_HUGE if !unsafe { crate::large::is_huge_start(object) } => report(
+                b"free of an address that is not the start of a huge allocation (or a double free)",
+                object,
+                slab,
+            ),
             KIND_HUGE => {}
             _ => report(
                 b"double free (or free of an address in no allocation)",

@@ -76,15 +76,25 @@ fn alloc_slow(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
         return block;
     }
-    if size <= LARGE_MAX_BYTES && align <= LARGE_MAX_BYTES {
-        let units = (size + align.saturating_sub(1 << UNIT_SHIFT)).div_ceil(1 << UNIT_SHIFT);
-        if units < arena::UNITS_PER_ARENA {
-            ensure_init();
-            return large::alloc_span(size, align, zero);
-        }
-    }
     ensure_init();
-    large::alloc_huge(size, align, zero)
+    let span = size <= LARGE_MAX_BYTES
+        && align <= LARGE_MAX_BYTES
+        && (size + align.saturating_sub(1 << UNIT_SHIFT)).div_ceil(1 << UNIT_SHIFT)
+            < arena::UNITS_PER_ARENA;
+    let alloc = || {
+        if span {
+            large::alloc_span(size, align, zero)
+        } else {
+            large::alloc_huge(size, align, zero)
+        }
+    };
+    let object = alloc();
+    // Out of memory (or address space) while freed huge mappings are kept: give them back, and
+    // try once more.
+    if object.is_null() && crate::huge_cache::release_all() {
+        return alloc();
+    }
+    object
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -279,7 +289,6 @@ pub fn purge() -> usize {
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), true);
-    released += crate::huge_cache::release(os::now_ms(), true);
     released
 }
 
@@ -292,7 +301,6 @@ pub fn maintain() -> usize {
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), false);
-    released += crate::huge_cache::release(os::now_ms(), false);
     released
 }
 

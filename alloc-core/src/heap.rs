@@ -217,7 +217,14 @@ impl Heap {
             slab = next;
         }
         loop {
-            let Some(slab) = self.next_slab(class) else {
+            let next = self.next_slab(class);
+            // Out of memory while freed huge mappings are kept: give them back, try once more.
+            let next = next.or_else(|| {
+                crate::huge_cache::release_all()
+                    .then(|| self.next_slab(class))
+                    .flatten()
+            });
+            let Some(slab) = next else {
                 self.current[class].set(empty_slab());
                 return ptr::null_mut();
             };

@@ -9,10 +9,12 @@
 //! largest, grown by `mremap` (its pages move with it; only the new ones fault in).
 //!
 //! Bounds, so that the cache costs little memory: at most `SLOTS` mappings and `MAX_BYTES` in all
-//! (a mapping that would not fit is unmapped at once, the oldest ones go first to make room), and a
-//! mapping older than the arenas' decommit delay is unmapped by the next huge allocation or free,
-//! `purge` (all of them) or `maintain` (the old ones). A program that stops allocating and runs no
-//! purger can so keep up to `MAX_BYTES` until it does.
+//! (a mapping of more than half that is not kept; the oldest go first to make room), and a mapping
+//! older than the arenas' decommit delay is unmapped by the next huge allocation or free, by the
+//! arenas' maintenance (which frees of slabs and spans run when 25 ms have passed since the last,
+//! and the background purger every round), by `purge` (all of them), or by an allocation that
+//! finds no memory (all of them, and it tries again). A program that stops allocating and runs no purger can so keep up to `MAX_BYTES`
+//! until it does.
 //!
 //! Only mappings of the ordinary layout come here: 2 MiB-aligned, their metadata in the first page,
 //! the object after it (alignment below 2 MiB). System calls are made outside the lock.
@@ -73,7 +75,7 @@ impl Going {
         let mut bytes = 0;
         for &(base, size) in &self.mappings[..self.len] {
             os::unmap(base as *mut u8, size);
-            crate::stats::uncache_huge(size, true);
+            crate::stats::unmap_kept_huge(size);
             bytes += size;
         }
         bytes
@@ -81,11 +83,13 @@ impl Going {
 }
 
 impl Cache {
+    /// Takes mapping `at` out (it stays mapped: the caller reuses or unmaps it).
     fn remove(&mut self, at: usize) -> Kept {
         let kept = self.kept[at];
         self.len -= 1;
         self.kept[at] = self.kept[self.len];
         self.bytes -= kept.bytes;
+        crate::stats::uncache_huge(kept.bytes);
         kept
     }
 
@@ -151,12 +155,17 @@ pub(crate) fn take(bytes: usize) -> Option<(usize, usize)> {
         let best = fits.or_else(|| (0..cache.len).max_by_key(|&at| cache.kept[at].bytes));
         best.map(|at| {
             let kept = cache.remove(at);
-            crate::stats::uncache_huge(kept.bytes, false);
+            crate::stats::reuse_huge(kept.bytes);
             (kept.base, kept.bytes)
         })
     };
     going.unmap();
     taken
+}
+
+/// Gives every kept mapping back (for an allocation that found no memory); whether there was any.
+pub(crate) fn release_all() -> bool {
+    release(os::now_ms(), true) > 0
 }
 
 /// Unmaps the kept mappings older than the decommit delay, or all of them if `force`; returns the

@@ -147,6 +147,8 @@ struct HugeMeta {
     descs: [Slab; UNITS_PER_ARENA],
     map_base: usize,
     map_bytes: usize,
+    /// Where the object starts (a kept mapping is reused with the object at another offset).
+    object: usize,
     object_bytes: usize,
 }
 
@@ -227,6 +229,7 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
         (*meta).map_base = base as usize;
         (*meta).map_bytes = map_bytes;
+        (*meta).object = object as usize;
         (*meta).object_bytes = size;
     }
     if zero && kept.is_some() {
@@ -339,6 +342,7 @@ pub(crate) unsafe fn grow_huge(object: *mut u8, new_size: usize) -> *mut u8 {
     let old_size = unsafe {
         (*meta).map_base = new_base as usize;
         (*meta).map_bytes = new_bytes;
+        (*meta).object = new_object as usize;
         core::mem::replace(&mut (*meta).object_bytes, new_size)
     };
     crate::stats::sub_huge(old_bytes);
@@ -368,6 +372,17 @@ pub(crate) unsafe fn set_huge_size(object: *mut u8, size: usize) {
     // SAFETY: as above.
     let old_size = unsafe { core::mem::replace(&mut (*meta).object_bytes, size) };
     crate::stats::resize_huge_request(old_size, size);
+}
+
+/// Whether `object` is where the huge allocation whose first chunk holds it starts (for
+/// `checked`: an interior pointer, or a stale one into a kept mapping reused at another offset).
+///
+/// # Safety
+/// - `object` lies in the first chunk of a live huge mapping, not at its start.
+#[cfg(feature = "checked")]
+pub(crate) unsafe fn is_huge_start(object: *mut u8) -> bool {
+    // SAFETY: the caller's contract: the chunk starts with the mapping's metadata.
+    unsafe { (*huge_meta_of(object)).object == object as usize }
 }
 
 /// Whether `object` is where the span's object starts (for `checked`).

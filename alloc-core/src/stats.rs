@@ -50,15 +50,18 @@ pub(crate) fn cache_huge(bytes: usize) {
     HUGE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
     HUGE_CACHED.fetch_add(bytes, Ordering::Relaxed);
 }
-/// A kept huge mapping of `bytes` left the cache: `unmapped`, or taken by an allocation.
-pub(crate) fn uncache_huge(bytes: usize, unmapped: bool) {
+/// A kept huge mapping of `bytes` left the cache (to be reused or unmapped).
+pub(crate) fn uncache_huge(bytes: usize) {
     HUGE_CACHED.fetch_sub(bytes, Ordering::Relaxed);
-    if unmapped {
-        sub_mapped(bytes);
-        sub_committed(bytes);
-    } else {
-        HUGE_BYTES.fetch_add(bytes, Ordering::Relaxed);
-    }
+}
+/// A huge mapping of `bytes` that left the cache is an allocation's again.
+pub(crate) fn reuse_huge(bytes: usize) {
+    HUGE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+}
+/// A huge mapping of `bytes` that left the cache was unmapped.
+pub(crate) fn unmap_kept_huge(bytes: usize) {
+    sub_mapped(bytes);
+    sub_committed(bytes);
 }
 /// A huge allocation's requested size changed from `old` bytes to `new` (0 for none).
 pub(crate) fn resize_huge_request(old: usize, new: usize) {

@@ -5,7 +5,9 @@
 //!
 //! Scenarios: a local double free; a remote double free (freed twice by threads that do not own
 //! the block); a double free after a remote free of a block whose owner then frees it; a large-span
-//! double free; a huge-mapping double free; a foreign pointer (from `System`); an interior pointer.
+//! double free; a huge-mapping double free, also once its kept mapping was reused with the object
+//! elsewhere; a foreign pointer (from `System`); an interior pointer, into a block and into a huge
+//! allocation.
 //! `valid_frees_do_not_abort` proves the checks are quiet on correct use.
 //!
 //! Run with `cargo test -p alloc-core --features checked --test checked`.
@@ -82,6 +84,27 @@ fn scenario(name: &str) {
             announce(p as usize);
             free(p as usize, layout);
         }
+        "huge_reused" => {
+            // The freed mapping is kept, and the next huge allocation (aligned otherwise) reuses
+            // it with its object elsewhere: the stale pointer must not free that one.
+            let (p, l) = alloc(5 << 20);
+            free(p, l);
+            let aligned = Layout::from_size_align(3 << 20, 1 << 20).unwrap();
+            // SAFETY: non-zero size; never freed (the child aborts).
+            let q = unsafe { A.alloc(aligned) } as usize;
+            assert_eq!(
+                q & !((2 << 20) - 1),
+                p & !((2 << 20) - 1),
+                "the kept mapping"
+            );
+            announce(p);
+            free(p, l);
+        }
+        "huge_interior" => {
+            let (p, l) = alloc(3 << 20);
+            announce(p + 4096);
+            free(p + 4096, l);
+        }
         "interior" => {
             let (p, l) = alloc(256);
             announce(p + 8);
@@ -147,6 +170,16 @@ misuse_test!(
 misuse_test!(large_double_free_aborts, "large", "double free");
 misuse_test!(huge_double_free_aborts, "huge", "does not own");
 misuse_test!(foreign_pointer_aborts, "foreign", "does not own");
+misuse_test!(
+    huge_double_free_into_a_reused_mapping_aborts,
+    "huge_reused",
+    "not the start of a huge allocation"
+);
+misuse_test!(
+    huge_interior_pointer_aborts,
+    "huge_interior",
+    "not the start of a huge allocation"
+);
 misuse_test!(
     interior_pointer_aborts,
     "interior",

@@ -8,7 +8,8 @@
 //! code through `_exit`; the parent checks the status (a crash, abort or hang fails the test).
 //!
 //! Paths: `small` (slabs), `large` (spans), `huge` (direct mappings), `realloc` (a failed grow keeps
-//! the old block intact), `zeroed` (`alloc_zeroed` on all three paths), `over_aligned` (small class
+//! the old block intact), `kept` (freed huge mappings kept for reuse go back when an allocation,
+//! huge or small, finds no room), `zeroed` (`alloc_zeroed` on all three paths), `over_aligned` (small class
 //! at page alignment, padded span, 4 MiB-aligned mapping).
 
 mod common;
@@ -156,6 +157,7 @@ fn child(path: &str) -> ! {
             exhaust_and_recover(3 << 20, 8, plain, 33);
         }
         "realloc" => realloc_child(),
+        "kept" => kept_child(),
         "zeroed" => {
             exhaust_and_recover(100, 8, zeroed, 50);
             exhaust_and_recover(300 << 10, 8, zeroed, 53);
@@ -170,6 +172,35 @@ fn child(path: &str) -> ! {
         _ => exit(1),
     }
     exit(0)
+}
+
+/// Freed huge mappings are kept for reuse (up to 32 MiB); an allocation that finds no address
+/// space gives them back and tries again, on the huge path and on the small one.
+fn kept_child() {
+    let mut chain = Chain::new(4 << 20, 8);
+    ensure(
+        chain.fill_until_null(2 * BUDGET / (4 << 20) + 16, plain) > 0,
+        80,
+    );
+    chain.free_all();
+    ensure(alloc_core::stats().huge_cached_bytes > 0, 81);
+    // More than is left beside the kept mappings.
+    let big = Layout::from_size_align(BUDGET - (12 << 20), 8).unwrap_or_else(|_| exit(82));
+    let p = plain(big);
+    ensure(!p.is_null(), 83);
+    // SAFETY: allocated with `big` just now.
+    unsafe { A.dealloc(p, big) };
+    alloc_core::purge();
+    ensure(
+        chain.fill_until_null(2 * BUDGET / (4 << 20) + 16, plain) > 0,
+        84,
+    );
+    chain.free_all();
+    ensure(alloc_core::stats().huge_cached_bytes > 0, 85);
+    let mut small = Chain::new(3000, 8);
+    ensure(small.fill_until_null(2 * BUDGET / 3000 + 16, plain) > 0, 86);
+    ensure(alloc_core::stats().huge_cached_bytes == 0, 87);
+    small.free_all();
 }
 
 fn realloc_child() {
@@ -274,6 +305,11 @@ fn large_span_path_returns_null_then_recovers() {
 #[test]
 fn huge_path_returns_null_then_recovers() {
     run("huge");
+}
+
+#[test]
+fn kept_huge_mappings_go_back_when_memory_runs_out() {
+    run("kept");
 }
 
 #[test]

@@ -164,6 +164,26 @@ fn freed_huge_mappings_are_reused_within_bounds_and_given_back() {
         after.1 - before.1
     );
 
+    // Frees of other sizes run the arenas' maintenance, which ages kept mappings out too.
+    give(take(three, false, 4), three, 4);
+    assert!(alloc_core::stats().huge_cached_bytes > 0);
+    let span = layout(300 << 10, 8);
+    let began = std::time::Instant::now();
+    while alloc_core::stats().huge_cached_bytes > 0 && began.elapsed() < Duration::from_secs(5) {
+        give(take(span, false, 5), span, 5);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        alloc_core::stats().huge_cached_bytes,
+        0,
+        "aged out by maintenance"
+    );
+    // (The delay counts whole milliseconds, so it can end up to 1 ms early.)
+    assert!(
+        began.elapsed() >= Duration::from_millis(45),
+        "not before the delay"
+    );
+
     // And `purge` gives back at once.
     give(take(three, false, 3), three, 3);
     assert!(alloc_core::stats().huge_cached_bytes > 0);

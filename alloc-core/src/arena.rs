@@ -37,7 +37,7 @@
 //! allocating and freeing, and runs no purger, keeps its dirty units until it calls one of them
 //! (`start_background_purger` bounds the delay).
 
-use crate::lock::SpinLock;
+use crate::lock::{SpinGuard, SpinLock};
 use crate::os;
 use crate::size_class::{UNIT_BYTES, UNIT_SHIFT};
 use crate::slab::{Slab, KIND_SMALL};
@@ -219,6 +219,20 @@ pub(crate) struct ArenaPool {
 
 // SAFETY: the raw pointers are to arenas owned by the pool; the pool is only reached through its lock.
 unsafe impl Send for ArenaPool {}
+
+/// Runs the periodic maintenance if it is due, with the pool lock `pool` (which it lets go), and
+/// then ages out the kept huge mappings, outside the lock: their unmapping (up to 32 MiB, and a TLB
+/// flush each) need not hold up other threads' slabs and spans.
+pub(crate) fn maintain_if_due(mut pool: SpinGuard<'_, ArenaPool>, now_ms: u64) {
+    let due = pool.maintenance_due(now_ms);
+    if due {
+        pool.maintain(now_ms, false);
+    }
+    drop(pool);
+    if due {
+        crate::huge_cache::release(now_ms, false);
+    }
+}
 
 pub(crate) static POOL: SpinLock<ArenaPool> = SpinLock::new(ArenaPool {
     lists: [
@@ -445,11 +459,11 @@ impl ArenaPool {
 
     /// Gives back what has been free for longer than the delay (everything when `force`).
     /// Returns the number of bytes decommitted or unmapped.
-    /// Freed huge mappings kept for reuse age out here too (see `huge_cache`).
+    /// Callers then age out the freed huge mappings kept for reuse (`huge_cache::release`), once
+    /// they have let go of the pool lock.
     pub(crate) fn maintain(&mut self, now_ms: u64, force: bool) -> usize {
         self.last_maintenance_ms = now_ms;
         self.maintain_kinds(&[ArenaKind::Normal, ArenaKind::Movable], now_ms, force)
-            + crate::huge_cache::release(now_ms, force)
     }
 
     /// `maintain` restricted to some arena kinds.
@@ -556,7 +570,7 @@ impl ArenaPool {
         ARENA_BYTES
     }
 
-    /// Whether a periodic `maintain` is due.
+    /// Whether a periodic `maintain` is due (see [`maintain_if_due`]).
     pub(crate) fn maintenance_due(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.last_maintenance_ms) >= DECOMMIT_DELAY_MS / 2
     }

@@ -42,10 +42,24 @@ mod imp {
         Some(unsafe { &*map.add(index) })
     }
 
+    /// A registered chunk's entry: it begins with a descriptor array (an arena, or a huge
+    /// mapping's metadata), or with a 2 MiB-aligned huge object (whose bytes are the user's).
+    const DESCRIPTORS: u8 = 1;
+    const OBJECT: u8 = 2;
+
     pub(crate) fn register_chunk(chunk: usize) {
+        register(chunk, DESCRIPTORS);
+    }
+
+    /// Registers the chunk a 2 MiB-aligned huge object starts.
+    pub(crate) fn register_object_chunk(chunk: usize) {
+        register(chunk, OBJECT);
+    }
+
+    fn register(chunk: usize, what: u8) {
         init();
         if let Some(entry) = chunk_entry(chunk) {
-            entry.store(1, Ordering::Release);
+            entry.store(what, Ordering::Release);
         }
     }
 
@@ -77,7 +91,8 @@ mod imp {
     pub(crate) fn on_free(object: *mut u8) {
         let addr = object as usize;
         let chunk = addr & !ARENA_MASK;
-        let registered = chunk_entry(chunk).is_some_and(|e| e.load(Ordering::Acquire) != 0);
+        let entry = chunk_entry(chunk).map_or(0, |e| e.load(Ordering::Acquire));
+        let registered = entry != 0;
         if addr & ARENA_MASK == 0 {
             // A 2 MiB-aligned huge object registers its own chunk.
             if !registered {
@@ -92,6 +107,14 @@ mod imp {
         if !registered {
             report_raw(
                 b"free of a pointer this allocator does not own",
+                object,
+                None,
+            );
+        }
+        if entry == OBJECT {
+            // Inside a 2 MiB-aligned huge object: its chunk holds the user's bytes, no descriptors.
+            report_raw(
+                b"free of an address that is not the start of a huge allocation",
                 object,
                 None,
             );
@@ -123,8 +146,9 @@ mod imp {
                     );
                 }
             }
-            // SAFETY: a registered chunk whose descriptors say huge is the first chunk of a live
-            // huge mapping, and `object` is not at its start (handled above).
+            // SAFETY: a chunk registered as beginning with descriptors that say huge is the first
+            // chunk of a live huge mapping whose object starts after its metadata (2 MiB-aligned
+            // objects' chunks are registered as such, and handled above).
             KIND_HUGE if !unsafe { crate::large::is_huge_start(object) } => report(
                 b"free of an address that is not the start of a huge allocation (or a double free)",
                 object,
@@ -203,6 +227,8 @@ mod imp {
     pub(crate) fn init() {}
     #[inline(always)]
     pub(crate) fn register_chunk(_chunk: usize) {}
+    #[inline(always)]
+    pub(crate) fn register_object_chunk(_chunk: usize) {}
     #[inline(always)]
     pub(crate) fn unregister_chunk(_chunk: usize) {}
     #[inline(always)]

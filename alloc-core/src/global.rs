@@ -79,8 +79,7 @@ fn alloc_slow(size: usize, align: usize, zero: bool) -> *mut u8 {
     ensure_init();
     let span = size <= LARGE_MAX_BYTES
         && align <= LARGE_MAX_BYTES
-        && (size + align.saturating_sub(1 << UNIT_SHIFT)).div_ceil(1 << UNIT_SHIFT)
-            < arena::UNITS_PER_ARENA;
+        && large::span_units(size, align) < arena::UNITS_PER_ARENA;
     let alloc = || {
         if span {
             large::alloc_span(size, align, zero)
@@ -267,7 +266,8 @@ unsafe impl GlobalAlloc for SlabAlloc {
 
 /// Releases everything free now: collects frees on the calling thread's heap, on abandoned heaps and
 /// in the shared slab pool, returns empty slabs, decommits free pages inside partly used slabs and
-/// free units, and unmaps empty arenas. Returns the bytes given back to the OS.
+/// free units, and unmaps empty arenas and the freed huge mappings kept for reuse. Returns the
+/// bytes given back to the OS.
 ///
 /// Live heaps of other threads are not touched (their owners are running): a slab returns to its
 /// arena when it empties in its owner's hands, and frees made by other threads reach the owner when
@@ -289,11 +289,12 @@ pub fn purge() -> usize {
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), true);
+    released += crate::huge_cache::release(os::now_ms(), true);
     released
 }
 
 /// One round of the background purger: what `purge` does for abandoned heaps and the pool, and the
-/// delayed (not forced) decommit of free units and empty arenas; it asks live threads' heaps to
+/// delayed (not forced) decommit of free units, empty arenas and kept huge mappings; it asks live threads' heaps to
 /// collect themselves soon, at an allocation slow path, and return their idle empty slabs.
 pub fn maintain() -> usize {
     pool::request_collect(false);
@@ -301,6 +302,7 @@ pub fn maintain() -> usize {
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
     released += arena::POOL.lock().maintain(os::now_ms(), false);
+    released += crate::huge_cache::release(os::now_ms(), false);
     released
 }
 

@@ -512,9 +512,6 @@ pub(crate) fn release_slab_to_arena(slab: &Slab) {
     }
     slab.owner.store(UNOWNED, Ordering::Relaxed);
     pool.free_units(arena, first, units, now);
-    if pool.maintenance_due(now) {
-        pool.maintain(now, false);
-    }
-    drop(pool);
+    crate::arena::maintain_if_due(pool, now);
     crate::stats::slab_released(class);
 }

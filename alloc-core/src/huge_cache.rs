@@ -6,18 +6,21 @@
 //! mapping waits here, whole and resident, and an allocation takes the smallest that fits instead
 //! of mapping anew (whole up to twice the size it needs, its tail unmapped beyond: a tail kept
 //! resident is the price of reuse, at most the allocation's own size), or, if none fits, the
-//! largest, grown by `mremap` (its pages move with it; only the new ones fault in).
+//! largest if it has at least half the size needed, grown by `mremap` (its pages move with it;
+//! only the new ones fault in). A zeroed allocation clears only the bytes an earlier allocation
+//! may have written.
 //!
 //! Bounds, so that the cache costs little memory: at most `SLOTS` mappings and `MAX_BYTES` in all
 //! (a mapping of more than half that is not kept; the oldest go first to make room), and a mapping
-//! older than the arenas' decommit delay is unmapped by the next huge allocation or free, by the
-//! arenas' maintenance (which frees of slabs and spans run when 25 ms have passed since the last,
-//! and the background purger every round), by `purge` (all of them), or by an allocation that
-//! finds no memory (all of them, and it tries again). A program that stops allocating and runs no purger can so keep up to `MAX_BYTES`
-//! until it does.
+//! older than the arenas' decommit delay is unmapped by the next huge allocation or free, after
+//! the arenas' maintenance (which frees of slabs and spans run when 25 ms have passed since the
+//! last, and the background purger every round), by `purge` (all of them), or by an allocation
+//! that finds no memory (all of them, and it tries again). A program that stops allocating and
+//! runs no purger can so keep up to `MAX_BYTES` until it does.
 //!
 //! Only mappings of the ordinary layout come here: 2 MiB-aligned, their metadata in the first page,
-//! the object after it (alignment below 2 MiB). System calls are made outside the lock.
+//! the object after it (alignment below 2 MiB). System calls are made outside the lock (and
+//! outside the arena pool's: see `arena::maintain_if_due`).
 
 use crate::arena::{ARENA_BYTES, DECOMMIT_DELAY_MS};
 use crate::lock::SpinLock;
@@ -51,16 +54,16 @@ static CACHE: SpinLock<Cache> = SpinLock::new(Cache {
     bytes: 0,
 });
 
-/// Mappings taken out of the cache under its lock, to unmap after it.
+/// Mappings taken out of the cache under its lock, to unmap after it (at most all it held).
 struct Going {
-    mappings: [(usize, usize); SLOTS + 1],
+    mappings: [(usize, usize); SLOTS],
     len: usize,
 }
 
 impl Going {
     const fn new() -> Self {
         Self {
-            mappings: [(0, 0); SLOTS + 1],
+            mappings: [(0, 0); SLOTS],
             len: 0,
         }
     }
@@ -140,9 +143,9 @@ pub(crate) fn put(base: usize, bytes: usize) {
     going.unmap();
 }
 
-/// The smallest kept mapping of at least `bytes`, or else the largest (for the caller to grow),
-/// taken out of the cache (its base and size), after unmapping the expired ones; `None` if none
-/// is kept.
+/// The smallest kept mapping of at least `bytes`, or else the largest if it has at least half of
+/// them (for the caller to grow), taken out of the cache (its base and size), after unmapping the
+/// expired ones; `None` if there is none.
 pub(crate) fn take(bytes: usize) -> Option<(usize, usize)> {
     let now = os::now_ms();
     let mut going = Going::new();
@@ -152,7 +155,11 @@ pub(crate) fn take(bytes: usize) -> Option<(usize, usize)> {
         let fits = (0..cache.len)
             .filter(|&at| cache.kept[at].bytes >= bytes)
             .min_by_key(|&at| cache.kept[at].bytes);
-        let best = fits.or_else(|| (0..cache.len).max_by_key(|&at| cache.kept[at].bytes));
+        // A mapping under half the request would save few page faults for its system calls.
+        let largest = (0..cache.len)
+            .max_by_key(|&at| cache.kept[at].bytes)
+            .filter(|&at| cache.kept[at].bytes >= bytes / 2);
+        let best = fits.or(largest);
         best.map(|at| {
             let kept = cache.remove(at);
             crate::stats::reuse_huge(kept.bytes);

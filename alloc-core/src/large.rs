@@ -8,9 +8,11 @@
 //!   an arena's descriptor array whose every descriptor says `KIND_HUGE`, so a free finds it by the same
 //!   masking as any other block. When the alignment is 2 MiB or more the object itself starts on a
 //!   2 MiB boundary (offset 0 in its chunk, where no arena block can be), and its metadata sits in the
-//!   pages just before it, where the mapping starts.
+//!   pages just before it, where the mapping starts. A freed mapping of that ordinary layout is
+//!   kept for a while and reused (see `huge_cache`).
 //!
-//! Spans take the arena pool lock; huge mappings take no lock at all.
+//! Spans take the arena pool lock; huge allocations and frees take the huge cache's lock, briefly
+//! (never across a system call).
 
 use crate::arena::{
     ArenaKind, ArenaMeta, Placement, ARENA_BYTES, ARENA_MASK, POOL, UNITS_PER_ARENA,
@@ -25,7 +27,7 @@ use core::ptr;
 pub const LARGE_MAX_BYTES: usize = 1 << 20;
 
 /// Units a span needs for `size` bytes at `align`, counting worst-case alignment padding.
-fn span_units(size: usize, align: usize) -> usize {
+pub(crate) fn span_units(size: usize, align: usize) -> usize {
     let pad = align.saturating_sub(UNIT_BYTES);
     (size + pad).div_ceil(UNIT_BYTES)
 }
@@ -90,9 +92,7 @@ pub(crate) fn free_span(head: &Slab) {
         desc.init_unowned();
     }
     pool.free_units(arena, first, units, now);
-    if pool.maintenance_due(now) {
-        pool.maintain(now, false);
-    }
+    crate::arena::maintain_if_due(pool, now);
 }
 
 /// Resizes a span in place (shrinking gives tail units back; growing takes the free units that
@@ -175,12 +175,16 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     let kept = (meta_offset == 0)
         .then(|| huge_cache::take(map_bytes))
         .flatten();
+    // Bytes from the mapping's start that may hold an earlier allocation's data (a fresh mapping
+    // and pages added by growth read as zero).
+    let mut old_bytes = 0;
     let (mut base, mut map_bytes) = match kept {
         Some((base, kept_bytes)) => {
             // Up to twice the size needed, the mapping is taken whole (its pages are what saves
             // the page faults; trimming them would make later, larger requests miss). More than
             // that, the tail goes back (if the kernel refuses, the mapping keeps it, and its size
             // says so).
+            old_bytes = kept_bytes;
             if kept_bytes >= map_bytes {
                 let tail = kept_bytes - map_bytes;
                 let trimmed =
@@ -197,6 +201,7 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
                 crate::stats::add_huge(map_bytes - kept_bytes);
                 (grown, map_bytes)
             } else {
+                old_bytes = 0;
                 crate::stats::sub_huge(kept_bytes);
                 os::unmap(base as *mut u8, kept_bytes);
                 match map_fresh(map_bytes, map_align) {
@@ -232,11 +237,17 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
         (*meta).object = object as usize;
         (*meta).object_bytes = size;
     }
-    if zero && kept.is_some() {
-        // SAFETY: the object's `size` bytes lie inside the mapping (`offset + size <= map_bytes`).
-        unsafe { ptr::write_bytes(object, 0, size) };
+    let dirty = size.min(old_bytes.saturating_sub(offset));
+    if zero && dirty > 0 {
+        // SAFETY: the object's first `dirty` bytes lie inside the mapping (`dirty <= size` and
+        // `offset + size <= map_bytes`).
+        unsafe { ptr::write_bytes(object, 0, dirty) };
     }
-    crate::checked::register_chunk(object as usize & !ARENA_MASK);
+    if object as usize & ARENA_MASK == 0 {
+        crate::checked::register_object_chunk(object as usize);
+    } else {
+        crate::checked::register_chunk(object as usize & !ARENA_MASK);
+    }
     crate::stats::resize_huge_request(0, size);
     object
 }

@@ -114,8 +114,9 @@ pub struct Stats {
     /// Bytes requested of huge allocations (above `LARGE_MAX_BYTES`, each a mapping of its own).
     pub huge_allocated_bytes: usize,
     /// Bytes of huge allocations' mappings: their requested sizes rounded up to whole pages, a
-    /// metadata page or two each, and for an alignment above those pages but below 2 MiB, the
-    /// padding up to it.
+    /// metadata page or two each, for an alignment above those pages but below 2 MiB, the padding
+    /// up to it, and for an allocation that reused a kept mapping up to twice its size, the rest
+    /// of that mapping.
     pub huge_mapped_bytes: usize,
     /// Bytes of freed huge mappings kept, resident, for the next huge allocations (at most 32 MiB,
     /// each for at most the decommit delay while the program allocates; `purge` unmaps them all).

@@ -415,29 +415,25 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// classes: `for_each` reads the claimed runs outside the lock, and would then visit slots
     /// another cache took meanwhile.
     ///
-    /// With `only_if_sparse`, the scan runs only when it may pay: when the class claims more than
-    /// twice the slots its live objects need (plus two runs), and slots coming back to the free
-    /// list since the last scan number at least a quarter of its claimed slots (counted when they
-    /// come back, after the epoch, not when their objects are removed: a scan before then would
-    /// find them still in flight), or the class is empty and some came back. So a caller that asks
-    /// often (the background compactor, every round) pays a lock and a few comparisons a time, and
-    /// scans amortise to a few slot reads per removal. `None`: no scan was due.
+    /// With `only_if_sparse`, runs go back only when the class will not soon fill them again: when
+    /// it claims more than twice the slots its live objects need (plus two runs), and slots coming
+    /// back to its free lists since it last gave runs back number at least a quarter of its claimed
+    /// slots (counted when they come back, after the epoch, not when their objects are removed),
+    /// or the class is empty and some came back. A caller may ask often (the background compactor
+    /// asks every round): a lock and a few comparisons when nothing is due. `None`: nothing was
+    /// due. (A class claims runs of `UNIT_SLOTS`, the free lists' unit: see `with_tail`.)
     pub(crate) fn give_back_vacant_slots(
         &self,
         only_if_sparse: bool,
     ) -> Result<Option<usize>, CacheError> {
         let mut inner = self.lock()?;
-        let run = self.claim_slots;
-        debug_assert_eq!(
-            run, UNIT_SLOTS as usize,
-            "a shared table's runs are free-list units"
-        );
+        let run = UNIT_SLOTS as usize;
         if only_if_sparse {
             let claimed: usize = inner.claimed.iter().map(ExactSizeIterator::len).sum();
             let live = self.live(&inner);
             let sparse = claimed >= 2 * live + 2 * run;
-            // Or the class emptied since: its last slots may have come back after a scan, fewer
-            // than a quarter (and a class that is empty keeps at most two runs after the scan).
+            // Or the class emptied since: its last slots may have come back after a give-back,
+            // fewer than a quarter (and a class that is empty keeps at most two runs after it).
             let listed_since = inner.listed - inner.listed_at_scan;
             let turned_over = listed_since >= claimed / 4 || (live == 0 && listed_since > 0);
             if !(sparse && turned_over) {

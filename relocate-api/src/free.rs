@@ -7,7 +7,8 @@
 //! Slots are taken from one unit, the current one, until it runs out; then from the unit that got
 //! its first listed slot last. So a new object's slot usually lies near the last one's, and a unit
 //! the cache stopped taking from can fill up with vacant slots and go back to a shared table
-//! ([`FreeSlots::take_vacant_units`]) at a cost of its own slots, not of the cache's.
+//! ([`FreeSlots::take_vacant_units`]) at the cost of a look at each unit with listed slots and of
+//! its own slots, not a pass over the cache's.
 //!
 //! Invariants (all under the cache lock): a slot is on a list exactly when it says so
 //! ([`Slot::is_listed`]); each unit's count is the length of its list; every unit in `others` has
@@ -73,7 +74,7 @@ impl FreeSlots {
             return None;
         }
         let index = self.current.head - 1;
-        let slot = table.get(index)?;
+        let slot = table.get(index).expect("a listed slot is accessible");
         self.current.head = slot.free_link();
         // Off the list, it must not say it is on one (see `Slot::is_listed`).
         slot.clear_free_link();
@@ -96,7 +97,9 @@ impl FreeSlots {
 
     /// Takes every unit whose `UNIT_SLOTS` slots are all listed off the lists, clearing their
     /// links, and returns them sorted. A unit with a slot not listed (in use, on its way back
-    /// through the epoch, retired for good, or never used) stays.
+    /// through the epoch, retired for good, or never used) stays. Costs a look at each unit with
+    /// a listed slot and a write to each slot that goes (and, when stale entries have piled up in
+    /// `order`, its rebuilding from `others`, in no particular order).
     pub(crate) fn take_vacant_units(&mut self, table: &SlotTable) -> Vec<u32> {
         let mut units: Vec<u32> = (self.others.iter())
             .filter(|(_, list)| list.count == UNIT_SLOTS)

@@ -2,7 +2,8 @@
 //!
 //! Each thread serves requests: it allocates a buffer of a size spread evenly over the powers of
 //! two from 256 KiB to 4 MiB, fills it (as reading a request body would), and keeps it in one of
-//! [`LIVE`] slots, freeing the buffer that was there after checking its first and last bytes. A
+//! [`LIVE`] slots, freeing the buffer that was there after checking its first, middle and last
+//! bytes. A
 //! service that takes a fresh buffer per request pays for the allocator's handling of sizes past
 //! its largest class: a fresh mapping faults every page in again.
 

@@ -105,6 +105,16 @@ fn scenario(name: &str) {
             announce(p + 4096);
             free(p + 4096, l);
         }
+        "aligned_huge_interior" => {
+            // A 2 MiB-aligned object's chunk holds the user's bytes, not descriptors.
+            let layout = Layout::from_size_align(64, 2 << 20).unwrap();
+            // SAFETY: non-zero size; never freed (the child aborts).
+            let p = unsafe { A.alloc(layout) } as usize;
+            // SAFETY: the block is 64 bytes; a byte that reads as a huge descriptor's kind.
+            unsafe { std::ptr::write_bytes(p as *mut u8, 0xff, 64) };
+            announce(p + 16);
+            free(p + 16, layout);
+        }
         "interior" => {
             let (p, l) = alloc(256);
             announce(p + 8);
@@ -173,6 +183,11 @@ misuse_test!(foreign_pointer_aborts, "foreign", "does not own");
 misuse_test!(
     huge_double_free_into_a_reused_mapping_aborts,
     "huge_reused",
+    "not the start of a huge allocation"
+);
+misuse_test!(
+    aligned_huge_interior_pointer_aborts,
+    "aligned_huge_interior",
     "not the start of a huge allocation"
 );
 misuse_test!(

@@ -234,6 +234,14 @@ pub(crate) fn maintain_if_due(mut pool: SpinGuard<'_, ArenaPool>, now_ms: u64) {
     }
 }
 
+/// `maintain` now (everything free if `force`, else what aged past the delay), then the kept huge
+/// mappings, outside the pool lock (as `maintain_if_due`); returns the bytes given back.
+pub(crate) fn maintain_now(force: bool) -> usize {
+    let now_ms = os::now_ms();
+    let released = POOL.lock().maintain(now_ms, force);
+    released + crate::huge_cache::release(now_ms, force)
+}
+
 pub(crate) static POOL: SpinLock<ArenaPool> = SpinLock::new(ArenaPool {
     lists: [
         KindList {

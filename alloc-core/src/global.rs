@@ -17,7 +17,7 @@ use crate::size_class::{class_for, class_of, MAX_SMALL_BYTES, MIN_ALIGN, UNIT_SH
 use crate::slab::{Slab, KIND_HUGE, KIND_LARGE, KIND_SMALL, UNOWNED};
 use crate::sync::Ordering;
 use crate::thread::{ensure_init, is_real_heap, thread_heap};
-use crate::{arena, checked, os, pool};
+use crate::{arena, checked, pool};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 use core::sync::atomic::AtomicU8;
@@ -288,21 +288,20 @@ pub fn purge() -> usize {
     released += crate::thread::collect_fallback();
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
-    released += arena::POOL.lock().maintain(os::now_ms(), true);
-    released += crate::huge_cache::release(os::now_ms(), true);
+    released += arena::maintain_now(true);
     released
 }
 
 /// One round of the background purger: what `purge` does for abandoned heaps and the pool, and the
-/// delayed (not forced) decommit of free units, empty arenas and kept huge mappings; it asks live threads' heaps to
-/// collect themselves soon, at an allocation slow path, and return their idle empty slabs.
+/// delayed (not forced) decommit of free units, empty arenas and kept huge mappings; it asks live
+/// threads' heaps to collect themselves soon, at an allocation slow path, and return their idle
+/// empty slabs.
 pub fn maintain() -> usize {
     pool::request_collect(false);
     let mut released = crate::thread::collect_fallback();
     released += pool::collect_abandoned(true);
     released += pool::collect_pool(true);
-    released += arena::POOL.lock().maintain(os::now_ms(), false);
-    released += crate::huge_cache::release(os::now_ms(), false);
+    released += arena::maintain_now(false);
     released
 }
 

@@ -175,45 +175,13 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     let kept = (meta_offset == 0)
         .then(|| huge_cache::take(map_bytes))
         .flatten();
-    // Bytes from the mapping's start that may hold an earlier allocation's data (a fresh mapping
-    // and pages added by growth read as zero).
-    let mut old_bytes = 0;
-    let (mut base, mut map_bytes) = match kept {
-        Some((base, kept_bytes)) => {
-            // Up to twice the size needed, the mapping is taken whole (its pages are what saves
-            // the page faults; trimming them would make later, larger requests miss). More than
-            // that, the tail goes back (if the kernel refuses, the mapping keeps it, and its size
-            // says so).
-            old_bytes = kept_bytes;
-            if kept_bytes >= map_bytes {
-                let tail = kept_bytes - map_bytes;
-                let trimmed =
-                    tail > map_bytes && os::try_unmap((base + map_bytes) as *mut u8, tail);
-                if trimmed {
-                    crate::stats::sub_huge(tail);
-                }
-                (
-                    base as *mut u8,
-                    if trimmed { map_bytes } else { kept_bytes },
-                )
-            } else if let Some(grown) = grow_mapping(base as *mut u8, kept_bytes, map_bytes) {
-                // Too small: grown, its pages moved rather than faulted in again.
-                crate::stats::add_huge(map_bytes - kept_bytes);
-                (grown, map_bytes)
-            } else {
-                old_bytes = 0;
-                crate::stats::sub_huge(kept_bytes);
-                os::unmap(base as *mut u8, kept_bytes);
-                match map_fresh(map_bytes, map_align) {
-                    Some(fresh) => fresh,
-                    None => return ptr::null_mut(),
-                }
-            }
-        }
-        None => match map_fresh(map_bytes, map_align) {
-            Some(fresh) => fresh,
-            None => return ptr::null_mut(),
-        },
+    // The mapping, its size, and how many bytes from its start may hold an earlier allocation's
+    // data (a fresh mapping and pages added by growth read as zero).
+    let mapping = kept
+        .and_then(|(base, kept_bytes)| reuse_kept(base as *mut u8, kept_bytes, map_bytes))
+        .or_else(|| map_fresh(map_bytes, map_align).map(|(base, bytes)| (base, bytes, 0)));
+    let Some((mut base, mut map_bytes, old_bytes)) = mapping else {
+        return ptr::null_mut();
     };
     let object = base.wrapping_add(offset);
     let meta = base.wrapping_add(meta_offset).cast::<HugeMeta>();
@@ -250,6 +218,31 @@ pub(crate) fn alloc_huge(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     crate::stats::resize_huge_request(0, size);
     object
+}
+
+/// A kept mapping `base..base + kept_bytes` (see `huge_cache`) made into one of at least `bytes`,
+/// with its size and `kept_bytes` (what may hold old data); `None`, and the mapping unmapped, if it
+/// was too small and could not grow.
+fn reuse_kept(base: *mut u8, kept_bytes: usize, bytes: usize) -> Option<(*mut u8, usize, usize)> {
+    if kept_bytes >= bytes {
+        // Up to twice the size needed, the mapping is taken whole (its pages are what saves the
+        // page faults; trimming them would make later, larger requests miss). More than that, the
+        // tail goes back (if the kernel refuses, the mapping keeps it, and its size says so).
+        let tail = kept_bytes - bytes;
+        let trimmed = tail > bytes && os::try_unmap(base.wrapping_add(bytes), tail);
+        if trimmed {
+            crate::stats::sub_huge(tail);
+        }
+        return Some((base, if trimmed { bytes } else { kept_bytes }, kept_bytes));
+    }
+    if let Some(grown) = grow_mapping(base, kept_bytes, bytes) {
+        // Too small: grown, its pages moved rather than faulted in again.
+        crate::stats::add_huge(bytes - kept_bytes);
+        return Some((grown, bytes, kept_bytes));
+    }
+    crate::stats::sub_huge(kept_bytes);
+    os::unmap(base, kept_bytes);
+    None
 }
 
 /// A fresh mapping of `bytes` aligned to `align`, counted, with its size.

@@ -148,11 +148,10 @@ impl Inner {
     }
 
     /// Takes a vacant slot back: parks a home slot for its block's next object, lists any other in
-    /// `free`, and retires one whose generation counter wrapped (so no old handle can ever
-    /// name a new object).
+    /// `free`, and only counts one the removal retired, its generations spent (it is never used
+    /// again, so no old handle can ever name a new object).
     pub(crate) fn release_slot(&mut self, index: u32, slot: &Slot) {
-        if slot.generation() == 0 {
-            slot.retire_for_good();
+        if slot.is_retired() {
             self.counters.retired_slots += 1;
         } else if index < self.spare_floor {
             slot.park();

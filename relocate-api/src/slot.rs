@@ -361,7 +361,7 @@ impl Slot {
     }
 
     /// Whether a vacant slot is on a free list: its link was set since it became vacant (a
-    /// removal, `park`, `retire_for_good` and `clear_free_link` all leave the link bits clear, and
+    /// removal, `park` and `clear_free_link` all leave the link bits clear, and
     /// the last slot of a list holds `LINK_END`, not 0). Lock holder only.
     pub fn is_listed(&self) -> bool {
         let word = self.word.load(Ordering::Relaxed);
@@ -393,13 +393,10 @@ impl Slot {
             .store((word & GEN_BITS) | PARKED, Ordering::Relaxed);
     }
 
-    /// Marks a vacant slot whose generation wrapped as never to be used again (lock holder only).
-    pub fn retire_for_good(&self) {
-        debug_assert_eq!(
-            self.word.load(Ordering::Relaxed) & (HOME_FORM | LIVE | GEN_BITS),
-            0
-        );
-        self.word.store(RETIRED, Ordering::Relaxed);
+    /// Whether the slot served its last generation and is never used again: the removal that would
+    /// have wrapped its generation retired it. Lock holder only.
+    pub fn is_retired(&self) -> bool {
+        self.word.load(Ordering::Relaxed) == RETIRED
     }
 
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
@@ -435,9 +432,13 @@ impl Slot {
         let taken = self.take(gen, home, wait);
         if let TryRemove::Removed(_) = taken {
             // One store clears `LIVE` and bumps the generation: no reader can pair either
-            // generation with the other state.
-            self.word
-                .store(with_gen(next_generation(gen)), Ordering::Release);
+            // generation with the other state. A generation that wraps retires the slot in the
+            // same store: as generation 0 with no link, the word would be 0, which says "never
+            // used", and an insert could take it as its block's free home slot before the lock
+            // holder sees it come back, handing out generation 0 again.
+            let next = next_generation(gen);
+            let vacant = if next == 0 { RETIRED } else { with_gen(next) };
+            self.word.store(vacant, Ordering::Release);
         }
         taken
     }
@@ -790,7 +791,7 @@ mod tests {
     }
 
     #[test]
-    fn the_generation_wraps_within_its_bits() {
+    fn the_removal_of_the_last_generation_retires_the_slot() {
         assert_eq!(next_generation(GEN_COUNTER_MASK), 0);
         let slot = Slot::new();
         let home = Home::new(0x40, 1, tag_bits(1));
@@ -800,7 +801,10 @@ mod tests {
             slot.publish_new(at, home);
             assert_eq!(slot.generation(), GEN_COUNTER_MASK);
             assert_eq!(slot.begin_remove(GEN_COUNTER_MASK, home), Some(at));
-            assert_eq!(slot.generation(), 0);
+            // Not the all-zero word of a slot never used, which an insert may take as a free home.
+            assert!(slot.is_retired());
+            assert!(!slot.is_fresh() && !slot.is_free_home() && !slot.is_listed());
+            assert_eq!(slot.read(home, 0), None);
         }
     }
 

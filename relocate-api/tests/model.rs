@@ -603,39 +603,54 @@ fn the_background_compactor_brings_fragmentation_down() {
     }
 }
 
-/// A slot serves 2^18 generations, then is retired rather than wrap: no handle ever made can name a
-/// later object, however often slots are reused. The cache fills a slab (one 64 KiB unit of 16-byte
-/// blocks), then `take`s one object: that frees its block and slot at once, so the next insert gets
-/// the block just freed and, with it, the same home slot, which so serves every object from then on,
-/// until it is retired.
-#[test]
-fn a_slot_is_retired_before_its_generation_wraps() {
-    let mut cache: RelocCache<u64> = RelocCache::new().unwrap();
-    const GENERATIONS: usize = 1 << 18;
-    let index = |h: Handle<u64>| h.to_bits() & (relocate_api::MAX_OBJECTS as u64 - 1);
-    let mut seen = std::collections::HashSet::new();
-    let mut uses: HashMap<u64, usize> = HashMap::new();
+const GENERATIONS: usize = 1 << 18;
+
+fn slot_index(handle: Handle<u64>) -> u64 {
+    handle.to_bits() & (relocate_api::MAX_OBJECTS as u64 - 1)
+}
+
+/// Fills a slab (one 64 KiB unit of 16-byte blocks), then `take`s one object: that frees its block
+/// and slot at once, so the next insert gets the block just freed and, with it, the same home slot,
+/// which so serves every object from then on. Inserts and takes `objects` objects that way, each
+/// checked, and records every handle made in `seen` (a handle made twice fails) and every use of a
+/// slot in `uses`. Returns the keepers (the slab's other objects).
+fn cycle_one_block(
+    cache: &mut RelocCache<u64>,
+    objects: usize,
+    seen: &mut std::collections::HashSet<u64>,
+    uses: &mut HashMap<u64, usize>,
+) -> Vec<Handle<u64>> {
     let keepers: Vec<Handle<u64>> = (0..(64 << 10) / cache.block_bytes())
         .map(|_| cache.insert(u64::MAX).unwrap())
         .collect();
     for &keeper in &keepers {
         assert!(seen.insert(keeper.to_bits()));
-        *uses.entry(index(keeper)).or_default() += 1;
+        *uses.entry(slot_index(keeper)).or_default() += 1;
     }
     assert_eq!(cache.take(keepers[0]), Some(u64::MAX));
-    for value in 0..GENERATIONS as u64 + 100 {
+    for value in 0..objects as u64 {
         let handle = cache.insert(value).unwrap();
         assert!(
             seen.insert(handle.to_bits()),
             "handle {handle:?} made twice"
         );
-        *uses.entry(index(handle)).or_default() += 1;
+        *uses.entry(slot_index(handle)).or_default() += 1;
         let reader = cache.reader();
         assert_eq!(cache.get(handle, &reader.pin()), Some(&value));
         drop(reader);
         assert_eq!(cache.take(handle), Some(value));
         assert_eq!(cache.get(handle, &cache.reader().pin()), None);
     }
+    keepers
+}
+
+/// A slot serves 2^18 generations, then is retired rather than wrap: no handle ever made can name a
+/// later object, however often slots are reused.
+#[test]
+fn a_slot_is_retired_before_its_generation_wraps() {
+    let mut cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let (mut seen, mut uses) = Default::default();
+    let keepers = cycle_one_block(&mut cache, GENERATIONS + 100, &mut seen, &mut uses);
     // One slot served all its generations and was retired; none served more.
     let worn: Vec<u64> = (uses.iter())
         .filter(|&(_, &n)| n == GENERATIONS)
@@ -646,9 +661,60 @@ fn a_slot_is_retired_before_its_generation_wraps() {
     assert_eq!(cache.stats().counters.retired_slots, 1);
     for value in 0..100 {
         let after = cache.insert(value).unwrap();
-        assert_ne!(index(after), worn[0], "a retired slot was handed out");
+        assert_ne!(slot_index(after), worn[0], "a retired slot was handed out");
     }
     assert_eq!(cache.len(), keepers.len() + 99);
+}
+
+/// The removal of a slot's last generation retires it at once, not when the slot comes back to the
+/// cache. The case that needs it: the last object has left its home block (an update moved it), and
+/// is removed under a guard, so its slot waits in the guard's batch while its home block is free. An
+/// insert that gets that block looks at the block's home slot: it must not see a slot never used,
+/// and hand out generation 0 again (a handle from 2^18 uses ago would then read the new object, and
+/// the new object would be lost when the slot came back and was retired under it).
+#[test]
+fn a_slot_whose_last_object_left_home_is_not_taken_again() {
+    let mut cache: RelocCache<u64> = RelocCache::new().unwrap();
+    let (mut seen, mut uses) = Default::default();
+    // The slot's first object was the keeper taken to free the block: it has one generation left.
+    let keepers = cycle_one_block(&mut cache, GENERATIONS - 2, &mut seen, &mut uses);
+    let last = cache.insert(7).unwrap();
+    assert!(seen.insert(last.to_bits()));
+    assert_eq!(uses.get(&slot_index(last)), Some(&(GENERATIONS - 1)));
+    let reader = cache.reader();
+    {
+        let guard = reader.pin();
+        assert_eq!(cache.update(last, &guard, |v| v + 1), Ok(true));
+    }
+    cache.flush(&reader); // the home block is free
+    let guard = reader.pin();
+    assert!(cache.remove(last, &guard));
+    // Enough inserts to fill the slab the update opened and come back to the first one's free block.
+    let fresh: Vec<(Handle<u64>, u64)> = (0..2 * keepers.len() as u64)
+        .map(|value| {
+            let handle = cache.insert(value).unwrap();
+            assert!(
+                seen.insert(handle.to_bits()),
+                "handle {handle:?} made twice"
+            );
+            (handle, value)
+        })
+        .collect();
+    assert!(
+        fresh
+            .iter()
+            .all(|(h, _)| slot_index(*h) != slot_index(last)),
+        "the worn slot was handed out again"
+    );
+    drop(guard);
+    cache.flush(&reader);
+    let guard = reader.pin();
+    for (handle, value) in &fresh {
+        assert_eq!(cache.get(*handle, &guard), Some(value));
+    }
+    assert_eq!(cache.get(last, &guard), None);
+    assert_eq!(cache.stats().counters.retired_slots, 1);
+    assert_eq!(cache.len(), keepers.len() - 1 + fresh.len());
 }
 
 /// Removals under one long-lived guard hand their slots back a batch at a time, but their blocks wait

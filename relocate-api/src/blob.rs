@@ -175,6 +175,9 @@ struct BlobCounts {
     /// runs an insert last gave back (see [`BlobCache::insert`]).
     claims_seen: AtomicUsize,
     next_to_scan: AtomicUsize,
+    /// The class a compaction whose budget ran out stopped at, where the next one starts (see
+    /// `in_every_class`).
+    next_to_compact: AtomicUsize,
     /// Background compactors running on this cache: while there is one, its rounds give slot runs
     /// back and inserts leave it to them.
     background: AtomicUsize,
@@ -202,6 +205,7 @@ impl BlobCache {
                 fruitless_at: AtomicUsize::new(usize::MAX),
                 claims_seen: AtomicUsize::new(0),
                 next_to_scan: AtomicUsize::new(0),
+                next_to_compact: AtomicUsize::new(0),
                 background: AtomicUsize::new(0),
                 joined: AtomicBool::new(false),
             }),
@@ -493,27 +497,105 @@ impl BlobCache {
         removed
     }
 
-    /// Footprint compaction of every class (`budget` applies to each class in turn).
+    /// Footprint compaction of every class, within one `budget` for the whole cache: the classes
+    /// spend it one after another, each call starting where the last one's ran out (so a small
+    /// budget, a background compactor's round, reaches every class in turn).
+    ///
+    /// # Panics
+    /// If `guard` was not pinned by a [`Reader`] of this cache.
     pub fn compact(&self, guard: &Guard, budget: Budget) -> Result<CompactReport, CacheError> {
-        let mut total = CompactReport::default();
-        for (_, class) in self.made() {
-            total.merge(class.compact(guard, budget)?);
-        }
-        Ok(total)
+        guard.check(self.epoch);
+        self.in_every_class(budget, |class, budget| class.compact(guard, budget))
     }
 
-    /// Moves every blob out of one 2 MiB arena (`budget` applies to each class in turn).
+    /// Moves every blob out of one 2 MiB arena, within one `budget` for all classes.
+    ///
+    /// # Panics
+    /// If `guard` was not pinned by a [`Reader`] of this cache.
     pub fn evacuate_arena(
         &self,
         guard: &Guard,
         arena: usize,
         budget: Budget,
     ) -> Result<CompactReport, CacheError> {
+        guard.check(self.epoch);
+        self.in_every_class(budget, |class, budget| {
+            class.evacuate_arena(guard, arena, budget)
+        })
+    }
+
+    /// Evacuates the `k` arenas holding the fewest live bytes of blobs, one after another, within
+    /// one `budget` for them all (see [`RelocCache::evacuate_sparsest`]).
+    ///
+    /// # Panics
+    /// If `guard` was not pinned by a [`Reader`] of this cache.
+    pub fn evacuate_sparsest(
+        &self,
+        guard: &Guard,
+        k: usize,
+        budget: Budget,
+    ) -> Result<CompactReport, CacheError> {
+        guard.check(self.epoch);
+        let mut arenas = self.live_bytes_by_arena()?;
+        arenas.sort_by_key(|&(arena, bytes)| (bytes, arena));
         let mut total = CompactReport::default();
-        for (_, class) in self.made() {
-            total.merge(class.evacuate_arena(guard, arena, budget)?);
+        let mut left = Some(budget);
+        for (arena, _) in arenas.into_iter().take(k) {
+            let Some(budget) = left else {
+                total.budget_exhausted = true;
+                break;
+            };
+            let report = self.evacuate_arena(guard, arena, budget)?;
+            total.merge(report);
+            left = budget.less(&report);
         }
         Ok(total)
+    }
+
+    /// Runs `pass` in every class made, spending one `budget` across them: each class gets what
+    /// the ones before it left. Starts at the class where the last budgeted call stopped (or the one
+    /// after, if that class had nothing more to move), so that no class waits for ever behind
+    /// others that keep using the whole budget.
+    fn in_every_class(
+        &self,
+        budget: Budget,
+        mut pass: impl FnMut(&Class, Budget) -> Result<CompactReport, CacheError>,
+    ) -> Result<CompactReport, CacheError> {
+        let made: Vec<(usize, &Class)> = self.made().collect();
+        let resume = self.counts.next_to_compact.load(Ordering::Relaxed);
+        let first = made.iter().position(|&(i, _)| i >= resume).unwrap_or(0);
+        let mut total = CompactReport::default();
+        let mut left = budget;
+        for k in 0..made.len() {
+            let (number, class) = made[(first + k) % made.len()];
+            let report = pass(class, left)?;
+            total.merge(report);
+            match left.less(&report) {
+                Some(rest) => left = rest,
+                None => {
+                    let next = if report.budget_exhausted {
+                        number
+                    } else {
+                        number + 1
+                    };
+                    self.counts.next_to_compact.store(next, Ordering::Relaxed);
+                    total.budget_exhausted |= k + 1 < made.len();
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// (arena, live bytes of blobs) for every arena holding blobs of this cache, in no order.
+    fn live_bytes_by_arena(&self) -> Result<Vec<(usize, usize)>, CacheError> {
+        let mut arenas: Vec<(usize, usize)> = Vec::new();
+        for (_, class) in self.made() {
+            for (arena, bytes) in class.live_bytes_by_arena()? {
+                add_to_arena(&mut arenas, arena, bytes);
+            }
+        }
+        Ok(arenas)
     }
 
     /// Eviction: removes every blob in the arena holding the fewest live bytes, telling `on_evict`.
@@ -526,12 +608,7 @@ impl BlobCache {
         guard: &Guard,
         on_evict: impl FnMut(BlobHandle, &[u8]),
     ) -> Result<CompactReport, CacheError> {
-        let mut arenas: Vec<(usize, usize)> = Vec::new();
-        for (_, class) in self.made() {
-            for (arena, bytes) in class.live_bytes_by_arena()? {
-                add_to_arena(&mut arenas, arena, bytes);
-            }
-        }
+        let arenas = self.live_bytes_by_arena()?;
         let sparsest = (arenas.iter())
             .min_by_key(|&&(a, bytes)| (bytes, a))
             .map(|&(a, _)| a);

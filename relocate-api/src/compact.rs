@@ -34,11 +34,32 @@ use std::time::Instant;
 
 /// How much one call may move. Only moves made count: objects that refuse, or whose callbacks
 /// panic, cost nothing, so that they cannot keep every call from reaching the objects behind them.
+/// A call that works in several classes or arenas spends one budget across them.
 #[derive(Clone, Copy, Debug)]
 pub enum Budget {
     Unlimited,
     Objects(usize),
+    /// Moves until this many bytes (of whole blocks) have moved: the last move may cross the
+    /// bound, so that a budget smaller than one object still moves one.
     Bytes(usize),
+}
+
+impl Budget {
+    /// What is left of this budget once the moves `report` made are spent, for a call that runs
+    /// several passes (classes, arenas) on one budget; `None` when nothing is.
+    pub(crate) fn less(self, report: &CompactReport) -> Option<Budget> {
+        match self {
+            Budget::Unlimited => Some(Budget::Unlimited),
+            Budget::Objects(n) => n
+                .checked_sub(report.moved_objects)
+                .filter(|&n| n > 0)
+                .map(Budget::Objects),
+            Budget::Bytes(n) => n
+                .checked_sub(report.moved_bytes)
+                .filter(|&n| n > 0)
+                .map(Budget::Bytes),
+        }
+    }
 }
 
 /// What one compaction, evacuation or reclaim did.
@@ -102,7 +123,7 @@ pub struct CacheStats {
 struct Pass {
     report: CompactReport,
     /// Moves the budget still allows: a cache's objects are all of one size, so a budget in bytes
-    /// is one in objects. Only moves made spend it (a move refused, abandoned by a panic or with
+    /// is one in objects (rounded up: see [`Budget::Bytes`]). Only moves made spend it (a move refused, abandoned by a panic or with
     /// nothing to move does not), or a pass would spend every round's budget on the same objects
     /// that refuse, and never reach the ones behind them.
     remaining: usize,
@@ -119,7 +140,7 @@ impl Pass {
         let remaining = match budget {
             Budget::Unlimited => usize::MAX,
             Budget::Objects(n) => n,
-            Budget::Bytes(n) => n / object_bytes.max(1),
+            Budget::Bytes(n) => n.div_ceil(object_bytes.max(1)),
         };
         Self {
             report: CompactReport::default(),
@@ -249,7 +270,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Ok(self.finish(guard, &mut inner.counters, pass, started))
     }
 
-    /// Evacuates the `k` arenas with the fewest live objects (the most fragmented ones to keep).
+    /// Evacuates the `k` arenas with the fewest live objects (the most fragmented ones to keep),
+    /// one after another, within one `budget` for them all.
     pub fn evacuate_sparsest(
         &self,
         guard: &Guard,
@@ -258,8 +280,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ) -> Result<CompactReport, CacheError> {
         let arenas = self.arenas_by_live()?;
         let mut total = CompactReport::default();
+        let mut left = Some(budget);
         for (arena, _) in arenas.into_iter().take(k) {
-            total.merge(self.evacuate_arena(guard, arena, budget)?);
+            let Some(budget) = left else {
+                total.budget_exhausted = true;
+                break;
+            };
+            let report = self.evacuate_arena(guard, arena, budget)?;
+            total.merge(report);
+            left = budget.less(&report);
         }
         Ok(total)
     }

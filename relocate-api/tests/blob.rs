@@ -850,3 +850,78 @@ fn reclaim_refuses_a_guard_from_another_cache() {
     let reader = other.reader();
     let _ = cache.reclaim_oldest(&reader.pin(), |_, _| ());
 }
+
+/// Every call that reads under a guard checks it first, even with no class made yet.
+#[test]
+#[should_panic(expected = "guard from another cache")]
+fn compact_refuses_a_guard_from_another_cache_before_any_blob() {
+    let cache = BlobCache::new().unwrap();
+    let other = BlobCache::new().unwrap();
+    let reader = other.reader();
+    let _ = cache.compact(&reader.pin(), Budget::Unlimited);
+}
+
+/// A budget is one for the whole cache, not one per size class: a call moves at most what it
+/// allows (it used to apply to each class in turn: `Objects(10)` moved 120 blobs here), and calls
+/// with small budgets compact every class in the end, as far as one unlimited call does.
+#[test]
+fn one_budget_serves_every_class() {
+    let run = |budgeted: Option<Budget>| {
+        let cache = BlobCache::new().unwrap();
+        let reader = cache.reader();
+        let mut kept = Vec::new();
+        {
+            let guard = reader.pin();
+            let mut gone = Vec::new();
+            for i in 0..7_200u64 {
+                // 24 classes, from 1 KiB to about 8 KiB: several slabs each.
+                let v = value(i, 1024 + (i % 24) as usize * 300);
+                let h = cache.insert(&v).unwrap();
+                if i % 10 == 3 {
+                    kept.push((h, v));
+                } else {
+                    gone.push(h);
+                }
+            }
+            assert_eq!(cache.remove_many(&gone, &guard), gone.len());
+        }
+        cache.flush(&reader);
+        let mut calls = 0;
+        loop {
+            let guard = reader.pin();
+            let report = match budgeted {
+                None => cache.compact(&guard, Budget::Unlimited).unwrap(),
+                Some(budget) => {
+                    let report = cache.compact(&guard, budget).unwrap();
+                    match budget {
+                        Budget::Objects(n) => assert!(report.moved_objects <= n, "{report:?}"),
+                        // The last move may cross the bound (blocks here are 8 KiB at most).
+                        Budget::Bytes(n) => {
+                            assert!(report.moved_bytes < n + (8 << 10), "{report:?}")
+                        }
+                        Budget::Unlimited => unreachable!(),
+                    }
+                    report
+                }
+            };
+            drop(guard);
+            cache.flush(&reader);
+            calls += 1;
+            if report.moved_objects == 0 && !report.budget_exhausted {
+                break;
+            }
+            assert!(calls < 100_000, "compaction never ends");
+        }
+        let guard = reader.pin();
+        for (h, v) in &kept {
+            assert_eq!(cache.get(*h, &guard), Some(&v[..]));
+        }
+        (cache.stats().slabs, calls)
+    };
+    let (unlimited_slabs, _) = run(None);
+    for budget in [Budget::Objects(10), Budget::Bytes(4096)] {
+        let (slabs, calls) = run(Some(budget));
+        assert!(calls > 40, "{budget:?}: {calls} calls");
+        assert_eq!(slabs, unlimited_slabs, "{budget:?} after {calls} calls");
+    }
+}

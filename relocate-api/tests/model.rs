@@ -452,8 +452,8 @@ fn a_stale_update_answers_false_and_leaves_no_slab() {
     assert_eq!(cache.stats().slabs, 0);
 }
 
-/// A budget bounds what one pass moves, in objects or in bytes (whole objects only), and the report
-/// says when it ran out.
+/// A budget bounds what one pass moves, in objects or in bytes (whole objects, the last crossing the
+/// bound), and the report says when it ran out.
 #[test]
 fn a_budget_bounds_what_one_pass_moves() {
     let cache: RelocCache<[u64; 8]> = RelocCache::new().unwrap();
@@ -474,8 +474,11 @@ fn a_budget_bounds_what_one_pass_moves() {
     let guard = reader.pin();
     for (budget, moves) in [
         (Budget::Objects(10), 10),
-        (Budget::Bytes(10 * size + size - 1), 10),
-        (Budget::Bytes(size - 1), 0),
+        (Budget::Bytes(10 * size), 10),
+        // The last move may cross a byte bound, so a budget under one object moves one.
+        (Budget::Bytes(10 * size + 1), 11),
+        (Budget::Bytes(size - 1), 1),
+        (Budget::Bytes(0), 0),
         (Budget::Objects(0), 0),
     ] {
         let report = cache.compact(&guard, budget).unwrap();
@@ -496,6 +499,12 @@ fn a_budget_bounds_what_one_pass_moves() {
         .unwrap();
     assert_eq!(budgeted.moved_objects, 3, "{budgeted:?}");
     assert!(budgeted.budget_exhausted);
+    // One budget for all the arenas evacuated.
+    let several = cache
+        .evacuate_sparsest(&guard, 4, Budget::Objects(5))
+        .unwrap();
+    assert_eq!(several.moved_objects, 5, "{several:?}");
+    assert!(several.budget_exhausted);
     for (i, h) in handles.iter().enumerate().step_by(8) {
         assert_eq!(cache.get(*h, &guard), Some(&[i as u64; 8]));
     }

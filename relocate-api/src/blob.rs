@@ -499,7 +499,8 @@ impl BlobCache {
 
     /// Footprint compaction of every class, within one `budget` for the whole cache: the classes
     /// spend it one after another, each call starting where the last one's ran out (so a small
-    /// budget, a background compactor's round, reaches every class in turn).
+    /// budget, a background compactor's round, reaches every class in turn). As with
+    /// [`RelocCache::compact`], the resident set shrinks only once emptied arenas go back.
     ///
     /// # Panics
     /// If `guard` was not pinned by a [`Reader`] of this cache.
@@ -600,7 +601,7 @@ impl BlobCache {
 
     /// Eviction: removes every blob in the arena holding the fewest live bytes, telling `on_evict`.
     /// A cache held to a budget by reclaiming wants [`reclaim_oldest`](Self::reclaim_oldest) (see
-    /// [`RelocCache::reclaim`]). The report counts the blobs evicted. (The error `RelocCache`'s
+    /// [`RelocCache::reclaim`], also for what a panicking `on_evict` does). The report counts the blobs evicted. (The error `RelocCache`'s
     /// reclaims give from inside the cache's own relocation callback cannot arise: blobs move
     /// bytewise, with no callback. The `Result` keeps the two caches' eviction alike.)
     pub fn reclaim(

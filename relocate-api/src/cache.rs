@@ -359,10 +359,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Handle::new(index, self.tag_bits | u64::from(counter))
     }
 
-    /// Panics, for `with_pinned`, if pinning `slot` would wait for this very thread: inside an update's
-    /// closure of this object, or inside a relocation callback of this cache while this object is
-    /// the one being moved. Nothing is lost: an update's closure that panics leaves its object as it
-    /// was, and a callback's panic abandons its move.
+    /// Panics, for `with_pinned`, inside an update's closure of this object (a write through the pin
+    /// would land in the old copy the update replaces, and be lost), or inside a relocation callback
+    /// of this cache while this object is the one being moved (the pin would wait for this very
+    /// thread). Nothing is lost: an update's closure that panics leaves its object as it was, and a
+    /// callback's panic abandons its move.
     /// (`counter` is the handle's generation: a stale handle to the slot names another object.)
     fn refuse_pinning_itself(&self, slot: &Slot, counter: u32, home: Home) {
         if self.holds_object(slot, counter, home) {
@@ -701,14 +702,20 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Runs `f` on the object with moves excluded (for types that are not [`Relocatable`], e.g. with
     /// atomics inside: no move copies the object while `f` writes through `&T`). `None` for a stale
-    /// handle. Panics from inside one of this cache's relocation callbacks for the object being moved
-    /// (which would wait for itself; the callback has the object already).
+    /// handle.
     ///
     /// A pin excludes moves only. An [`update`](Self::update) replaces the object with a new value
     /// made from the old one while pins may be writing to the old one, and a removal or eviction
     /// takes it away; a write through a pinned reference after that lands in the old copy and is
     /// lost with it. For such types, write in place through `with_pinned` and do not `update`
     /// objects that others are writing to (or order the two yourself).
+    ///
+    /// # Panics
+    /// - If `guard` was not pinned by a [`Reader`] of this cache.
+    /// - Inside the closure of an [`update`](Self::update) of the same object: a write through the
+    ///   pin would land in the copy that the update is replacing, and be lost.
+    /// - Inside one of this cache's relocation callbacks, for the object being moved: the pin would
+    ///   wait for the move, which waits for the callback (that has the object already).
     pub fn with_pinned<U>(
         &self,
         handle: Handle<T>,
@@ -733,9 +740,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     }
 
     /// Replaces the object with `f(&old)` (read-copy-update): readers see the old or the new value,
-    /// never a torn one; concurrent updates of one object are serialised, and a move of it waits for
-    /// this update (or this update for the move). The old value is dropped after the epoch. Returns
-    /// false for a stale handle.
+    /// never a torn one; concurrent updates of one object are serialised, a compaction leaves the
+    /// object where it is while this update holds it (it counts as refused), and this update waits
+    /// for a move under way. The old value is dropped after the epoch. Returns false for a stale
+    /// handle.
     ///
     /// `f` may update or remove other objects (an update holds its object as a lock would, so two
     /// threads that update two objects inside each other's closures, in opposite orders, deadlock).
@@ -1023,7 +1031,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// flush, and only once the epoch has advanced twice past them (which can take a while to start),
     /// so this flushes until `QUIET_ROUNDS` rounds in a row retire nothing more. Other threads that
     /// stay pinned hold the epoch back; then it returns after a bounded number of rounds with those
-    /// blocks still waiting. Batches still open in other threads' guards wait for those guards.
+    /// blocks still waiting. Batches still open in other threads' guards wait for those guards. A
+    /// guard this thread holds (of this cache, or of one sharing its collector) holds the epoch
+    /// back too: a flush under it frees nothing.
     ///
     /// # Panics
     /// If `reader` is not a reader of this cache (or of one sharing its collector).

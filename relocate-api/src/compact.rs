@@ -194,8 +194,12 @@ struct InFlight<'t> {
 
 impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Footprint compaction within `budget`: moves objects out of the sparsest slabs into the
-    /// densest, so the emptied slabs go back to their arenas (and empty arenas to the OS, see
-    /// [`release_empty_arenas`](Self::release_empty_arenas)).
+    /// densest, so the emptied slabs go back to their arenas once the epoch lets the old copies go
+    /// ([`flush`](Self::flush)). The resident set does not shrink until emptied arenas go to the
+    /// OS: at once with [`release_empty_arenas`](Self::release_empty_arenas), after the decommit
+    /// delay with [`release_aged_arenas`](Self::release_aged_arenas) or a background compactor, or
+    /// at alloc-core's next maintenance (`alloc_core::purge`, its background purger, or its next
+    /// slow-path free after the delay).
     ///
     /// A removed object's block counts as live until the epoch lets it go: compacting right after
     /// removals, under the guard they were made under or before a [`flush`](Self::flush), finds their
@@ -312,7 +316,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     ///
     /// Eviction works an arena at a time (2 MiB of the cache's slabs, or the cache's share of an
     /// arena shared by small caches): a cache holding less than 2 MiB loses every object in one
-    /// reclaim.
+    /// reclaim. An arena is 2 MiB of slabs, not of live objects: one left sparse by removals frees
+    /// its 2 MiB but evicts only what it still holds.
+    ///
+    /// If `on_evict` panics, the panic comes out of the reclaim: the objects it was told of (the
+    /// one whose callback panicked too) are gone and counted, the arena's others stay, and the
+    /// cache stays usable (a later reclaim takes them).
     ///
     /// The fewest live objects are the least data lost per arena freed. But in a cache that holds
     /// itself to a budget by reclaiming each time it grows past it, that arena is the one it just
@@ -336,6 +345,12 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// left (free blocks of its slabs, or free units while the cache's other arenas were full); those
     /// go with it. While it holds a share of a shared arena, that share goes (its oldest objects all
     /// the same), and the arena's 2 MiB go back once the other caches' shares do.
+    ///
+    /// So it is first in, first out by arena, not by object: in a cache whose objects are removed
+    /// and replaced, new objects fill the holes the removals leave in old arenas, and go with them.
+    /// In a user review's session store (byte blobs replaced and removed at random, held to a
+    /// budget), 15–18 % of the values evicted were among the newest tenth, and each reclaim evicted
+    /// about 220 KiB of values from an oldest arena mostly made of holes.
     pub fn reclaim_oldest(
         &self,
         guard: &Guard,
@@ -566,13 +581,15 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             target: None,
         });
         let verdict = self.relocator.isolate(object, handle);
-        *in_flight = None;
         if verdict == Isolation::Busy {
+            *in_flight = None;
             slot.abort_move(old, home);
             pass.report.refused += 1;
             return Step::Kept;
         }
+        // Still in flight: were the allocation to unwind, the move would be undone all the same.
         let Some(target) = alloc_block(heap, owner) else {
+            *in_flight = None;
             slot.abort_move(old, home);
             return Step::Stop;
         };

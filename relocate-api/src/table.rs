@@ -179,6 +179,9 @@ impl SlotTable {
     /// `None` if memory is exhausted. For a cache that owns its table and uses slots wherever its
     /// objects' homes are (see `home`), rather than claiming runs.
     pub(crate) fn get_or_commit(&self, index: u32) -> Option<&Slot> {
+        if index as usize >= self.max_slots {
+            return None;
+        }
         if !self.is_writable(index) {
             let chunk = index as usize / CHUNK_SLOTS;
             let _claims = self.claims();

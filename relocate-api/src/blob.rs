@@ -760,6 +760,7 @@ impl BlobCache {
             table_bytes: 0,
             counters: Default::default(),
         };
+        // The arenas go back for the whole cache (its classes never release any themselves).
         total.counters.released_bytes = self.counts.released.load(Ordering::Relaxed);
         for (_, class) in self.made() {
             let s = class.slab_stats();
@@ -767,14 +768,7 @@ impl BlobCache {
             total.live_bytes += s.live_bytes;
             total.slabs += s.slabs;
             total.resident_bytes += s.resident_bytes;
-            total.counters.moved_objects += s.counters.moved_objects;
-            total.counters.moved_bytes += s.counters.moved_bytes;
-            total.counters.refused_moves += s.counters.refused_moves;
-            total.counters.callback_panics += s.counters.callback_panics;
-            total.counters.evicted_objects += s.counters.evicted_objects;
-            total.counters.retired_slots += s.counters.retired_slots;
-            total.counters.returned_slots += s.counters.returned_slots;
-            total.counters.compaction_nanos += s.counters.compaction_nanos;
+            total.counters += s.counters;
         }
         total.fragmentation = crate::compact::fragmentation(total.resident_bytes, total.live_bytes);
         total

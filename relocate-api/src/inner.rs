@@ -272,6 +272,34 @@ pub struct Counters {
     pub drop_panics: u64,
 }
 
+/// Sums every counter (destructured, so that a counter added later cannot be left out).
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, other: Counters) {
+        let Counters {
+            moved_objects,
+            moved_bytes,
+            refused_moves,
+            callback_panics,
+            evicted_objects,
+            released_bytes,
+            compaction_nanos,
+            retired_slots,
+            returned_slots,
+            drop_panics,
+        } = other;
+        self.moved_objects += moved_objects;
+        self.moved_bytes += moved_bytes;
+        self.refused_moves += refused_moves;
+        self.callback_panics += callback_panics;
+        self.evicted_objects += evicted_objects;
+        self.released_bytes += released_bytes;
+        self.compaction_nanos += compaction_nanos;
+        self.retired_slots += retired_slots;
+        self.returned_slots += returned_slots;
+        self.drop_panics += drop_panics;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,7 +140,13 @@ fn the_background_compactor_backs_off_when_its_rounds_do_nothing() {
         let intervals = began.elapsed().as_millis() / 2;
         let report = compactor.report();
         done_tx.send(()).unwrap();
-        // About 200 intervals: 1 + 2 + 4 + ... + 64 skipped after the first fruitless rounds.
+        // About 200 intervals: 1 + 2 + 4 + ... + 64 skipped after the first fruitless rounds. The
+        // rounds go on meanwhile, and the compactor did try (a compactor that never runs would
+        // pass the bound above).
+        assert!(
+            report.compactions >= 2 && report.rounds >= 20,
+            "{report:?} in about {intervals} intervals"
+        );
         assert!(
             report.compactions <= 30,
             "{} compactions in about {intervals} intervals",

@@ -34,7 +34,7 @@ use crate::view::{read_many, read_slot};
 use alloc_core::movable::MAX_MOVABLE_BYTES;
 use crossbeam_epoch::Collector;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Bytes of the length in front of every blob.
@@ -243,9 +243,11 @@ impl BlobCache {
             (Err(e), None) => return Err(e),
         };
         // After the class is published, so that a join running meanwhile either sees the class or
-        // has set the flag. (Were both missed, the class would stay in the shared arenas: where its
-        // slabs go, nothing more.)
-        if self.counts.joined.load(Ordering::SeqCst) {
+        // has set the flag: a store-then-load on each side, which needs a `SeqCst` fence between
+        // the two on both (`OnceLock` publishes with release only). Were both missed, the class
+        // would stay in the shared arenas: where its slabs go, nothing more.
+        fence(Ordering::SeqCst);
+        if self.counts.joined.load(Ordering::Relaxed) {
             class.join_arena_group();
         }
         Ok(class)
@@ -323,7 +325,9 @@ impl BlobCache {
         }
         let live: usize = self.made().map(|(_, class)| class.live_block_bytes()).sum();
         if live >= alloc_core::movable::ARENA_BYTES {
-            self.counts.joined.store(true, Ordering::SeqCst);
+            self.counts.joined.store(true, Ordering::Relaxed);
+            // See `class_or_make`: the store, then the classes' load, across a `SeqCst` fence.
+            fence(Ordering::SeqCst);
             for (_, class) in self.made() {
                 class.join_arena_group();
             }

@@ -6,7 +6,10 @@
 //! it abandons the heap and points the thread at `DEAD_HEAP`, whose allocations are served from a shared
 //! fallback heap under a lock, so allocating during and after thread-local destruction keeps working.
 //! `pthread_atfork` handlers take every allocator lock before `fork` and release them in both
-//! processes, so a child never inherits a lock held by a thread that does not exist in it.
+//! processes, so a child never inherits a lock held by a thread that does not exist in it. The
+//! heaps of the parent's other threads are left alone in the child, owned by no thread: one may
+//! have been copied halfway through a change its owner was making (heaps take no lock), so its
+//! slabs and the memory they hold stay as they are, and frees into them wait for good.
 
 use crate::heap::Heap;
 use crate::lock::SpinLock;

@@ -466,7 +466,7 @@ impl BlobCache {
         // handle: the slot's generation has moved on.
         let removed = self
             .owner(handle, guard)
-            .is_some_and(|(_, c)| c.remove_at(handle.inner(), guard, |_| ()).is_some());
+            .is_some_and(|(_, c)| c.remove_at(handle.inner(), guard, None, |_| ()).is_some());
         if removed {
             self.counts.removals.add(1);
         }
@@ -492,8 +492,11 @@ impl BlobCache {
                 };
                 // As in `remove`: a blob removed since it was read only makes the generation refuse.
                 if let Some((_, class)) = self.class_holding(blob) {
-                    removed +=
-                        usize::from(class.remove_at(handles[i].inner(), guard, |_| ()).is_some());
+                    removed += usize::from(
+                        class
+                            .remove_at(handles[i].inner(), guard, None, |_| ())
+                            .is_some(),
+                    );
                 }
             },
         );

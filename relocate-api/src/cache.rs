@@ -867,7 +867,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             if let Some(ahead) = handles.get(i + SLOT_AHEAD) {
                 self.table.prefetch_slot(ahead.index());
             }
-            removed += usize::from(self.remove_at(handle, guard, |_| ()).is_some());
+            removed += usize::from(self.remove_at(handle, guard, None, |_| ()).is_some());
         }
         removed
     }
@@ -879,15 +879,19 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         guard: &Guard,
         f: impl FnOnce(&T) -> U,
     ) -> Option<U> {
-        // SAFETY: the object was live until this removal, and is retired (not freed) after `f`.
-        self.remove_at(handle, guard, |addr| f(unsafe { &*(addr as *const T) }))
+        self.remove_at(handle, guard, None, |addr| {
+            // SAFETY: the object was live until this removal, and is retired (not freed) after `f`.
+            f(unsafe { &*(addr as *const T) })
+        })
     }
 
-    /// Removes the object, calling `f` with its address (still valid) first.
+    /// Removes the object (only while it is at `at`, if given: see [`Slot::begin_remove_if`]),
+    /// calling `f` with its address (still valid) first.
     pub(crate) fn remove_at<U>(
         &self,
         handle: Handle<T>,
         guard: &Guard,
+        at: Option<usize>,
         f: impl FnOnce(usize) -> U,
     ) -> Option<U> {
         self.check_guard(guard);
@@ -903,7 +907,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             // closure may be waiting for the lock this thread holds (it may insert or update): never
             // wait for it. Nor answer as if the handle were stale, which could make the caller lose
             // the object.
-            match slot.try_begin_remove(counter, home) {
+            match slot.begin_remove_if(counter, home, false, at) {
                 TryRemove::Removed(addr) => addr,
                 TryRemove::Stale => return None,
                 TryRemove::Held => panic!(
@@ -912,7 +916,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 ),
             }
         } else {
-            slot.begin_remove(counter, home)?
+            match slot.begin_remove_if(counter, home, true, at) {
+                TryRemove::Removed(addr) => addr,
+                _ => return None,
+            }
         };
         // Account for the removal before `f` runs, so that a panicking `f` loses nothing: the block
         // stays valid for `f` all the same, since nothing retired under `guard` is freed before the

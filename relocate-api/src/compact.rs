@@ -440,7 +440,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 continue;
             }
             let handle = self.handle_for(index, counter);
-            self.remove_at(handle, guard, |addr| {
+            // Only if it is still in the arena: an update or a move may take it elsewhere meanwhile.
+            self.remove_at(handle, guard, Some(addr), |addr| {
                 tally.evicted += 1;
                 on_evict(handle, addr);
             });

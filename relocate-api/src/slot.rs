@@ -402,7 +402,7 @@ impl Slot {
     /// Takes the object for writing; waits while another writer, remover or mover holds it.
     /// `None` when the slot no longer holds generation `gen`.
     pub fn begin_write(&self, gen: u32, home: Home) -> Option<usize> {
-        match self.take(gen, home, true) {
+        match self.take(gen, home, true, None) {
             TryRemove::Removed(addr) => Some(addr),
             _ => None,
         }
@@ -416,7 +416,7 @@ impl Slot {
     /// Empties the slot; waits while a writer or mover holds it. Returns the old address; the slot is
     /// then vacant under the next generation, so handles to it are stale. `None` if already stale.
     pub fn begin_remove(&self, gen: u32, home: Home) -> Option<usize> {
-        match self.try_or_begin_remove(gen, home, true) {
+        match self.begin_remove_if(gen, home, true, None) {
             TryRemove::Removed(addr) => Some(addr),
             _ => None,
         }
@@ -425,11 +425,21 @@ impl Slot {
     /// [`begin_remove`](Self::begin_remove) that never waits (for a thread that a holder of the
     /// slot may be waiting for).
     pub fn try_begin_remove(&self, gen: u32, home: Home) -> TryRemove {
-        self.try_or_begin_remove(gen, home, false)
+        self.begin_remove_if(gen, home, false, None)
     }
 
-    fn try_or_begin_remove(&self, gen: u32, home: Home, wait: bool) -> TryRemove {
-        let taken = self.take(gen, home, wait);
+    /// [`begin_remove`](Self::begin_remove) if `wait`, else
+    /// [`try_begin_remove`](Self::try_begin_remove); given `at`, of the object only while it is
+    /// there: once moved (or updated) elsewhere it is answered `Stale`, as if removed (for an
+    /// eviction, which removes the objects of one arena).
+    pub fn begin_remove_if(
+        &self,
+        gen: u32,
+        home: Home,
+        wait: bool,
+        at: Option<usize>,
+    ) -> TryRemove {
+        let taken = self.take(gen, home, wait, at);
         if let TryRemove::Removed(_) = taken {
             // One store clears `LIVE` and bumps the generation: no reader can pair either
             // generation with the other state. A generation that wraps retires the slot in the
@@ -444,8 +454,9 @@ impl Slot {
     }
 
     /// Sets `WRITING` on the slot of the live object of generation `gen` (`Removed` then carries the
-    /// object's address), waiting while another holder has it (`wait`) or giving up (`Held`).
-    fn take(&self, gen: u32, home: Home, wait: bool) -> TryRemove {
+    /// object's address), waiting while another holder has it (`wait`) or giving up (`Held`); if
+    /// `at` is given, only while the object is at that address (`Stale` once it is not).
+    fn take(&self, gen: u32, home: Home, wait: bool, at: Option<usize>) -> TryRemove {
         let expected = with_gen(gen) | LIVE;
         let mut spins = 0;
         loop {
@@ -460,6 +471,9 @@ impl Slot {
                 }
                 backoff(&mut spins);
                 continue;
+            }
+            if at.is_some_and(|at| address_in(word) != at) {
+                return TryRemove::Stale;
             }
             if self
                 .word

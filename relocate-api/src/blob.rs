@@ -24,7 +24,7 @@
 //! class in turn.
 
 use crate::cache::{next_tag, tag_bits, CacheError, ReleaseArenasOnDrop, RelocCache};
-use crate::compact::{add_to_arena, Arenas, Budget, CacheStats, CompactReport};
+use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
 use crate::guard::{flush_until_quiet, next_epoch_id, Guard, Reader};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
@@ -544,7 +544,7 @@ impl BlobCache {
         budget: Budget,
     ) -> Result<CompactReport, CacheError> {
         guard.check(self.epoch);
-        let mut arenas = self.live_bytes_by_arena(Arenas::All)?;
+        let mut arenas = self.live_bytes_by_arena()?;
         arenas.sort_by_key(|&(arena, bytes)| (bytes, arena));
         let mut total = CompactReport::default();
         let mut left = Some(budget);
@@ -595,12 +595,11 @@ impl BlobCache {
         Ok(total)
     }
 
-    /// (arena, live bytes of blobs) for every arena (of those `which`) holding blobs of this cache,
-    /// in no order.
-    fn live_bytes_by_arena(&self, which: Arenas) -> Result<Vec<(usize, usize)>, CacheError> {
+    /// (arena, live bytes of blobs) for every arena holding blobs of this cache, in no order.
+    fn live_bytes_by_arena(&self) -> Result<Vec<(usize, usize)>, CacheError> {
         let mut arenas: Vec<(usize, usize)> = Vec::new();
         for (_, class) in self.made() {
-            for (arena, bytes) in class.live_bytes_by_arena(which)? {
+            for (arena, bytes) in class.live_bytes_by_arena()? {
                 add_to_arena(&mut arenas, arena, bytes);
             }
         }
@@ -617,7 +616,7 @@ impl BlobCache {
         guard: &Guard,
         on_evict: impl FnMut(BlobHandle, &[u8]),
     ) -> Result<CompactReport, CacheError> {
-        let arenas = self.live_bytes_by_arena(Arenas::Evictable)?;
+        let arenas = self.live_bytes_by_arena()?;
         let sparsest = (arenas.iter())
             .min_by_key(|&&(a, bytes)| (bytes, a))
             .map(|&(a, _)| a);

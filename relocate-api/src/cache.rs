@@ -313,7 +313,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 arena_group: tag,
                 joins_itself: standalone,
                 join_check_mask: join_check_mask(block_bytes),
-                evicted_arenas: Vec::new(),
                 counters: Counters::default(),
             })),
             retired: Arc::default(),
@@ -453,7 +452,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     fn take_back(&self, inner: &mut Inner) {
         let retired = self.retired.take();
         for block in retired.blocks {
-            inner.block_came_back(block);
             // SAFETY: retired blocks were allocated by this heap and their epoch has passed.
             unsafe { inner.heap.free(NonNull::new_unchecked(block as *mut u8)) };
         }

@@ -282,7 +282,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         k: usize,
         budget: Budget,
     ) -> Result<CompactReport, CacheError> {
-        let arenas = self.arenas_by_live(Arenas::All)?;
+        let arenas = self.arenas_by_live()?;
         let mut total = CompactReport::default();
         let mut left = Some(budget);
         for (arena, _) in arenas.into_iter().take(k) {
@@ -297,15 +297,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         Ok(total)
     }
 
-    /// (arena, live objects) for every arena holding this cache's slabs, fewest live first; for a
-    /// reclaim, `Evictable` leaves out the arenas being evicted (see `Inner::is_being_evicted`).
-    fn arenas_by_live(&self, which: Arenas) -> Result<Vec<(usize, usize)>, CacheError> {
+    /// (arena, live objects) for every arena holding this cache's slabs, fewest live first.
+    fn arenas_by_live(&self) -> Result<Vec<(usize, usize)>, CacheError> {
         let inner = self.lock()?;
         let mut arenas: Vec<(usize, usize)> = Vec::new();
         for slab in inner.heap.slabs() {
-            if which == Arenas::Evictable && inner.is_being_evicted(slab.arena) {
-                continue;
-            }
             add_to_arena(&mut arenas, slab.arena, slab.live);
         }
         arenas.sort_by_key(|&(arena, live)| (live, arena));
@@ -315,9 +311,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// Eviction for re-creatable data: removes every object in the arena with the fewest live objects,
     /// telling `on_evict` of each (handle and value, before it is dropped). Their handles resolve to
     /// `None` at once; the memory goes back after the epoch ([`RelocCache::flush`]). Until then the
-    /// evicted objects' blocks still count in their arena, and reclaims pass that arena over: a
-    /// reclaim right after another takes the next arena (it used to pick the same one again and
-    /// find nothing left to evict, so a cache held to a budget had to flush between reclaims).
+    /// evicted objects' blocks still count in their arena, so flush between two reclaims, or the
+    /// second may pick the same arena and find nothing left to evict.
     ///
     /// Eviction works an arena at a time (2 MiB of the cache's slabs, or the cache's share of an
     /// arena shared by small caches): a cache holding less than 2 MiB loses every object in one
@@ -338,7 +333,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         on_evict: impl FnMut(Handle<T>, &T),
     ) -> Result<CompactReport, CacheError> {
         self.check_guard(guard);
-        let sparsest = (self.arenas_by_live(Arenas::Evictable)?.first()).map(|&(arena, _)| arena);
+        let sparsest = self.arenas_by_live()?.first().map(|&(arena, _)| arena);
         self.reclaim_arena(guard, sparsest, on_evict)
     }
 
@@ -370,10 +365,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// `SlabView::arena_serial`).
     pub(crate) fn oldest_arena(&self) -> Result<Option<(u64, usize)>, CacheError> {
         let inner = self.lock()?;
-        Ok((inner.heap.slabs())
-            .filter(|s| !inner.is_being_evicted(s.arena))
-            .map(|s| (s.arena_serial, s.arena))
-            .min())
+        Ok(inner.heap.slabs().map(|s| (s.arena_serial, s.arena)).min())
     }
 
     fn reclaim_arena(
@@ -393,14 +385,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         })
     }
 
-    /// Live bytes of this cache per arena (of the arenas `which`).
-    pub(crate) fn live_bytes_by_arena(
-        &self,
-        which: Arenas,
-    ) -> Result<Vec<(usize, usize)>, CacheError> {
+    /// Live bytes of this cache per arena.
+    pub(crate) fn live_bytes_by_arena(&self) -> Result<Vec<(usize, usize)>, CacheError> {
         let size = self.object_bytes;
         Ok(self
-            .arenas_by_live(which)?
+            .arenas_by_live()?
             .into_iter()
             .map(|(a, live)| (a, live * size))
             .collect())
@@ -433,7 +422,6 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         };
         let mut tally = EvictionTally {
             cache: &self.inner,
-            arena,
             evicted: 0,
             started,
         };
@@ -751,17 +739,8 @@ pub(crate) fn fragmentation(resident: usize, live_bytes: usize) -> f64 {
 
 /// A reclaim's evictions so far: added to its cache's counters when dropped, so that an `on_evict`
 /// that panics leaves the evictions made before it counted (each was made when it was counted).
-/// Which arenas a look over a cache's arenas takes in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arenas {
-    All,
-    /// Those a reclaim may pick: not those whose evicted objects' blocks wait for the epoch.
-    Evictable,
-}
-
 struct EvictionTally<'c> {
     cache: &'c Mutex<Inner>,
-    arena: usize,
     evicted: usize,
     started: Instant,
 }
@@ -770,7 +749,6 @@ impl Drop for EvictionTally<'_> {
     fn drop(&mut self) {
         // The mutex itself: the reclaim has passed `RelocCache::lock`'s check for reentry.
         let mut inner = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        inner.note_evicted(self.arena, self.evicted);
         inner.counters.evicted_objects += self.evicted as u64;
         inner.counters.compaction_nanos += self.started.elapsed().as_nanos() as u64;
     }

@@ -53,10 +53,6 @@ pub(crate) struct Inner {
     /// check is due (see `join_check_mask`).
     pub(crate) joins_itself: bool,
     pub(crate) join_check_mask: usize,
-    /// Arenas this cache evicted objects from whose blocks have not all come back from the epoch
-    /// yet, each with how many are still to come (see `is_being_evicted`). A few at most: one per
-    /// reclaim the epoch has not caught up with.
-    pub(crate) evicted_arenas: Vec<(usize, usize)>,
     pub(crate) counters: Counters,
 }
 
@@ -164,38 +160,6 @@ impl Inner {
             self.free.push(index, slot);
             self.listed += 1;
         }
-    }
-
-    /// Notes that an eviction removed `blocks` objects in `arena`: their blocks wait for the epoch.
-    pub(crate) fn note_evicted(&mut self, arena: usize, blocks: usize) {
-        if blocks > 0 {
-            crate::compact::add_to_arena(&mut self.evicted_arenas, arena, blocks);
-        }
-    }
-
-    /// Notes that the retired block at `addr` came back (is about to be freed). Blocks removed
-    /// otherwise count too: an arena then leaves the list early, which only lets a reclaim pick it
-    /// again.
-    pub(crate) fn block_came_back(&mut self, addr: usize) {
-        if self.evicted_arenas.is_empty() {
-            return;
-        }
-        let arena = addr & !(alloc_core::movable::ARENA_BYTES - 1);
-        if let Some(at) = self.evicted_arenas.iter().position(|&(a, _)| a == arena) {
-            let left = &mut self.evicted_arenas[at].1;
-            *left -= 1;
-            if *left == 0 {
-                self.evicted_arenas.swap_remove(at);
-            }
-        }
-    }
-
-    /// Whether this cache evicted the objects of `arena` and some of their blocks still wait for
-    /// the epoch: a reclaim passes it over, since its blocks count as live until they come back and
-    /// it would otherwise be picked again (as the oldest, or the sparsest) and yield little or
-    /// nothing. So reclaims can follow one another without a flush between them.
-    pub(crate) fn is_being_evicted(&self, arena: usize) -> bool {
-        self.evicted_arenas.iter().any(|&(a, _)| a == arena)
     }
 
     /// Notes that a home slot of `unit` holds an object, for `slot_ranges`.

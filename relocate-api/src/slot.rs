@@ -805,6 +805,27 @@ mod tests {
     }
 
     #[test]
+    fn a_removal_at_an_address_refuses_an_object_that_moved() {
+        let slot = Slot::new();
+        let home = Home::new(0x40, 1, tag_bits(1));
+        slot.publish_new(0x40, home);
+        let gen = slot.generation();
+        // An update moves the object from its home to 0x80.
+        assert_eq!(slot.begin_write(gen, home), Some(0x40));
+        slot.finish_write(0x80, home);
+        assert_eq!(
+            slot.begin_remove_if(gen, home, true, Some(0x40)),
+            TryRemove::Stale
+        );
+        assert_eq!(slot.read(home, gen), Some(0x80), "still live, untouched");
+        assert_eq!(
+            slot.begin_remove_if(gen, home, false, Some(0x80)),
+            TryRemove::Removed(0x80)
+        );
+        assert_eq!(slot.read(home, gen), None);
+    }
+
+    #[test]
     fn the_removal_of_the_last_generation_retires_the_slot() {
         assert_eq!(next_generation(GEN_COUNTER_MASK), 0);
         let slot = Slot::new();

@@ -925,3 +925,67 @@ fn one_budget_serves_every_class() {
         assert_eq!(slabs, unlimited_slabs, "{budget:?} after {calls} calls");
     }
 }
+
+/// Calls with a small budget take the classes in turn: one that always has a budget's worth to
+/// move (here a class whose blobs are replaced all the time) does not keep the others from being
+/// compacted. (When each call resumed at the class whose pass ran out, a review's churning class
+/// took every call's budget, and none of the other class's blobs ever moved.)
+#[test]
+fn a_churning_class_does_not_starve_the_others_of_budget() {
+    let cache = BlobCache::new().unwrap();
+    let reader = cache.reader();
+    let (mut churning, mut quiet) = (Vec::new(), Vec::new());
+    {
+        let guard = reader.pin();
+        let mut gone = Vec::new();
+        for i in 0..3_000u64 {
+            let a = cache.insert(&value(i, 1000)).unwrap();
+            let b = cache.insert(&value(i, 3000)).unwrap();
+            if i % 10 == 0 {
+                churning.push((a, i));
+                quiet.push((b, i));
+            } else {
+                gone.extend([a, b]);
+            }
+        }
+        assert_eq!(cache.remove_many(&gone, &guard), gone.len());
+    }
+    cache.flush(&reader);
+    let addresses = |blobs: &[(BlobHandle, u64)], len: usize| -> Vec<usize> {
+        let guard = reader.pin();
+        (blobs.iter())
+            .map(|&(h, seed)| {
+                let blob = cache.get(h, &guard).unwrap();
+                assert_eq!(blob, &value(seed, len)[..]);
+                blob.as_ptr() as usize
+            })
+            .collect()
+    };
+    let before = addresses(&quiet, 3000);
+    let mut seed = 1u64;
+    for round in 0..100u64 {
+        let guard = reader.pin();
+        let report = cache.compact(&guard, Budget::Objects(20)).unwrap();
+        assert!(report.moved_objects <= 20, "{report:?}");
+        let mut gone = Vec::new();
+        for k in 0..40 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = seed as usize % churning.len();
+            gone.push(churning[at].0);
+            let fresh = 10_000 + round * 100 + k;
+            churning[at] = (cache.insert(&value(fresh, 1000)).unwrap(), fresh);
+        }
+        assert_eq!(cache.remove_many(&gone, &guard), gone.len());
+        drop(guard);
+        cache.flush(&reader);
+    }
+    let after = addresses(&quiet, 3000);
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(
+        moved > 0,
+        "none of the quiet class's blobs moved in 100 calls"
+    );
+    addresses(&churning, 1000);
+}

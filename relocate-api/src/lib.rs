@@ -38,12 +38,13 @@
 //! vacant slots handed back in batches through the epoch, loom-checked), `table` (slots that never
 //! move), `home` (slot indices that name a block's place, so a read need not wait for the slot),
 //! `handle`, `policy` (the [`Relocatable`] contract and callbacks), `guard` (readers and epoch
-//! guards), `view` (the read path: one slot load per get), `cache` (insert, update, remove),
-//! `inner` (a cache's state under its lock: slot bookkeeping and totals), `free` (vacant slots
-//! listed per run of 256, so wholly vacant runs go back cheaply), `compact` (moves,
-//! evacuation, eviction, statistics), `blob` (the byte-blob flavour), `background` (the compactor
-//! thread), `reentry` (what a thread is in the middle of, so that calls that would wait for their
-//! own thread are refused).
+//! guards), `view` (the read path: one slot load per get), `cache` (the cache, its lock and its
+//! read API), `write` (insert, update, remove), `inner` (a cache's state under its lock: slot
+//! bookkeeping and totals), `free` (vacant slots listed per run of 256, so wholly vacant runs go
+//! back cheaply), `compact` (moves, evacuation, eviction, statistics), `blob` (the byte-blob
+//! flavour), `background` (the compactor thread), `reentry` (what a thread is in the middle of,
+//! so that calls that would wait for their own thread are refused), `striped` (counters many
+//! threads bump without sharing a cache line), `sync` (the atomics, loom's under `--cfg loom`).
 
 mod sync;
 
@@ -81,6 +82,8 @@ mod striped;
 mod table;
 #[cfg(not(loom))]
 mod view;
+#[cfg(not(loom))]
+mod write;
 
 #[cfg(not(loom))]
 pub use background::{start_compactor, BackgroundReport, Compactable, Compactor, CompactorConfig};

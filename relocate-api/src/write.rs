@@ -133,16 +133,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             self.join_arena_group_if_grown(inner);
         }
         let may_touch_more = inner.may_touch_more(|| self.live(inner));
-        if inner.free.is_empty() && !may_touch_more {
-            inner.list_parked_slots(&self.table, &self.homes);
-        }
-        if inner.free.is_empty() {
-            // A spare for the free lists, in case the block's home slot is not free.
-            let index = (inner.fresh_slot(&self.table, self.claim_slots, self.homes.exist()))
-                .ok_or(CacheError::OutOfMemory)?;
-            let slot = self.table.get(index).expect("claimed slots are accessible");
-            inner.free.push(index, slot);
-        }
+        self.list_a_spare_slot(inner, may_touch_more)?;
         let (homes, table) = (&self.homes, &self.table);
         let Inner {
             heap,
@@ -197,6 +188,22 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             self.handle_for(index, counter),
             join_due && !inner.joins_itself,
         ))
+    }
+
+    /// Makes sure a vacant slot is listed in `inner.free`, for an insert whose block's home slot
+    /// turns out not to be free: the parked home slots, if the cache may use no fresh one
+    /// (`may_touch_more`), else a fresh slot.
+    fn list_a_spare_slot(&self, inner: &mut Inner, may_touch_more: bool) -> Result<(), CacheError> {
+        if inner.free.is_empty() && !may_touch_more {
+            inner.list_parked_slots(&self.table, &self.homes);
+        }
+        if inner.free.is_empty() {
+            let index = (inner.fresh_slot(&self.table, self.claim_slots, self.homes.exist()))
+                .ok_or(CacheError::OutOfMemory)?;
+            let slot = self.table.get(index).expect("claimed slots are accessible");
+            inner.free.push(index, slot);
+        }
+        Ok(())
     }
 
     /// Replaces the object with `f(&old)` (read-copy-update): readers see the old or the new value,

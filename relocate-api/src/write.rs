@@ -192,7 +192,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
 
     /// Makes sure a vacant slot is listed in `inner.free`, for an insert whose block's home slot
     /// turns out not to be free: the parked home slots, if the cache may use no fresh one
-    /// (`may_touch_more`), else a fresh slot.
+    /// (`may_touch_more`); then, if none is listed yet, a fresh slot.
     fn list_a_spare_slot(&self, inner: &mut Inner, may_touch_more: bool) -> Result<(), CacheError> {
         if inner.free.is_empty() && !may_touch_more {
             inner.list_parked_slots(&self.table, &self.homes);

@@ -257,8 +257,8 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
     /// A cache of objects of `object_bytes` (at least `size_of::<T>()`) that may share `collector`
     /// (whose identity is `epoch`), its tag (from `take_tag`, called only once nothing else can fail:
     /// tags are never reused, so a failed construction must not use one up) and its `table` (from which
-    /// it claims `claim_slots` at a time) with others; with `homes`, the table is the cache's own and
-    /// objects use their blocks' home slots (see `home`). A shared collector is only for types without
+    /// it claims `claim_slots` at a time) with others; if it `owns_table`, objects use their
+    /// blocks' home slots (see `home`). A shared collector is only for types without
     /// drop glue: a sibling may keep the collector, and so this cache's pending deferred functions,
     /// alive after this cache is dropped. Siblings sharing a tag must share the table too, and must
     /// never be handed each other's handles: the byte-blob classes find a handle's class from its
@@ -267,7 +267,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         relocator: R,
         collector: Collector,
         (epoch, take_tag): (usize, impl FnOnce() -> Result<u32, CacheError>),
-        (table, claim_slots, homes): (SlotTable, usize, bool),
+        (table, claim_slots, owns_table): (SlotTable, usize, bool),
         object_bytes: usize,
     ) -> Result<Self, CacheError> {
         debug_assert!(object_bytes >= size_of::<T>());
@@ -278,16 +278,10 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             return Err(CacheError::OutOfMemory);
         }
         let tag = take_tag()?;
-        // A cache asked for homes owns its table: it is not a byte-blob class, whose `BlobCache`
-        // gives memory back for all its classes when dropped.
-        let standalone = homes;
-        let homes = if homes { Homes::of(&heap) } else { Homes::NONE };
         // A `get` finds homes with `HomeOf<T>`, the compile-time copy of this geometry.
-        let homes = if homes.is_that_of::<T>() {
-            homes
-        } else {
-            Homes::NONE
-        };
+        let homes = Some(Homes::of(&heap))
+            .filter(|homes| owns_table && homes.is_that_of::<T>())
+            .unwrap_or(Homes::NONE);
         let block_bytes = heap.block_bytes();
         Ok(Self {
             table,
@@ -306,7 +300,7 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
                 listed_at_scan: 0,
                 // A byte-blob class joins when its `BlobCache` as a whole fills an arena.
                 arena_group: tag,
-                joins_itself: standalone,
+                joins_itself: owns_table,
                 join_check_mask: join_check_mask(block_bytes),
                 counters: Counters::default(),
             })),
@@ -320,7 +314,9 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
             homes,
             block_bytes,
             _type: PhantomData,
-            release_on_drop: ReleaseArenasOnDrop::new(standalone),
+            // A cache that does not own its table is a byte-blob class, whose `BlobCache` gives
+            // memory back for all its classes when dropped.
+            release_on_drop: ReleaseArenasOnDrop::new(owns_table),
         })
     }
 

@@ -94,8 +94,11 @@ mod imp {
         let entry = chunk_entry(chunk).map_or(0, |e| e.load(Ordering::Acquire));
         let registered = entry != 0;
         if addr & ARENA_MASK == 0 {
-            // A 2 MiB-aligned huge object registers its own chunk.
-            if !registered {
+            // A 2 MiB-aligned huge object registers its own chunk as such. Any other 2 MiB-aligned
+            // address (an arena's base, where its descriptors are, or a freed object's chunk
+            // taken since by an arena) was never handed out: a free of it would read descriptors
+            // 8 KiB below as a huge mapping's.
+            if entry != OBJECT {
                 report_raw(
                     b"free of a pointer this allocator does not own (or a double free)",
                     object,

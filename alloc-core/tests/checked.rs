@@ -7,7 +7,7 @@
 //! the block); a double free after a remote free of a block whose owner then frees it; a large-span
 //! double free; a huge-mapping double free, also once its kept mapping was reused with the object
 //! elsewhere; a foreign pointer (from `System`); an interior pointer, into a block and into a huge
-//! allocation.
+//! allocation; the base of an arena (2 MiB-aligned, like a huge object, but never handed out).
 //! `valid_frees_do_not_abort` proves the checks are quiet on correct use.
 //!
 //! Run with `cargo test -p alloc-core --features checked --test checked`.
@@ -115,6 +115,14 @@ fn scenario(name: &str) {
             announce(p + 16);
             free(p + 16, layout);
         }
+        "arena_base" => {
+            // The base of the arena a small block lies in: 2 MiB-aligned, registered, never
+            // handed out (the arena's descriptors are there).
+            let (p, l) = alloc(256);
+            let base = p & !((2 << 20) - 1);
+            announce(base);
+            free(base, l);
+        }
         "interior" => {
             let (p, l) = alloc(256);
             announce(p + 8);
@@ -195,6 +203,7 @@ misuse_test!(
     "huge_interior",
     "not the start of a huge allocation"
 );
+misuse_test!(arena_base_pointer_aborts, "arena_base", "does not own");
 misuse_test!(
     interior_pointer_aborts,
     "interior",

@@ -328,7 +328,12 @@ pub fn start_background_purger(interval: std::time::Duration) -> bool {
             std::thread::sleep(interval);
             maintain();
         });
-    spawned.is_ok()
+    if spawned.is_err() {
+        // Nothing runs: a later call may try again.
+        PURGER_STARTED.store(0, Ordering::Release);
+        return false;
+    }
+    true
 }
 
 /// Recounts the counter invariants of every slab the calling thread's heap owns (tests and the

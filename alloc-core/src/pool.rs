@@ -9,8 +9,8 @@
 //! - The slab pool holds partly used slabs with no owner (`owner == UNOWNED`); any heap that needs a
 //!   slab of that class takes one before it asks the arenas for fresh units.
 //!
-//! Lock order: `FALLBACK` → `ABANDONED` → `SLAB_POOL` → arena `POOL` → `STORE`. No lock is held while calling into the heap
-//! fast paths.
+//! Lock order: `FALLBACK` → `ABANDONED` → `SLAB_POOL` → arena `POOL` → `REGION` (movable region)
+//! → `STORE` → the huge cache's. No lock is held while calling into the heap fast paths.
 
 use crate::heap::{release_slab_to_arena, Heap, SlabList};
 use crate::lock::SpinLock;
@@ -247,6 +247,7 @@ pub(crate) fn lock_all_for_fork() {
     ABANDONED.lock_raw();
     SLAB_POOL.lock_raw();
     crate::arena::POOL.lock_raw();
+    crate::region::lock_for_fork();
     STORE.lock_raw();
     crate::huge_cache::lock_for_fork();
 }
@@ -258,6 +259,7 @@ pub(crate) unsafe fn unlock_all_after_fork() {
     unsafe {
         crate::huge_cache::unlock_after_fork();
         STORE.unlock_raw();
+        crate::region::unlock_after_fork();
         crate::arena::POOL.unlock_raw();
         SLAB_POOL.unlock_raw();
         ABANDONED.unlock_raw();

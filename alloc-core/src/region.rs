@@ -71,6 +71,20 @@ static REGION: SpinLock<Region> = SpinLock::new(Region {
     free_len: 0,
 });
 
+/// `pthread_atfork` support (see `pool::lock_all_for_fork`): a fork while another thread reserves
+/// the region (which holds this lock across its `mmap` attempts, outside the pool lock) must not
+/// leave the child with the lock held.
+pub(crate) fn lock_for_fork() {
+    REGION.lock_raw();
+}
+
+/// # Safety
+/// - After `lock_for_fork`, once, in the parent or in the child.
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: the caller's contract.
+    unsafe { REGION.unlock_raw() };
+}
+
 /// Reserves the region now if it is not yet (idempotent). False if it cannot be had: then no movable
 /// arena can be made.
 pub fn reserve_movable_region() -> bool {
@@ -87,9 +101,10 @@ pub fn data_start() -> usize {
 #[inline]
 pub(crate) fn is_data(addr: usize) -> bool {
     // Acquire pairs with the release that publishes the start after the end; the bounds are written
-    // once, before any piece (so any movable address) exists.
+    // once, before any piece (so any movable address) exists. While the start is 0 the end may be
+    // set already (the reservation under way), and every address below it would pass.
     let start = DATA_START.load(Ordering::Acquire);
-    addr.wrapping_sub(start) < DATA_END.load(Ordering::Relaxed) - start
+    start != 0 && addr.wrapping_sub(start) < DATA_END.load(Ordering::Relaxed) - start
 }
 
 /// The metadata piece of the arena holding `addr`, a movable arena's data address.

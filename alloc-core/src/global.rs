@@ -379,9 +379,7 @@ mod tests {
                 // SAFETY: allocated above with this layout, freed once.
                 unsafe { SlabAlloc.dealloc(p, layout) };
             }
-            if step % 97 == 0 {
-                check_thread_heap_invariants();
-            }
+            check_thread_heap_invariants();
         }
         for (p, layout) in live {
             // SAFETY: as above.

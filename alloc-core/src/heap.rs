@@ -471,6 +471,8 @@ impl Heap {
     pub(crate) fn check_invariants(&self) {
         let mut slabs = 0;
         for class in 0..NUM_CLASSES {
+            let current = self.current[class].get();
+            let mut current_listed = ptr::eq(current, empty_slab());
             for (list, parked) in [(&self.avail[class], false), (&self.full[class], true)] {
                 let mut slab = list.head();
                 while !slab.is_null() {
@@ -480,11 +482,21 @@ impl Heap {
                     assert_eq!(s.class.get() as usize, class);
                     assert_eq!(s.owner.load(Ordering::Relaxed), self.addr());
                     assert_eq!(s.is_full_parked(), parked);
+                    // The owner frees into it locally exactly when it is not parked.
+                    let key = if parked { self.addr() | 1 } else { self.addr() };
+                    assert_eq!(s.local_key.load(Ordering::Relaxed), key);
+                    // Only a parked slab waits for a first remote free to hand over.
+                    assert!(parked || !s.remote.is_armed());
+                    current_listed |= !parked && ptr::eq(slab, current);
                     s.check_invariants();
                     slabs += 1;
                     slab = s.next.get();
                 }
             }
+            assert!(
+                current_listed,
+                "class {class}'s current slab is not on its avail list"
+            );
         }
         assert_eq!(self.owned_slabs.get(), slabs);
     }

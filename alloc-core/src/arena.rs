@@ -163,7 +163,8 @@ pub(crate) struct ArenaHeader {
     /// When a unit was last taken while the arena was huge-paged with units free (see
     /// `maintain_kinds`: its never-used units are resident until it grows into them).
     grown_ms: u64,
-    /// Oldest time a unit became dirty, or the arena became empty.
+    /// When the oldest dirty unit became dirty, or the arena emptied if it did since (see
+    /// `free_units`).
     dirty_since_ms: u64,
     /// The pool list the arena is on: its longest run of free units (see [`KindList`]).
     bucket: u8,
@@ -536,10 +537,12 @@ impl ArenaPool {
         let header = unsafe { &mut (*arena).header };
         let mask = run_mask(first, count);
         debug_assert_eq!(header.free_units & mask, 0);
-        if header.dirty_units == 0 {
+        header.free_units |= mask;
+        // The delay runs from the oldest dirty unit, and for the arena's unmapping from when it
+        // emptied (an arena that empties and fills again within the delay stays mapped).
+        if header.dirty_units == 0 || header.free_units == all_data_units(header.kind) {
             header.dirty_since_ms = now_ms;
         }
-        header.free_units |= mask;
         header.dirty_units |= mask;
         self.free_units_changed(arena, false);
     }

@@ -28,7 +28,17 @@ mod imp {
             if map.is_null() {
                 report_raw(b"cannot reserve the chunk map", core::ptr::null_mut(), None);
             }
-            CHUNK_MAP.store(map.cast(), Ordering::Release);
+            // Two first registrations at once may both map one: the first published stays (a
+            // second would lose the entries made in the first meanwhile), the other goes.
+            let published = CHUNK_MAP.compare_exchange(
+                core::ptr::null_mut(),
+                map.cast(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            if published.is_err() {
+                os::unmap(map, MAP_BYTES);
+            }
         }
     }
 

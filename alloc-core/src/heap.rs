@@ -421,7 +421,9 @@ impl Heap {
                 // SAFETY: members of our lists are live slabs we own.
                 let s = unsafe { &*slab };
                 let next = s.next.get();
-                if s.collect_remote() > 0 {
+                let collected = s.collect_remote();
+                if collected > 0 {
+                    HeapCounters::bump(&self.counters.remote_collected, collected as u64);
                     self.unpark(s);
                 }
                 slab = next;

@@ -95,6 +95,9 @@ pub struct HeapStats {
     pub slow_allocs: u64,
     pub slabs_taken: u64,
     pub slabs_returned: u64,
+    /// Other threads' frees the heap took back in its collections and when it unparked a full
+    /// slab. Those a slab takes when its free list runs dry (on the allocation path, which counts
+    /// nothing) and those a purge's page release takes are not counted.
     pub remote_frees_collected: u64,
 }
 

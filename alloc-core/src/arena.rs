@@ -70,6 +70,8 @@ pub(crate) const BACKMAP_OFFSET: usize = UNIT_BYTES;
 pub(crate) const BACKMAP_COLUMNS: usize = UNITS_PER_ARENA;
 /// Back-map rows: the most blocks a movable slab holds (one unit of the smallest movable blocks).
 pub(crate) const BACKMAP_ROWS: usize = UNIT_BYTES / BACKMAP_GRANULE;
+/// The whole back-map's bytes.
+const BACKMAP_BYTES: usize = BACKMAP_ROWS * BACKMAP_COLUMNS * 4;
 
 const _: () = {
     assert!(core::mem::size_of::<[Slab; UNITS_PER_ARENA]>() == HEADER_OFFSET);
@@ -170,6 +172,9 @@ pub(crate) struct ArenaHeader {
     emptied_ms: u64,
     /// The pool list the arena is on: its longest run of free units (see [`KindList`]).
     bucket: u8,
+    /// A movable arena's back-map rows that may be committed: the most blocks of any slab made in
+    /// it since its back-map was last trimmed (see `decommit_unused_backmap`).
+    backmap_rows: u32,
     next: *mut ArenaMeta,
     prev: *mut ArenaMeta,
 }
@@ -521,6 +526,12 @@ impl ArenaPool {
             zeroed,
         };
         init(&units);
+        // SAFETY: as above; `init` has set up the descriptor of the units' first.
+        let (header, capacity) =
+            unsafe { (&mut (*arena).header, (*arena).descs[first].capacity.get()) };
+        if header.kind == ArenaKind::Movable {
+            header.backmap_rows = header.backmap_rows.max(capacity);
+        }
         units
     }
 
@@ -745,25 +756,28 @@ impl ArenaMeta {
 }
 
 /// Decommits the back-map rows of a movable arena that no slab in it uses now (whole pages above the
-/// largest capacity among its slabs). Returns the bytes given back. Pool lock held: slabs are created
-/// and released under it, so the descriptors read here are stable.
+/// largest capacity among its slabs) and that a slab may have used since the last time (up to
+/// `backmap_rows`). Returns the bytes given back: only those, so that a pass does not count again
+/// (as it used to, each time) pages that were decommitted already or never touched. Pool lock
+/// held: slabs are created and released under it, so the descriptors read here are stable.
 fn decommit_unused_backmap(arena: *mut ArenaMeta) -> usize {
     // SAFETY: a live arena; its descriptors are initialised and only change under the pool lock.
-    let descs = unsafe { &(*arena).descs };
+    let (descs, header) = unsafe { (&(*arena).descs, &mut (*arena).header) };
     let rows = descs
         .iter()
         .filter(|d| d.kind.get() == KIND_SMALL && d.head_delta.get() == 0)
-        .map(|d| d.capacity.get() as usize)
+        .map(|d| d.capacity.get())
         .max()
         .unwrap_or(0);
-    let used = (rows * BACKMAP_COLUMNS * 4).next_multiple_of(os::page_size());
-    let end = BACKMAP_ROWS * BACKMAP_COLUMNS * 4;
-    if used >= end {
+    let bytes = |rows: u32| (rows as usize * BACKMAP_COLUMNS * 4).next_multiple_of(os::page_size());
+    let (used, touched) = (bytes(rows), bytes(header.backmap_rows).min(BACKMAP_BYTES));
+    header.backmap_rows = rows;
+    if used >= touched {
         return 0;
     }
     let start = (arena as usize) + BACKMAP_OFFSET + used;
-    os::decommit(start as *mut u8, end - used);
-    end - used
+    os::decommit(start as *mut u8, touched - used);
+    touched - used
 }
 
 /// Decommits the units of `mask`, which were counted as committed if `counted`.
@@ -1008,6 +1022,33 @@ mod tests {
         for (arena, first, count) in held {
             pool.free_units(arena, first, count, now);
         }
+        pool.check_lists();
+    }
+
+    /// A back-map trim counts the pages it gives back once: a movable arena whose slabs never
+    /// touched its back-map gives back nothing (each pass used to count the whole unused back-map,
+    /// 512 KiB an arena), and one whose slab did gives its rows back once.
+    #[test]
+    fn back_map_trims_count_each_page_once() {
+        let mut pool = POOL.lock();
+        let placement = Placement {
+            group: 0x5eed_0003,
+            avoid: 0,
+        };
+        let units = pool.alloc_units(ArenaKind::Movable, 2, placement, |_| {});
+        let units = units.expect("memory for a test's units");
+        assert_eq!(
+            decommit_unused_backmap(units.arena),
+            0,
+            "nothing was touched"
+        );
+        // SAFETY: a live arena; we hold the lock. As if a slab of 4,096 blocks had been made and
+        // released: its rows may be committed.
+        unsafe { (*units.arena).header.backmap_rows = 4096 };
+        let rows_bytes = (4096 * BACKMAP_COLUMNS * 4).next_multiple_of(os::page_size());
+        assert_eq!(decommit_unused_backmap(units.arena), rows_bytes);
+        assert_eq!(decommit_unused_backmap(units.arena), 0, "counted again");
+        pool.free_units(units.arena, units.first, 2, os::now_ms());
         pool.check_lists();
     }
 

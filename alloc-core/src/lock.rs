@@ -1,11 +1,13 @@
-//! A spin lock for the allocator's few shared structures (the arena pool, the slab pool, the list of
-//! abandoned heaps). None of them is on the fast path.
+//! A spin lock for the allocator's few shared structures: the fallback heap, the list of abandoned
+//! heaps, the slab pool, the arena pool, the movable region, the heap store and the kept huge
+//! mappings (their order is in `pool`). None of them is on the fast path.
 //!
 //! Why not `std::sync::Mutex`: the allocator must survive `fork()` while another thread holds a lock,
 //! which needs a lock the `pthread_atfork` handlers can take and release without a guard object
 //! (`lock_raw` / `unlock_raw`), and a lock that cannot poison. Waiting spins briefly, then yields the
-//! CPU: critical sections are short (list and bitmask edits, never a system call except `mmap` when an
-//! arena is created).
+//! CPU. Critical sections are mostly list and bitmask edits; the system calls made under a lock are
+//! `mmap` when an arena or the region is made, and the arena pool's maintenance, which decommits and
+//! unmaps under it every 25 ms at most (moving those calls out of the lock is not done yet).
 
 use crate::sync::{spin_hint, AtomicBool, Ordering};
 use core::cell::UnsafeCell;

@@ -218,9 +218,9 @@ impl Units {
 /// The arenas of one kind, on lists by their longest run of free units (the list an arena is on is
 /// its `ArenaHeader::bucket`: 0 when it is full, every data unit when it is wholly free). A request
 /// for `count` units looks only at the arenas with a run that long (see `alloc_units` for which it
-/// takes), and a wholly free arena is found at once. With one list of every arena, each new slab or span walked them
-/// all under the pool lock: a review's program with 16,384 live 1 MiB spans (each taking 16 of an
-/// arena's 31 units, so no second one fits) spent 1.85 ms an allocation.
+/// takes), and a wholly free arena is found at once. With one list of every arena, each new slab
+/// or span walked them all under the pool lock: a review's program with 16,384 live 1 MiB spans
+/// (each taking 16 of an arena's 31 units, so no second one fits) spent 1.85 ms an allocation.
 struct KindList {
     buckets: [*mut ArenaMeta; BUCKETS],
     arenas: usize,
@@ -330,6 +330,12 @@ fn all_data_units(kind: ArenaKind) -> u32 {
     }
 }
 
+/// The pool list of a kind's wholly free arenas (see [`KindList`]): their longest free run is
+/// every data unit.
+fn vacant_bucket(kind: ArenaKind) -> usize {
+    all_data_units(kind).count_ones() as usize
+}
+
 /// Lowest index of a run of `count` set bits in `mask`.
 fn find_run(mask: u32, count: usize) -> Option<usize> {
     let mut run = mask;
@@ -374,7 +380,7 @@ impl ArenaPool {
         init: impl FnOnce(&Units),
     ) -> Option<Units> {
         debug_assert!(count >= 1 && count <= UNITS_PER_ARENA - meta_units(kind));
-        let vacant_bucket = all_data_units(kind).count_ones() as usize;
+        let vacant_bucket = vacant_bucket(kind);
         // An arena of the group with a run of `count` free units. A normal arena: the fullest that
         // has one (the tightest packing). A movable one: the newest (opened last), as when arenas
         // were found newest first, so that a cache's new objects go to its newest arena and its
@@ -526,10 +532,11 @@ impl ArenaPool {
             zeroed,
         };
         init(&units);
-        // SAFETY: as above; `init` has set up the descriptor of the units' first.
-        let (header, capacity) =
-            unsafe { (&mut (*arena).header, (*arena).descs[first].capacity.get()) };
+        // SAFETY: as above.
+        let header = unsafe { &mut (*arena).header };
         if header.kind == ArenaKind::Movable {
+            // SAFETY: as above; `init` has set up the descriptor of the units' first.
+            let capacity = unsafe { (*arena).descs[first].capacity.get() };
             header.backmap_rows = header.backmap_rows.max(capacity);
         }
         units
@@ -595,10 +602,7 @@ impl ArenaPool {
         force: bool,
     ) -> usize {
         let mut released = 0;
-        for (&kind, bucket) in kinds
-            .iter()
-            .flat_map(|k| core::iter::repeat(k).zip(0..BUCKETS))
-        {
+        for (&kind, bucket) in kinds.iter().flat_map(|k| (0..BUCKETS).map(move |b| (k, b))) {
             let mut arena = self.lists[kind as usize].buckets[bucket];
             while !arena.is_null() {
                 // SAFETY: arenas on the lists are live; we hold the lock. Nothing below moves an
@@ -652,7 +656,7 @@ impl ArenaPool {
     /// whatever their age, and leaves the others alone. Returns the bytes given back.
     pub(crate) fn release_free_beyond(&mut self, kind: ArenaKind, keep: usize) -> usize {
         let (mut kept, mut released) = (0, 0);
-        let vacant_bucket = all_data_units(kind).count_ones() as usize;
+        let vacant_bucket = vacant_bucket(kind);
         let mut arena = self.lists[kind as usize].buckets[vacant_bucket];
         while !arena.is_null() {
             // SAFETY: arenas on the lists are live; we hold the lock.

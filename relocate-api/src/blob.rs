@@ -24,7 +24,7 @@
 //! class in turn.
 
 use crate::cache::{next_tag, tag_bits, CacheError, ReleaseArenasOnDrop, RelocCache};
-use crate::compact::{add_to_arena, Budget, CacheStats, CompactReport};
+use crate::compact::{add_to_arena, evacuate_in_turn, Budget, CacheStats, CompactReport};
 use crate::guard::{flush_until_quiet, next_epoch_id, Guard, Reader};
 use crate::handle::Handle;
 use crate::policy::{BitwiseMove, Relocatable};
@@ -547,18 +547,11 @@ impl BlobCache {
         guard.check(self.epoch);
         let mut arenas = self.live_bytes_by_arena()?;
         arenas.sort_by_key(|&(arena, bytes)| (bytes, arena));
-        let mut total = CompactReport::default();
-        let mut left = Some(budget);
-        for (arena, _) in arenas.into_iter().take(k) {
-            let Some(budget) = left else {
-                total.budget_exhausted = true;
-                break;
-            };
-            let report = self.evacuate_arena(guard, arena, budget)?;
-            total.merge(report);
-            left = budget.less(&report);
-        }
-        Ok(total)
+        evacuate_in_turn(
+            arenas.into_iter().take(k).map(|(arena, _)| arena),
+            budget,
+            |arena, budget| self.evacuate_arena(guard, arena, budget),
+        )
     }
 
     /// Runs `pass` in every class made, spending one `budget` across them: each class gets what

@@ -283,18 +283,11 @@ impl<T: Send + Sync + 'static, R: Relocator<T>> RelocCache<T, R> {
         budget: Budget,
     ) -> Result<CompactReport, CacheError> {
         let arenas = self.arenas_by_live()?;
-        let mut total = CompactReport::default();
-        let mut left = Some(budget);
-        for (arena, _) in arenas.into_iter().take(k) {
-            let Some(budget) = left else {
-                total.budget_exhausted = true;
-                break;
-            };
-            let report = self.evacuate_arena(guard, arena, budget)?;
-            total.merge(report);
-            left = budget.less(&report);
-        }
-        Ok(total)
+        evacuate_in_turn(
+            arenas.into_iter().take(k).map(|(arena, _)| arena),
+            budget,
+            |arena, budget| self.evacuate_arena(guard, arena, budget),
+        )
     }
 
     /// (arena, live objects) for every arena holding this cache's slabs, fewest live first.
@@ -752,6 +745,27 @@ impl Drop for EvictionTally<'_> {
         inner.counters.evicted_objects += self.evicted as u64;
         inner.counters.compaction_nanos += self.started.elapsed().as_nanos() as u64;
     }
+}
+
+/// Evacuates `arenas` one after another with `evacuate`, within one `budget` for them all (each
+/// gets what the ones before it left); the report says the budget ran out if arenas were left.
+pub(crate) fn evacuate_in_turn(
+    arenas: impl IntoIterator<Item = usize>,
+    budget: Budget,
+    mut evacuate: impl FnMut(usize, Budget) -> Result<CompactReport, CacheError>,
+) -> Result<CompactReport, CacheError> {
+    let mut total = CompactReport::default();
+    let mut left = Some(budget);
+    for arena in arenas {
+        let Some(budget) = left else {
+            total.budget_exhausted = true;
+            break;
+        };
+        let report = evacuate(arena, budget)?;
+        total.merge(report);
+        left = budget.less(&report);
+    }
+    Ok(total)
 }
 
 /// Adds `amount` to `arena`'s total in `totals` (a short list: a cache spans few arenas).
